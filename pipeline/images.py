@@ -1,0 +1,82 @@
+"""Image helpers shared by the curation stages: opening safely, flattening, PNG encoding."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import io as pio
+
+
+class ImageProblem(Exception):
+    """An image a stage must reject; ``reason`` is a short machine-readable tag."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image, or raise ImageProblem (never a decoder's exception).
+
+    Decompression bombs are refused from the header alone, before any pixel is decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except FileNotFoundError:
+        raise ImageProblem("unreadable", "file not found") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageProblem("too_large", str(exc).split(".")[0]) from None
+    except Exception as exc:  # Pillow raises many types for garbage input
+        raise ImageProblem("unreadable", f"{exc.__class__.__name__}: {exc}"[:200]) from None
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        im.close()
+        raise ImageProblem("too_large", f"{width}x{height} is over {max_pixels} pixels")
+    try:
+        im.load()
+    except Exception as exc:
+        text = str(exc)
+        reason = "truncated" if "truncated" in text or isinstance(exc, EOFError) else "unreadable"
+        raise ImageProblem(reason, f"{exc.__class__.__name__}: {text}"[:200]) from None
+    return im
+
+
+def to_rgb(im: Image.Image, matte: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """RGB version of any mode; transparency is composited onto ``matte``."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*matte, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
+def encode_png(im: Image.Image, compress_level: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def save_png(im: Image.Image, path: str | Path, compress_level: int = 1) -> None:
+    """Write a PNG atomically (temporary name, then rename)."""
+    pio.write_bytes(path, encode_png(im, compress_level))
+
+
+def channel_sums(arr: np.ndarray) -> tuple[list[int], list[int]]:
+    """Exact per-channel sum and sum of squares of an H×W×3 uint8 array (for dataset stats)."""
+    flat = arr.reshape(-1, arr.shape[-1]).astype(np.int64)
+    return flat.sum(axis=0).tolist(), np.einsum("ij,ij->j", flat, flat).tolist()

@@ -1,0 +1,216 @@
+"""``params.yaml``: one pydantic model per stage section, and ``-S section.key=value`` overrides.
+
+Validation is strict (unknown keys are errors) so that a typo in ``params.yaml`` or in a
+``dvc exp run -S`` never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import StageError
+from pipeline.steam import DEFAULT_CDN_URL, STEAM_APP_LIST_URL, STEAMSPY_URL, BannerKind
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+RGB = tuple[
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=0, le=255)],
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class AppidsParams(Section):
+    source: Literal["steam", "steamspy", "file"] = "steam"
+    steam_api_url: str = STEAM_APP_LIST_URL
+    steamspy_url: str = STEAMSPY_URL
+    # SteamSpy allows one "all" request a minute; tests point at a local server and use 0.
+    steamspy_delay_s: Annotated[float, Field(ge=0)] = 60.0
+    steamspy_max_pages: PositiveInt = 1000
+    file: str | None = None
+    limit: PositiveInt | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    retries: NonNegativeInt = 5
+
+
+class DownloadParams(Section):
+    kind: BannerKind = BannerKind.library_600x900
+    cdn_url: str = DEFAULT_CDN_URL
+    workers: Annotated[int, Field(ge=1, le=256)] = 16
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    rate_per_s: Annotated[float, Field(gt=0)] | None = 50.0
+    retries: NonNegativeInt = 5
+    backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    # Cap on a server's Retry-After, so one bad header cannot stall the run for hours.
+    max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0
+    # A 404 on Steam's CDN is permanent; re-asking for every missing banner on each run
+    # costs as many requests as the run itself. Set true to ask again.
+    retry_missing: bool = False
+
+
+class ValidateParams(Section):
+    # "auto": the nominal size of the manifest's kind (any size for logos); null: any size.
+    expected_size: Literal["auto"] | tuple[PositiveInt, PositiveInt] | None = "auto"
+    convert_mode: bool = False
+    # Background that transparent images are flattened onto when convert_mode is on.
+    matte: RGB = (0, 0, 0)
+    min_std: Annotated[float, Field(ge=0)] = 2.0
+    vignette: bool = True
+    vignette_tolerance: Annotated[int, Field(ge=0, le=255)] = 16
+    vignette_min_border: NonNegativeInt = 2
+    dedup_max_distance: Annotated[int, Field(ge=0, le=64)] | None = 10
+    max_pixels: PositiveInt = 50_000_000
+    workers: NonNegativeInt = 0
+
+    @field_validator("expected_size", mode="before")
+    @classmethod
+    def _size_or_auto(cls, value: Any) -> Any:
+        ok = value is None or value == "auto"
+        if isinstance(value, list | tuple) and len(value) == 2:
+            ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        if not ok:
+            raise ValueError("expected 'auto', null or [width, height] in pixels")
+        return value
+
+
+class ResizeParams(Section):
+    size: Annotated[int, Field(ge=8, le=4096)] = 256
+    mode: Literal["stretch", "crop", "pad"] = "stretch"
+    png_compress_level: Annotated[int, Field(ge=0, le=9)] = 1
+    workers: NonNegativeInt = 0
+
+
+class DatasetParams(Section):
+    format: Literal["folder", "zip"] = "zip"
+    mirror: bool = False
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    appids: AppidsParams = AppidsParams()
+    download: DownloadParams = DownloadParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    resize: ResizeParams = ResizeParams()
+    dataset: DatasetParams = DatasetParams()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_section_is_defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    def section(self, name: str) -> Section:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+
+def parse_override(text: str, params_file: str = "params.yaml") -> tuple[list[str], Any]:
+    """Split ``[file:]section.key=value`` (``dvc exp run -S`` syntax) into key path and value.
+
+    The value is read as YAML, as DVC does: ``3`` is an int, ``[a, b]`` a list, ``null`` None.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise StageError(f"-S {text!r}: expected section.key=value, e.g. -S download.kind=header")
+    file, colon, dotted = key.rpartition(":")
+    if colon and Path(file).name != Path(params_file).name:
+        raise StageError(f"-S {text!r}: only {params_file} can be overridden, not {file}")
+    parts = dotted.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise StageError(f"-S {text!r}: expected section.key=value, e.g. -S download.kind=header")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise StageError(f"-S {text!r}: value is not valid YAML ({exc.problem})") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str], params_file: str = "params.yaml") -> dict:
+    """Return a copy of ``raw`` with each ``section.key=value`` set (nested keys allowed)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text, params_file)
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _walk(loc: tuple) -> tuple[list[str], type[BaseModel]]:
+    """The part of a pydantic error location that names params keys, and the model it ends in.
+
+    Union members and list indexes add parts such as ``literal['auto']`` that a user never
+    wrote; they are dropped so the message names ``section.key`` as it is in params.yaml.
+    """
+    model: type[BaseModel] = Params
+    names: list[str] = []
+    for part in loc:
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        field = fields.get(str(part))
+        if field is None:
+            if not names:
+                names.append(str(part))
+            break
+        names.append(str(part))
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return names, model
+
+
+def _describe(error: dict, source: str) -> str:
+    if error["type"] == "extra_forbidden":
+        names, model = _walk(error["loc"][:-1])
+        key = ".".join([*names, str(error["loc"][-1])])
+        allowed = ", ".join((f.alias or n) for n, f in model.model_fields.items())
+        return f"{source}: {key}: unknown key (allowed: {allowed})"
+    key = ".".join(_walk(error["loc"])[0])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{source}: {key}: {error.get('input')!r} is not allowed: {message}"
+
+
+def validate_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise StageError with one line naming section.key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StageError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # A union reports one error per member; report the key once.
+        keys = {".".join(_walk(e["loc"])[0]) for e in errors}
+        line = _describe(errors[0], source)
+        if len(keys) > 1:
+            line += f" (and {len(keys) - 1} more)"
+        raise StageError(line) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Read ``params.yaml``, apply ``-S`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else None
+    except yaml.YAMLError as exc:
+        raise StageError(f"{path}: not valid YAML: {exc}") from None
+    if not path.exists():
+        raise StageError(f"{path}: no such params file (pass --params PATH)")
+    raw = apply_overrides(raw or {}, overrides, path.name)
+    return validate_params(raw, str(path))

@@ -1,0 +1,29 @@
+"""``steamgan``: every stage as a subcommand (``steamgan download --help``)."""
+
+from __future__ import annotations
+
+import typer
+
+from stages import appids, dataset, download, resize, validate
+
+STAGES = {
+    "appids": appids,
+    "download": download,
+    "validate": validate,
+    "resize": resize,
+    "dataset": dataset,
+}
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Curate Steam image datasets and train GANs on them. Each subcommand is a DVC stage.",
+)
+for name, module in STAGES.items():
+    # Mount each stage app's one command under the stage's name, with its own help text.
+    app.command(name=name, help=module.main.__doc__)(module.main)
+
+
+if __name__ == "__main__":
+    app()

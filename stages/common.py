@@ -1,0 +1,65 @@
+"""What every stage CLI shares: ``--params``/``-S`` options and turning errors into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import StageError
+from pipeline.params import Params, load_params
+
+ParamsOption = Annotated[
+    Path, typer.Option("--params", help="Params file (one section per stage).", show_default=True)
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-S",
+        help="Override a param, as `dvc exp run -S`: section.key=value (repeatable).",
+        show_default=False,
+    ),
+]
+
+
+def stage_app(help_text: str) -> typer.Typer:
+    return typer.Typer(add_completion=False, help=help_text, pretty_exceptions_enable=False)
+
+
+def fail(stage: str, message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"steamgan {stage}: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def run_stage(stage: str, params: Path, overrides: list[str] | None) -> Iterator[Params]:
+    """Load and validate params, then run the block; any failure becomes one line and exit 1.
+
+    ``STEAMGAN_DEBUG=1`` re-raises unexpected errors with their traceback.
+    """
+    try:
+        yield load_params(params, overrides or ())
+    except StageError as exc:
+        raise fail(stage, str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(stage, "interrupted; run it again to resume", 130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("STEAMGAN_DEBUG"):
+            raise
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise fail(
+            stage, f"{exc.__class__.__name__}: {first_line} (STEAMGAN_DEBUG=1 for a traceback)"
+        ) from None
+
+
+def say(message: str) -> None:
+    """A summary line for people, on stderr next to the progress bars."""
+    print(message, file=sys.stderr)

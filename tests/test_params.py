@@ -1,0 +1,119 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.errors import StageError
+from pipeline.params import Params, apply_overrides, load_params, parse_override, validate_params
+from pipeline.steam import BannerKind
+from tests.conftest import REPO
+
+SECTIONS = ("appids", "download", "validate", "resize", "dataset")
+
+
+def test_repository_params_are_valid_and_have_every_section():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw) == set(SECTIONS)
+    params = validate_params(raw)
+    assert params.download.kind is BannerKind.library_600x900
+    # params.yaml spells out every key, so it documents the whole configuration
+    for name in SECTIONS:
+        assert set(raw[name]) == set(type(params.section(name)).model_fields)
+
+
+def test_unknown_key_names_section_key_and_allowed_keys():
+    with pytest.raises(StageError) as err:
+        validate_params({"download": {"kindd": "header"}})
+    message = str(err.value)
+    assert "download.kindd: unknown key" in message
+    assert "kind" in message and "\n" not in message
+
+
+def test_unknown_section_is_refused():
+    with pytest.raises(StageError, match=r"downlaod: unknown key \(allowed: appids, download"):
+        validate_params({"downlaod": {}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"download": {"kind": "poster"}}, "download.kind: 'poster' is not allowed: Input should"),
+        ({"resize": {"size": "big"}}, "resize.size: 'big' is not allowed"),
+        ({"validate": {"expected_size": [300]}}, "validate.expected_size: [300] is not allowed"),
+        ({"download": {"workers": 0}}, "download.workers: 0 is not allowed"),
+        ({"dataset": {"format": "tar"}}, "dataset.format: 'tar' is not allowed"),
+    ],
+)
+def test_bad_value_is_one_line_naming_key_value_and_rule(raw, expected):
+    with pytest.raises(StageError) as err:
+        validate_params(raw, "params.yaml")
+    assert str(err.value).startswith(f"params.yaml: {expected}")
+    assert "\n" not in str(err.value)
+
+
+def test_empty_sections_take_defaults():
+    assert validate_params({"resize": None}).resize.size == 256
+
+
+def test_load_params_applies_overrides(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("download:\n  kind: header\n")
+    params = load_params(path, ["download.kind=logo", "resize.size=128", "appids.limit=null"])
+    assert params.download.kind is BannerKind.logo
+    assert params.resize.size == 128 and params.appids.limit is None
+
+
+def test_missing_params_file_is_one_line(tmp_path):
+    with pytest.raises(StageError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("bad", ["download.kind", "=3", "kind=header", "download.=1", "a..b=1"])
+def test_malformed_override(bad):
+    with pytest.raises(StageError, match=r"expected section\.key=value"):
+        parse_override(bad)
+
+
+def test_override_of_another_file_is_refused():
+    with pytest.raises(StageError, match=r"only params\.yaml"):
+        parse_override("other.yaml:download.kind=header")
+    assert parse_override("params.yaml:download.kind=header") == (["download", "kind"], "header")
+
+
+keys = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
+scalars = st.one_of(
+    st.integers(-(10**9), 10**9),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=12),
+)
+
+
+@given(path=st.lists(keys, min_size=2, max_size=4), value=scalars)
+def test_override_roundtrip_sets_yaml_typed_value(path, value):
+    text = yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+    result = apply_overrides({}, [".".join(path) + "=" + text])
+    node = result
+    for part in path[:-1]:
+        node = node[part]
+    assert node[path[-1]] == value
+
+
+@given(size=st.integers(8, 4096), kind=st.sampled_from(list(BannerKind)))
+def test_valid_values_validate(size, kind):
+    params = validate_params({"resize": {"size": size}, "download": {"kind": kind.value}})
+    assert params.resize.size == size and params.download.kind is kind
+
+
+@given(size=st.one_of(st.integers(max_value=7), st.integers(min_value=4097)))
+def test_out_of_range_sizes_are_refused(size):
+    with pytest.raises(StageError, match=r"resize\.size"):
+        validate_params({"resize": {"size": size}})
+
+
+def test_params_model_is_the_single_source_of_sections():
+    assert set(Params.model_fields) == {"appids", "download", "validate_", "resize", "dataset"}
+    assert Path(REPO / "pipeline" / "params.py").exists()

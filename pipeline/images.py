@@ -65,18 +65,29 @@ def to_rgb(im: Image.Image, matte: tuple[int, int, int] = (0, 0, 0)) -> Image.Im
     return im.convert("RGB")
 
 
-def encode_png(im: Image.Image, compress_level: int = 1) -> bytes:
+# How resized PNGs are compressed. "fast" is zlib's Huffman-only strategy: after PNG's row
+# filters it is as small as level 9 on photographs at a fifth of the time. "none" is what
+# NVlabs' dataset_tool writes (twice the size); "small" is zlib level 9.
+PNG_COMPRESSION = {
+    "fast": {"compress_level": 9, "compress_type": 2},  # 2: zlib.Z_HUFFMAN_ONLY
+    "small": {"compress_level": 9},
+    "none": {"compress_level": 0},
+}
+
+
+def encode_png(im: Image.Image, compression: str = "fast") -> bytes:
     buffer = io.BytesIO()
-    im.save(buffer, format="PNG", compress_level=compress_level)
+    im.save(buffer, format="PNG", **PNG_COMPRESSION[compression])
     return buffer.getvalue()
 
 
-def save_png(im: Image.Image, path: str | Path, compress_level: int = 1) -> None:
+def save_png(im: Image.Image, path: str | Path, compression: str = "fast") -> None:
     """Write a PNG atomically (temporary name, then rename)."""
-    pio.write_bytes(path, encode_png(im, compress_level))
+    pio.write_bytes(path, encode_png(im, compression))
 
 
-def channel_sums(arr: np.ndarray) -> tuple[list[int], list[int]]:
-    """Exact per-channel sum and sum of squares of an H×W×3 uint8 array (for dataset stats)."""
-    flat = arr.reshape(-1, arr.shape[-1]).astype(np.int64)
-    return flat.sum(axis=0).tolist(), np.einsum("ij,ij->j", flat, flat).tolist()
+def channel_sums(im: Image.Image) -> tuple[list[int], list[int]]:
+    """Exact per-channel sum and sum of squares of an RGB image, from its histogram."""
+    histogram = np.asarray(im.histogram(), dtype=np.int64).reshape(-1, 256)
+    levels = np.arange(256, dtype=np.int64)
+    return (histogram @ levels).tolist(), (histogram @ (levels * levels)).tolist()

@@ -85,7 +85,7 @@ class ValidateParams(Section):
 class ResizeParams(Section):
     size: Annotated[int, Field(ge=8, le=4096)] = 256
     mode: Literal["stretch", "crop", "pad"] = "stretch"
-    png_compress_level: Annotated[int, Field(ge=0, le=9)] = 1
+    png_compression: Literal["fast", "small", "none"] = "fast"
     workers: NonNegativeInt = 0
 
 

@@ -45,7 +45,7 @@ class ResizeTask:
     dst: str
     size: int
     mode: str
-    compress_level: int
+    compression: str
     reuse: bool  # the output exists from an interrupted run with the same settings
 
 
@@ -57,11 +57,11 @@ def resize_one(task: ResizeTask) -> dict:
             out = open_image(task.dst)
         else:
             out = resize_image(open_image(task.src), task.size, task.mode)
-            save_png(out, task.dst, task.compress_level)
+            save_png(out, task.dst, task.compression)
     except ImageProblem as problem:
         row["error"] = str(problem)
         return row
-    sums, squares = channel_sums(np.asarray(out))
+    sums, squares = channel_sums(out)
     row.update({f"sum_{c}": s for c, s in zip("rgb", sums, strict=True)})
     row.update({f"sumsq_{c}": s for c, s in zip("rgb", squares, strict=True)})
     row["pixels"] = out.width * out.height
@@ -72,14 +72,14 @@ STAMP = ".resize.json"
 
 
 def plan_resize(
-    rows: list[tuple[int, str]], out_dir: Path, size: int, mode: str, compress_level: int
+    rows: list[tuple[int, str]], out_dir: Path, size: int, mode: str, compression: str
 ) -> list[ResizeTask]:
     """Tasks for every (appid, source path); reuse outputs an interrupted run already wrote.
 
     An output is reused only if the directory's stamp records the same settings and the
     output is newer than its source, so changed params or a re-downloaded banner redo it.
     """
-    settings = {"size": size, "mode": mode, "compress_level": compress_level}
+    settings = {"size": size, "mode": mode, "compression": compression}
     stamp = out_dir / STAMP
     same_settings = stamp.exists() and pio.read_json(stamp) == settings
     if not same_settings:
@@ -92,7 +92,7 @@ def plan_resize(
         dst = out_dir / f"{int(appid)}.png"
         reuse = same_settings and _newer(dst, src)
         tasks.append(
-            ResizeTask(int(appid), str(src), dst.as_posix(), size, mode, compress_level, reuse)
+            ResizeTask(int(appid), str(src), dst.as_posix(), size, mode, compression, reuse)
         )
     return tasks
 

@@ -26,7 +26,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         cfg = p.resize
         table = pio.read_table(pio.upstream_table("resize"))
         rows = list(zip(table["appid"], table["path"], strict=True))
-        tasks = plan_resize(rows, IMAGES, cfg.size, cfg.mode, cfg.png_compress_level)
+        tasks = plan_resize(rows, IMAGES, cfg.size, cfg.mode, cfg.png_compression)
         results = []
         with progress_bar(len(tasks), f"resize {cfg.mode} {cfg.size}px") as advance:
             for row in parallel_map(resize_one, tasks, cfg.workers):

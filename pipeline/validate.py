@@ -8,7 +8,7 @@ file never knocks out a good one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -177,6 +177,7 @@ def tasks_from_manifest(
 
 def split_verdicts(verdicts: list[Verdict], max_distance: int | None):
     """Apply the near-duplicate rule and return (accepted, rejected) tables."""
+    verdicts = [replace(v) for v in verdicts]
     passed = [v for v in verdicts if v.reason is None]
     if max_distance is not None and passed:
         dups = find_near_duplicates(
@@ -192,7 +193,7 @@ def split_verdicts(verdicts: list[Verdict], max_distance: int | None):
     ).drop(columns=["reason", "detail"])
     rejected = pd.DataFrame(
         [
-            {"appid": v.appid, "path": v.path, "reason": v.reason, "detail": v.detail}
+            {"appid": v.appid, "path": v.path, "reason": str(v.reason), "detail": v.detail}
             for v in verdicts
             if v.reason is not None
         ],

@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from stages.cli import STAGES
+from tests.conftest import REPO, run_cli
+
+
+def test_steamgan_lists_every_stage():
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    for name in ("appids", "download", "validate", "resize", "dataset"):
+        assert name in result.output
+    assert list(STAGES) == ["appids", "download", "validate", "resize", "dataset"]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_help_shows_params_and_set(stage):
+    result = run_cli(stage, "--help")
+    assert result.exit_code == 0
+    assert "--params" in result.output and "-S" in result.output
+
+
+def test_python_dash_m_runs_a_stage():
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.resize", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and "--params" in result.stdout
+
+
+def test_bad_override_is_one_line(params_file):
+    result = run_cli("resize", "-S", "resize.mode=squash")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "steamgan resize: error: params.yaml: resize.mode: 'squash' is not allowed: "
+        "Input should be 'stretch', 'crop' or 'pad'"
+    )
+
+
+def test_typo_in_params_file_is_one_line(params_file):
+    params_file.write_text(params_file.read_text().replace("  mirror:", "  mirorr:"))
+    result = run_cli("dataset")
+    assert result.exit_code == 1
+    assert result.output.startswith("steamgan dataset: error: params.yaml: dataset.mirorr: unknown")
+    assert len(result.output.strip().splitlines()) == 1

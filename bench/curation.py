@@ -1,11 +1,14 @@
 """Benchmark validate + resize + dataset on >= 1,000 real 300×450 JPEGs.
 
 The images are the real Steam capsules in ../shared/data/steam_capsules scaled to the
-library_600x900 size (300×450); each capsule is used in up to four orientations so the set
-is large without being near duplicates of itself. Each stage runs as DVC would run it
-(``python -m stages.<name>``, process start-up included) in a scratch folder.
+library_600x900 size (300×450); each capsule is used in up to four orientations and three
+horizontal crops so the set is large without being near duplicates of itself. Each stage
+runs as DVC runs it (``python -m stages.<name>``, process start-up included) in a scratch
+folder.
 
-    python bench/curation.py [--images 1200] [--keep]
+    python bench/curation.py [--images 1200] [--repeat 3] [--keep]
+
+With --repeat N the stages run N times on the same images and the median is printed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +36,7 @@ ORIENTATIONS = [
     Image.Transpose.FLIP_TOP_BOTTOM,
     Image.Transpose.ROTATE_180,
 ]
+WINDOWS = [(0.0, 1.0), (0.0, 0.7), (0.3, 1.0)]  # horizontal crops of the capsule
 
 
 def make_images(out: Path, count: int) -> pd.DataFrame:
@@ -43,8 +48,12 @@ def make_images(out: Path, count: int) -> pd.DataFrame:
     rows = []
     for index in range(count):
         source = files[index % len(files)]
-        turn = ORIENTATIONS[(index // len(files)) % len(ORIENTATIONS)]
-        im = Image.open(source).convert("RGB").resize((300, 450), Image.Resampling.BICUBIC)
+        variant = index // len(files)
+        turn = ORIENTATIONS[variant % len(ORIENTATIONS)]
+        left, right = WINDOWS[(variant // len(ORIENTATIONS)) % len(WINDOWS)]
+        im = Image.open(source).convert("RGB")
+        im = im.crop((round(left * im.width), 0, round(right * im.width), im.height))
+        im = im.resize((300, 450), Image.Resampling.BICUBIC)
         im = im.transpose(turn) if turn is not None else im
         appid = 1_000_000 + index
         path = f"data/download/images/{appid}.jpg"
@@ -84,6 +93,7 @@ def run_stage(name: str, cwd: Path, extra: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument("--repeat", type=int, default=1, help="runs; the median is printed")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument(
         "-S",
@@ -98,11 +108,19 @@ def main() -> None:
         shutil.copy(REPO / "params.yaml", work / "params.yaml")
         make_images(work, args.images)
         extra = [a for o in args.overrides for a in ("-S", o)]
-        times = {name: run_stage(name, work, extra) for name in ("validate", "resize", "dataset")}
+        runs = []
+        for _ in range(args.repeat):
+            for name in ("validate", "resize", "dataset"):
+                shutil.rmtree(work / "data" / name, ignore_errors=True)
+            runs.append({n: run_stage(n, work, extra) for n in ("validate", "resize", "dataset")})
+        times = {n: statistics.median(run[n] for run in runs) for n in runs[0]}
         summary = json.loads((work / "data/validate/summary.json").read_text())
         stats = json.loads((work / "data/dataset/stats.json").read_text())
-        total = sum(times.values())
-        print(f"cores: {len(os.sched_getaffinity(0))}, input: {args.images} JPEGs 300x450")
+        total = statistics.median(sum(run.values()) for run in runs)
+        print(
+            f"cores: {len(os.sched_getaffinity(0))}, input: {args.images} JPEGs 300x450, "
+            f"median of {args.repeat} run(s)"
+        )
         print(
             f"validate: {summary['accepted']} accepted, {summary['rejected']} rejected "
             f"{ {k: v for k, v in summary['reasons'].items() if v} }"

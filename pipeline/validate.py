@@ -68,13 +68,15 @@ def content_bbox(im: Image.Image, tolerance: int) -> tuple[int, int, int, int] |
     return difference.point(lut * len(im.getbands())).getbbox()
 
 
-def is_vignetted(im: Image.Image, tolerance: int, min_border: int) -> bool:
-    """Whether the picture sits inside a uniform frame wider than ``min_border`` pixels."""
+def vignette_box(im: Image.Image, tolerance: int, min_border: int):
+    """The content box if the picture sits inside a uniform frame wider than ``min_border``
+    pixels on some side, else None."""
     bbox = content_bbox(im, tolerance)
     if bbox is None:
-        return False
+        return None
     left, top, right, bottom = bbox
-    return max(left, top, im.width - right, im.height - bottom) > min_border
+    framed = max(left, top, im.width - right, im.height - bottom) > min_border
+    return bbox if framed else None
 
 
 def phash_int(im) -> int:
@@ -106,10 +108,11 @@ def inspect_image(task: ValidateTask) -> Verdict:
     if std < params.min_std:
         verdict.reason, verdict.detail = Reason.blank, f"channel std {std:.2f}"
         return verdict
-    if params.vignette and is_vignetted(im, params.vignette_tolerance, params.vignette_min_border):
-        bbox = content_bbox(im, params.vignette_tolerance)
-        verdict.reason, verdict.detail = Reason.vignette, f"content box {bbox}"
-        return verdict
+    if params.vignette:
+        box = vignette_box(im, params.vignette_tolerance, params.vignette_min_border)
+        if box is not None:
+            verdict.reason, verdict.detail = Reason.vignette, f"content box {box}"
+            return verdict
     verdict.phash = phash_int(im)
     if verdict.converted:
         converted = Path(task.converted_dir) / f"{task.appid}.png"

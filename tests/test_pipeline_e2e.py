@@ -18,7 +18,12 @@ pytestmark = pytest.mark.slow
 
 def dvc(*args: str, cwd: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr

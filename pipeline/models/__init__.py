@@ -1,0 +1,17 @@
+"""GAN models the training engine can train, by name (``train.model``)."""
+
+from __future__ import annotations
+
+from pipeline.models.base import GANModel
+from pipeline.training.params import TrainParams
+
+
+def build_model(params: TrainParams) -> GANModel:
+    if params.model == "lightweight":
+        from pipeline.models.lightweight import LightweightGAN
+
+        return LightweightGAN(params.image_size, params.lightweight)
+    raise ValueError(f"unknown model {params.model!r}")
+
+
+__all__ = ["GANModel", "build_model"]

@@ -1,0 +1,107 @@
+"""The ``train`` section of params.yaml: the engine's settings and one sub-section per model."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+AugType = Literal["translation", "color", "cutout", "offset"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AugStep(Section):
+    """From optimizer step ``at`` on, augment with ``types``."""
+
+    at: NonNegativeInt
+    types: list[AugType]
+
+
+class AugParams(Section):
+    """DiffAugment for D: ``types`` at probability ``prob``; ``schedule`` changes the types."""
+
+    types: list[AugType] = ["translation"]
+    prob: Probability = 0.4
+    # The seed's schedule: translation only, + color at 27k steps, + cutout at 54k.
+    schedule: list[AugStep] = [
+        AugStep(at=27_000, types=["translation", "color"]),
+        AugStep(at=54_000, types=["translation", "color", "cutout"]),
+    ]
+
+    def types_at(self, step: int) -> list[str]:
+        types = list(self.types)
+        for change in sorted(self.schedule, key=lambda s: s.at):
+            if step >= change.at:
+                types = list(change.types)
+        return types
+
+
+class EmaParams(Section):
+    """EMA of G: a per-step ``decay``, or a ``half_life_kimg`` (NVlabs' form) with ramp-up."""
+
+    decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    half_life_kimg: Annotated[float, Field(gt=0)] | None = 10.0
+    rampup: Annotated[float, Field(gt=0)] | None = 0.05  # half-life ≤ rampup × kimg so far
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EmaParams:
+        if (self.decay is None) == (self.half_life_kimg is None):
+            raise ValueError("set exactly one of decay and half_life_kimg (the other null)")
+        return self
+
+
+class LightweightParams(Section):
+    """Lightweight GAN (FastGAN, ICLR 2021); defaults are the seed's settings."""
+
+    latent_dim: PositiveInt = 256
+    channels: PositiveInt = 64  # width multiplier (ngf/ndf)
+    attn_res: list[PositiveInt] = [32]  # resolutions with linear attention in G
+    antialias: bool = False  # blur after upsampling (anti-aliased upsampling)
+    recon_loss: Literal["mse", "lpips"] = "mse"
+    lr: Annotated[float, Field(gt=0)] = 2e-4
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.5,
+        0.9,
+    )
+
+
+class TrainParams(Section):
+    model: Literal["lightweight"] = "lightweight"
+    data: str = "data/dataset"  # a dataset folder, a dataset.zip, or a folder holding one
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 256
+    steps: PositiveInt = 150_000  # optimizer steps of G
+    batch_size: PositiveInt = 64  # per optimizer step, over all GPUs and accumulation rounds
+    accumulate: PositiveInt = 1  # gradient accumulation rounds per step
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    mirror: bool = False  # random x-flips of real images, on the fly
+    ema: EmaParams = EmaParams()
+    aug: AugParams = AugParams()
+    seed: NonNegativeInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: NonNegativeInt = 2  # data-loading processes
+    checkpoint_every: PositiveInt = 1000
+    sample_every: PositiveInt = 1000
+    log_every: PositiveInt = 50
+    grid: tuple[PositiveInt, PositiveInt] = (4, 8)  # sample grid rows, cols
+    nan_tolerance: PositiveInt = 10
+    nan_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
+    resume_from: str | None = None  # a checkpoint to start from (transfer learning)
+    lightweight: LightweightParams = LightweightParams()
+
+    @model_validator(mode="after")
+    def _divisible_batch(self) -> TrainParams:
+        if self.batch_size % self.accumulate:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of accumulate {self.accumulate}"
+            )
+        if self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size {self.image_size} must be a power of two")
+        return self

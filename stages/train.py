@@ -1,0 +1,56 @@
+"""train: a GAN on the packaged dataset → data/train/checkpoints, dvclive/ curves and grids.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m stages.train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import io as pio
+from pipeline.progress import progress_bar
+from pipeline.training.loop import Trainer
+from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+
+OUT_DIR = pio.stage_dir("train")
+LIVE_DIR = Path("dvclive")
+app = stage_app(__doc__)
+
+
+@app.command()
+def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
+    """Train train.model; resumes from data/train/checkpoints after an interruption."""
+    with run_stage("train", params, overrides) as p:
+        cfg = p.train
+        trainer = Trainer(cfg, OUT_DIR, LIVE_DIR)
+        if not trainer.procs.is_main:
+            trainer.run()
+            return
+        if trainer.resumed:
+            say(f"train: resuming {trainer.checkpoint_path} at step {trainer.state.step:,}")
+        with progress_bar(cfg.steps, f"train {cfg.model} {cfg.image_size}px") as advance:
+            shown = {"step": 0}
+
+            def progress(step: int, logs: dict) -> None:
+                status = f"kimg {trainer.state.nimg / 1000:,.1f}"
+                if "speed/images_per_s" in logs:
+                    status += f" · {logs['speed/images_per_s']:,.0f} img/s"
+                d_loss = sum(v for k, v in logs.items() if k.startswith("loss/D"))
+                if "loss/G" in logs:
+                    status += f" · loss G {logs['loss/G']:.3f} D {d_loss:.3f}"
+                advance(step - shown["step"], status=status)
+                shown["step"] = step
+
+            trainer.run(progress=progress)
+        state = trainer.state
+        note = (
+            f" (lr lowered {state.recoveries}x after non-finite steps)" if state.recoveries else ""
+        )
+        say(
+            f"train: {state.step:,} steps, {state.nimg / 1000:,.1f} kimg → "
+            f"{trainer.checkpoint_path}{note}"
+        )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,178 @@
+import json
+
+import pytest
+import torch
+
+from pipeline.errors import StageError
+from pipeline.models.lightweight import LightweightGAN, SkipLayerExcitation
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.ema import ema_beta
+from pipeline.training.loop import Trainer, train
+from pipeline.training.params import EmaParams, LightweightParams
+from pipeline.training.precision import resolve_precision
+from tests.train_helpers import flowers, tiny
+
+
+@pytest.fixture
+def data(tmp_path):
+    return flowers(tmp_path / "flowers")
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_lightweight_shapes_at_every_size(size):
+    model = LightweightGAN(size, LightweightParams(latent_dim=16, channels=4, attn_res=[32]))
+    images = model.G(torch.randn(2, 16))
+    assert images.shape == (2, 3, size, size) and images.abs().max() <= 1
+    logits, whole, part = model.D(images, part=3)
+    assert logits.shape == (2, 25)
+    assert whole.shape == part.shape == (2, 3, min(size, 128), min(size, 128))
+    excitations = [m for m in model.G.modules() if isinstance(m, SkipLayerExcitation)]
+    assert len(excitations) == (1 if size >= 64 else 0) + (1 if size >= 128 else 0)
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+    params = tiny(data, steps=6, workers=2)
+    straight = train(params, tmp_path / "a", live_dir=None)
+    train(params, tmp_path / "b", live_dir=None, stop_at=3)
+    assert load_checkpoint(tmp_path / "b/checkpoints/latest.pt")["state"]["step"] == 3
+    resumed = train(params, tmp_path / "b", live_dir=None)
+    assert resumed.resumed and resumed.state.step == 6
+    assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
+    assert states_equal(straight.G_ema.state_dict(), resumed.G_ema.state_dict())
+    assert states_equal(
+        straight.opt_G.state_dict()["state"][0], resumed.opt_G.state_dict()["state"][0]
+    )
+
+
+def test_longer_run_continues_a_finished_one(data, tmp_path):
+    train(tiny(data, steps=2), tmp_path, live_dir=None)
+    more = train(tiny(data, steps=3), tmp_path, live_dir=None)  # steps is not a defining param
+    assert more.resumed and more.state.step == 3 and more.state.nimg == 24
+
+
+def test_checkpoint_of_other_params_is_refused_unless_named(data, tmp_path):
+    train(tiny(data, steps=1), tmp_path, live_dir=None)
+    other = tiny(data, steps=1, seed=7)
+    with pytest.raises(StageError, match=r"other params or data \(changed: seed\)"):
+        Trainer(other, tmp_path, live_dir=None)
+    named = tiny(data, steps=1, seed=7, resume_from=str(tmp_path / "checkpoints/latest.pt"))
+    trainer = Trainer(named, tmp_path, live_dir=None)
+    assert not trainer.resumed and trainer.state.step == 0  # weights only: a new run
+
+
+def test_nan_losses_are_survived(data, tmp_path):
+    calls = {"n": 0}
+
+    class Flaky(LightweightGAN):
+        def d_loss(self, real, fake, ctx):
+            calls["n"] += 1
+            loss = super().d_loss(real, fake, ctx)
+            return loss * float("nan") if 3 <= calls["n"] <= 5 else loss
+
+    params = tiny(data, steps=6, nan_tolerance=2, checkpoint_every=1)
+    trainer = train(
+        params, tmp_path, live_dir=None, model_factory=lambda p: Flaky(p.image_size, p.lightweight)
+    )
+    assert trainer.state.step == 6
+    assert trainer.state.recoveries >= 1 and trainer.state.lr_scale < 1
+    assert trainer.opt_G.param_groups[0]["lr"] == pytest.approx(2e-4 * trainer.state.lr_scale)
+    checkpoint = load_checkpoint(tmp_path / "checkpoints/latest.pt")
+    for name in ("G", "D", "G_ema"):
+        assert all(
+            torch.isfinite(t).all() for t in checkpoint[name].values() if t.is_floating_point()
+        )
+
+
+def test_nan_weights_are_never_saved(data, tmp_path):
+    trainer = Trainer(tiny(data, steps=1), tmp_path, live_dir=None)
+    assert trainer.save()
+    before = (tmp_path / "checkpoints/latest.pt").read_bytes()
+    with torch.no_grad():
+        next(trainer.model.G.parameters()).fill_(float("nan"))
+    assert not trainer.save()
+    assert (tmp_path / "checkpoints/latest.pt").read_bytes() == before
+
+
+def test_dvclive_curves_and_sample_grids(data, tmp_path):
+    live = tmp_path / "live"
+    train(tiny(data, steps=4, sample_every=2), tmp_path / "out", live_dir=live)
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["step"] == 4 and "G" in metrics["loss"] and metrics["kimg"] == 0.032
+    rows = (live / "plots/metrics/loss/G.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "G"] and len(rows) == 5
+    grids = sorted(p.name for p in (live / "plots/images/samples").iterdir())
+    assert grids == ["0000002.png", "0000004.png"]
+
+
+def test_resumed_curves_have_no_duplicate_steps(data, tmp_path):
+    live = tmp_path / "live"
+    params = tiny(data, steps=4, checkpoint_every=2)
+    train(params, tmp_path / "out", live_dir=live, stop_at=3)  # logged 1..3, checkpoint at 3
+    # a kill after step 3 was logged but before its checkpoint: pretend the checkpoint is at 2
+    train(tiny(data, steps=2, checkpoint_every=2), tmp_path / "out2", live_dir=None)
+    train(params, tmp_path / "out", live_dir=live)
+    steps = [
+        int(r.split("\t")[0])
+        for r in (live / "plots/metrics/loss/G.tsv").read_text().splitlines()[1:]
+    ]
+    assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: [p.unlink() for p in d.glob("*.png")], "no images"),
+        (lambda d: next(d.glob("*.png")).write_bytes(b"junk"), "is unreadable"),
+    ],
+)
+def test_bad_datasets_give_one_line(data, tmp_path, mutate, message):
+    mutate(data)
+    with pytest.raises(StageError, match=message) as err:
+        Trainer(tiny(data), tmp_path, live_dir=None)
+    assert "\n" not in str(err.value)
+
+
+def test_size_mismatch_names_the_fix(data, tmp_path):
+    with pytest.raises(
+        StageError, match=r"is 32x32 but train.image_size is 64; set train.image_size=32"
+    ):
+        Trainer(tiny(data, image_size=64), tmp_path, live_dir=None)
+
+
+def test_zip_dataset_trains_like_the_folder(data, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(data.iterdir()):
+            z.write(path, path.name)
+    a = train(tiny(data, steps=2), tmp_path / "a", live_dir=None)
+    b = train(tiny(archive, steps=2), tmp_path / "b", live_dir=None)
+    assert states_equal(a.model.state_dict(), b.model.state_dict())
+
+
+def test_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu).name == "fp32"
+    assert resolve_precision("bf16", cpu).dtype is torch.bfloat16
+    with pytest.raises(StageError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)
+
+
+def test_bf16_autocast_trains_on_cpu(data, tmp_path):
+    trainer = train(tiny(data, steps=2, precision="bf16"), tmp_path, live_dir=None)
+    assert trainer.state.step == 2 and trainer.last_logs["loss/finite"] == 1.0
+
+
+def test_ema_half_life_and_rampup():
+    cfg = EmaParams(half_life_kimg=10, rampup=None)
+    assert ema_beta(cfg, 64, 10**6) ** (10_000 / 64) == pytest.approx(0.5)
+    ramped = EmaParams(half_life_kimg=10, rampup=0.05)
+    assert ema_beta(ramped, 64, 640) < ema_beta(cfg, 64, 640)
+    assert ema_beta(EmaParams(decay=0.999, half_life_kimg=None), 64, 0) == 0.999
+    with pytest.raises(ValueError, match="exactly one"):
+        EmaParams(decay=0.9, half_life_kimg=10)

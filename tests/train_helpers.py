@@ -1,0 +1,41 @@
+"""Small real datasets and tiny configurations for training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.training.params import TrainParams
+from tests.conftest import needs_shared
+
+
+def flowers(folder: Path, count: int = 24, size: int = 32) -> Path:
+    """``count`` of the real Oxford flowers, resized to ``size``², as a dataset folder."""
+    source = needs_shared("data", "flowers256")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.jpg"))[:count]:
+        im = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+        im.save(folder / f"{path.stem}.png")
+    (folder / "dataset.json").write_text('{"labels": null}\n')
+    return folder
+
+
+def tiny(data: Path, **changes) -> TrainParams:
+    """A configuration that trains in about a second per few steps on the CPU."""
+    settings = dict(
+        data=str(data),
+        image_size=32,
+        steps=4,
+        batch_size=8,
+        checkpoint_every=100,
+        sample_every=100,
+        log_every=1,
+        workers=0,
+        mirror=True,
+        grid=(2, 4),
+        aug=dict(types=["translation", "color", "cutout"], prob=0.5, schedule=[]),
+        lightweight=dict(latent_dim=32, channels=8, attn_res=[16]),
+    )
+    settings.update(changes)
+    return TrainParams(**settings)

@@ -26,7 +26,7 @@ PARTIAL_SUFFIX = ".part"
 # it and writes its own ``data/<stage>/accepted.parquet`` (at least ``appid`` and ``path``,
 # the image file to use from then on). Inserting a stage is one entry here plus its dvc.yaml
 # entry.
-CURATION_CHAIN: tuple[str, ...] = ("validate", "resize", "dataset")
+CURATION_CHAIN: tuple[str, ...] = ("validate", "faces", "resize", "dataset")
 
 
 def stage_dir(stage: str) -> Path:
@@ -45,8 +45,18 @@ def upstream_table(stage: str) -> Path:
     return accepted_table(CURATION_CHAIN[index - 1] if index else "download")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _temp_path(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual mode
     os.close(fd)
     return Path(name)
 

@@ -6,6 +6,7 @@ Validation is strict (unknown keys are errors) so that a typo in ``params.yaml``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -89,6 +90,77 @@ class ResizeParams(Section):
     workers: NonNegativeInt = 0
 
 
+Probability = Annotated[float, Field(ge=0, le=1)]
+FaceDetectorName = Literal["face_alignment", "retinaface", "dlib"]
+Resolution = Literal["original"] | Annotated[int, Field(ge=8, le=4096)]
+
+
+class RetinaFaceParams(Section):
+    # Which released RetinaFace (network + the input handling its weights expect):
+    # resnet50_ternaus (seeds), resnet50, mobilenet0.25 (biubug6), mobilenet0.25_1mb.
+    variant: Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"] = (
+        "resnet50_ternaus"
+    )
+    confidence: Probability = 0.08  # the seeds' confidence_threshold
+    nms: Probability = 0.01  # the seeds' nms_threshold
+    # Long side resized to this before detection, up or down (the seeds: 840; the 1mb
+    # variant is meant for 320 or 640); null keeps each image's own size.
+    max_size: Annotated[int, Field(ge=32, le=8192)] | None = 840
+    weights: str | None = None  # a checkpoint file; null: the variant's file in weights_dir
+
+
+class FaceAlignmentParams(Section):
+    confidence: Probability = 0.5  # S3FD boxes scoring above this (the seeds' 0.5)
+    weights: str | None = None  # an S3FD checkpoint; null: s3fd-619a316812.pth in weights_dir
+
+
+class DlibParams(Section):
+    upsample: Annotated[int, Field(ge=0, le=4)] = 1
+    confidence: float = 0.0  # dlib's adjust_threshold
+
+
+class FacesParams(Section):
+    detectors: tuple[FaceDetectorName, ...] = ("face_alignment", "retinaface")
+    combine: Literal["all", "any"] = "all"
+    resolutions: tuple[Resolution, ...] = ("original", 256)
+    resize_mode: Literal["stretch", "crop", "pad"] = "stretch"
+    require_exactly: NonNegativeInt = 1
+    device: str = "auto"
+    # Images per forward pass. auto: 16 on CUDA, 2 on a CPU, where bigger batches are slower
+    # (their activations fall out of the caches; see bench/faces.py).
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
+    weights_dir: str | None = None
+    download_weights: bool = True
+    retinaface: RetinaFaceParams = RetinaFaceParams()
+    face_alignment: FaceAlignmentParams = FaceAlignmentParams()
+    dlib: DlibParams = DlibParams()
+
+    @field_validator("resolutions", mode="before")
+    @classmethod
+    def _resolution_words(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list | tuple) else [value]:
+            size = isinstance(item, int) and not isinstance(item, bool)
+            if item != "original" and not (size and 8 <= item <= 4096):
+                raise ValueError(f"{item!r}: expected 'original' or a size in pixels (8-4096)")
+        return value
+
+    @field_validator("detectors", "resolutions")
+    @classmethod
+    def _non_empty_and_unique(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("expected at least one")
+        if len(set(value)) != len(value):
+            raise ValueError("each may appear once")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
 class DatasetParams(Section):
     format: Literal["folder", "zip"] = "zip"
     mirror: bool = False
@@ -100,6 +172,7 @@ class Params(BaseModel):
     appids: AppidsParams = AppidsParams()
     download: DownloadParams = DownloadParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    faces: FacesParams = FacesParams()
     resize: ResizeParams = ResizeParams()
     dataset: DatasetParams = DatasetParams()
 

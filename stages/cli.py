@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from stages import appids, dataset, download, resize, validate
+from stages import appids, dataset, download, faces, resize, validate
 
 STAGES = {
     "appids": appids,
     "download": download,
     "validate": validate,
+    "faces": faces,
     "resize": resize,
     "dataset": dataset,
 }

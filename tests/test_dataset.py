@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline import io as pio
 from tests.conftest import run_cli
 from tests.images import capsule
 
@@ -20,8 +21,9 @@ def resized(capsules, params_file):
         path.parent.mkdir(parents=True, exist_ok=True)
         capsule(appid).save(path)
         rows.append({"appid": appid, "path": f"data/download/images/{appid}.jpg"})
-    (root / "data/validate").mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(root / "data/validate/accepted.parquet")
+    upstream = root / pio.upstream_table("resize")  # the faces stage's accepted table
+    upstream.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(upstream)
     assert run_cli("resize", "-S", "resize.size=32").exit_code == 0
     return root
 

@@ -10,7 +10,7 @@ from pipeline.params import Params, apply_overrides, load_params, parse_override
 from pipeline.steam import BannerKind
 from tests.conftest import REPO
 
-SECTIONS = ("appids", "download", "validate", "resize", "dataset")
+SECTIONS = ("appids", "download", "validate", "faces", "resize", "dataset")
 
 
 def test_repository_params_are_valid_and_have_every_section():
@@ -21,6 +21,14 @@ def test_repository_params_are_valid_and_have_every_section():
     # params.yaml spells out every key, so it documents the whole configuration
     for name in SECTIONS:
         assert set(raw[name]) == set(type(params.section(name)).model_fields)
+    for detector in ("retinaface", "face_alignment", "dlib"):  # nested detector sections
+        section = getattr(params.faces, detector)
+        assert set(raw["faces"][detector]) == set(type(section).model_fields)
+    # the default faces rule is the seeds' Steam-OneFace "small" set
+    assert params.faces.detectors == ("face_alignment", "retinaface")
+    assert params.faces.combine == "all" and params.faces.resolutions == ("original", 256)
+    assert (params.faces.retinaface.confidence, params.faces.retinaface.nms) == (0.08, 0.01)
+    assert params.faces.batch_size == "auto"
 
 
 def test_unknown_key_names_section_key_and_allowed_keys():
@@ -44,6 +52,11 @@ def test_unknown_section_is_refused():
         ({"validate": {"expected_size": [300]}}, "validate.expected_size: [300] is not allowed"),
         ({"download": {"workers": 0}}, "download.workers: 0 is not allowed"),
         ({"dataset": {"format": "tar"}}, "dataset.format: 'tar' is not allowed"),
+        ({"faces": {"combine": "most"}}, "faces.combine: 'most' is not allowed"),
+        ({"faces": {"resolutions": ["big"]}}, "faces.resolutions: ['big'] is not allowed"),
+        ({"faces": {"detectors": ["mtcnn"]}}, "faces.detectors: 'mtcnn' is not allowed"),
+        ({"faces": {"retinaface": {"nms": 2}}}, "faces.retinaface.nms: 2 is not allowed"),
+        ({"faces": {"device": "gpu"}}, "faces.device: 'gpu' is not allowed"),
     ],
 )
 def test_bad_value_is_one_line_naming_key_value_and_rule(raw, expected):
@@ -55,6 +68,20 @@ def test_bad_value_is_one_line_naming_key_value_and_rule(raw, expected):
 
 def test_empty_sections_take_defaults():
     assert validate_params({"resize": None}).resize.size == 256
+
+
+def test_nested_faces_keys_override_and_report_their_path(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("faces:\n  retinaface:\n    confidence: 0.5\n")
+    params = load_params(
+        path, ["faces.retinaface.variant=mobilenet0.25_1mb", "faces.dlib.upsample=0"]
+    )
+    assert params.faces.retinaface.confidence == 0.5 and params.faces.dlib.upsample == 0
+    assert params.faces.retinaface.variant == "mobilenet0.25_1mb"
+    with pytest.raises(
+        StageError, match=r"faces\.retinaface\.confidance: unknown key \(allowed: var"
+    ):
+        load_params(path, ["faces.retinaface.confidance=0.5"])
 
 
 def test_load_params_applies_overrides(tmp_path):
@@ -115,5 +142,7 @@ def test_out_of_range_sizes_are_refused(size):
 
 
 def test_params_model_is_the_single_source_of_sections():
-    assert set(Params.model_fields) == {"appids", "download", "validate_", "resize", "dataset"}
+    assert set(Params.model_fields) == {
+        "appids", "download", "validate_", "faces", "resize", "dataset"
+    }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, steam_overrides
+from pipeline.weights import WEIGHTS
+from tests.conftest import REPO, needs_shared, steam_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +30,30 @@ def dvc(*args: str, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
+def faces_overrides(tmp_path: Path) -> list[str]:
+    """The faces stage on the capsules, fast and real: RetinaFace MobileNet-0.25 (the shared
+    1MB checkpoint, copied into a scratch weights cache under its registry name) at long side
+    320, keeping banners with no face, since Steam's capsules are mostly logos."""
+    weights = needs_shared("weights", "retinaface_mobilenet0.25.pth")
+    cache = tmp_path / "weights"
+    cache.mkdir()
+    shutil.copy(weights, cache / WEIGHTS["retinaface_mobilenet0.25_1mb"].file)
+    return [
+        "faces.detectors=[retinaface]",
+        "faces.resolutions=[original]",
+        "faces.require_exactly=0",
+        f"faces.weights_dir={cache}",
+        "faces.download_weights=false",
+        "faces.retinaface.variant=mobilenet0.25_1mb",
+        "faces.retinaface.confidence=0.9",
+        "faces.retinaface.nms=0.4",
+        "faces.retinaface.max_size=320",
+    ]
+
+
 def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     """The pipeline's files (not data/) in a new git + DVC repository, params pointed at
-    the fake Steam."""
+    the fake Steam (``section.key=value`` or ``section.sub.key=value``)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("pipeline", "stages"):
@@ -41,8 +63,11 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for item in overrides:
         key, value = item.split("=", 1)
-        section, name = key.split(".")
-        params[section][name] = yaml.safe_load(value)
+        *parents, name = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[name] = yaml.safe_load(value)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc("init", "-q", cwd=repo)
@@ -51,9 +76,9 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
 
 
 def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
-    repo = scratch_repo(tmp_path, steam_overrides(steam))
+    repo = scratch_repo(tmp_path, [*steam_overrides(steam), *faces_overrides(tmp_path)])
     first = dvc("repro", cwd=repo)
-    for stage in ("appids", "download", "validate", "resize", "dataset"):
+    for stage in ("appids", "download", "validate", "faces", "resize", "dataset"):
         assert f"Running stage '{stage}'" in first
 
     appids = pd.read_parquet(repo / "data/appids/appids.parquet")
@@ -79,14 +104,27 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     # real oddities among the shared capsules: eight are 183 px wide, one is 184×67 CMYK
     assert (rejected["reason"] == "wrong_size").sum() >= 8
 
+    # faces: every validated banner is judged once; those with a face are set aside
+    no_face = pd.read_parquet(repo / "data/faces/accepted.parquet")
+    with_faces = pd.read_parquet(repo / "data/faces/rejected.parquet")
+    assert sorted([*no_face["appid"], *with_faces["appid"]]) == sorted(accepted["appid"])
+    assert set(with_faces["reason"]) <= {"face_count"}
+    assert len(no_face) >= 0.8 * len(accepted)  # capsules are mostly logos and screenshots
+    detections = pd.read_parquet(repo / "data/faces/detections.parquet")
+    assert len(detections) == len(accepted) and (detections["n_faces"] > 0).sum() == len(with_faces)
+    summary = json.loads((repo / "data/faces/summary.json").read_text())
+    assert summary["accepted"] == len(no_face) and summary["input"] == len(accepted)
+    assert (repo / "data/faces/cache/results.sqlite").exists()
+
     resized = pd.read_parquet(repo / "data/resize/accepted.parquet")
-    assert resized["appid"].tolist() == accepted["appid"].tolist()
+    assert resized["appid"].tolist() == no_face["appid"].tolist()
     with zipfile.ZipFile(repo / "data/dataset/dataset.zip") as archive:
         names = set(archive.namelist())
-    assert names == {f"{a}.png" for a in accepted["appid"]} | {"dataset.json"}
+    assert names == {f"{a}.png" for a in no_face["appid"]} | {"dataset.json"}
     stats = json.loads((repo / "data/dataset/stats.json").read_text())
-    assert stats["count"] == len(accepted)
-    assert "data/dataset/stats.json" in dvc("metrics", "show", cwd=repo)
+    assert stats["count"] == len(no_face)
+    metrics = dvc("metrics", "show", cwd=repo)
+    assert "data/dataset/stats.json" in metrics and "data/faces/summary.json" in metrics
 
     second = dvc("repro", cwd=repo)
     assert "Running stage" not in second
@@ -94,7 +132,8 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
 
 
 def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
-    repo = scratch_repo(tmp_path, [*steam_overrides(steam), "appids.limit=40"])
+    overrides = [*steam_overrides(steam), *faces_overrides(tmp_path), "appids.limit=40"]
+    repo = scratch_repo(tmp_path, overrides)
     dvc("repro", cwd=repo)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run(
@@ -105,7 +144,7 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
     before = json.loads((repo / "data/dataset/stats.json").read_text())
     out = dvc("exp", "run", "-S", "dataset.mirror=true", cwd=repo)
     assert "Running stage 'dataset'" in out
-    for stage in ("appids", "download", "validate", "resize"):
+    for stage in ("appids", "download", "validate", "faces", "resize"):
         assert f"Running stage '{stage}'" not in out
     after = json.loads((repo / "data/dataset/stats.json").read_text())
     assert after["count"] == 2 * before["count"]

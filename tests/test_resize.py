@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline import io as pio
 from pipeline.images import channel_sums
 from pipeline.resize import border_colour, resize_image
 from tests.conftest import run_cli
@@ -58,12 +59,13 @@ def write_upstream(root, count=5):
         path = save(capsule(appid), root / f"data/download/images/{appid}.jpg")
         rows.append({"appid": appid, "path": str(path.relative_to(root))})
     rows.append({"appid": 99, "path": "data/download/images/99.jpg"})  # vanished since
-    pd.DataFrame(rows).to_parquet(root / "data/validate/accepted.parquet")
+    upstream = root / pio.upstream_table("resize")  # the faces stage's accepted table
+    upstream.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(upstream)
 
 
 def test_stage_resizes_records_failures_and_resumes(capsules, params_file):
     root = params_file.parent
-    (root / "data/validate").mkdir(parents=True)
     write_upstream(root)
     result = run_cli("resize", "-S", "resize.size=32", "-S", "resize.workers=2")
     assert result.exit_code == 0, result.output

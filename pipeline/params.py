@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import StageError
 from pipeline.steam import DEFAULT_CDN_URL, STEAM_APP_LIST_URL, STEAMSPY_URL, BannerKind
+from pipeline.training.params import TrainParams
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -175,6 +176,7 @@ class Params(BaseModel):
     faces: FacesParams = FacesParams()
     resize: ResizeParams = ResizeParams()
     dataset: DatasetParams = DatasetParams()
+    train: TrainParams = TrainParams()
 
     @field_validator("*", mode="before")
     @classmethod

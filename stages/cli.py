@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stages import appids, dataset, download, faces, resize, validate
+from stages import appids, dataset, download, faces, resize, train, validate
 
 STAGES = {
     "appids": appids,
@@ -13,6 +13,7 @@ STAGES = {
     "faces": faces,
     "resize": resize,
     "dataset": dataset,
+    "train": train,
 }
 
 app = typer.Typer(

@@ -10,9 +10,9 @@ from tests.conftest import REPO, run_cli
 def test_steamgan_lists_every_stage():
     result = run_cli("--help")
     assert result.exit_code == 0
-    for name in ("appids", "download", "validate", "faces", "resize", "dataset"):
+    for name in ("appids", "download", "validate", "faces", "resize", "dataset", "train"):
         assert name in result.output
-    assert list(STAGES) == ["appids", "download", "validate", "faces", "resize", "dataset"]
+    assert list(STAGES) == ["appids", "download", "validate", "faces", "resize", "dataset", "train"]
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

@@ -10,7 +10,7 @@ from pipeline.params import Params, apply_overrides, load_params, parse_override
 from pipeline.steam import BannerKind
 from tests.conftest import REPO
 
-SECTIONS = ("appids", "download", "validate", "faces", "resize", "dataset")
+SECTIONS = ("appids", "download", "validate", "faces", "resize", "dataset", "train")
 
 
 def test_repository_params_are_valid_and_have_every_section():
@@ -29,6 +29,29 @@ def test_repository_params_are_valid_and_have_every_section():
     assert params.faces.combine == "all" and params.faces.resolutions == ("original", 256)
     assert (params.faces.retinaface.confidence, params.faces.retinaface.nms) == (0.08, 0.01)
     assert params.faces.batch_size == "auto"
+    for nested in ("ema", "aug", "lightweight"):  # nested train sections
+        section = getattr(params.train, nested)
+        assert set(raw["train"][nested]) == set(type(section).model_fields)
+    # the seed's Lightweight GAN settings
+    light = params.train.lightweight
+    assert (light.latent_dim, light.lr, light.attn_res) == (256, 2e-4, [32])
+    assert (params.train.batch_size, params.train.aug.prob) == (64, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"lightweight": {"lr": -1}}}, "train.lightweight.lr: -1 is not allowed"),
+        ({"train": {"aug": {"types": ["rotate"]}}}, "train.aug.types: 'rotate' is not allowed"),
+        ({"train": {"ema": {"decay": 0.9}}}, "train.ema: "),
+        ({"train": {"batch_size": 10, "accumulate": 4}}, "train: "),
+        ({"train": {"lightweight": {"lrr": 1}}}, "train.lightweight.lrr: unknown key"),
+    ],
+)
+def test_nested_train_keys_are_named(raw, expected):
+    with pytest.raises(StageError) as err:
+        validate_params(raw)
+    assert str(err.value).startswith(f"params.yaml: {expected}"), str(err.value)
 
 
 def test_unknown_key_names_section_key_and_allowed_keys():
@@ -143,6 +166,6 @@ def test_out_of_range_sizes_are_refused(size):
 
 def test_params_model_is_the_single_source_of_sections():
     assert set(Params.model_fields) == {
-        "appids", "download", "validate_", "faces", "resize", "dataset"
+        "appids", "download", "validate_", "faces", "resize", "dataset", "train"
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()

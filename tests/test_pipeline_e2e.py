@@ -51,6 +51,24 @@ def faces_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
+def train_overrides() -> list[str]:
+    """A tiny Lightweight GAN on the 32×32 dataset: a few CPU seconds."""
+    return [
+        "resize.size=32",
+        "train.image_size=32",
+        "train.steps=4",
+        "train.batch_size=8",
+        "train.checkpoint_every=2",
+        "train.sample_every=2",
+        "train.log_every=1",
+        "train.workers=0",
+        "train.grid=[2, 4]",
+        "train.lightweight.latent_dim=32",
+        "train.lightweight.channels=8",
+        "train.lightweight.attn_res=[16]",
+    ]
+
+
 def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     """The pipeline's files (not data/) in a new git + DVC repository, params pointed at
     the fake Steam (``section.key=value`` or ``section.sub.key=value``)."""
@@ -72,13 +90,24 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc("init", "-q", cwd=repo)
     dvc("config", "core.analytics", "false", cwd=repo)
+    commit(repo, "pipeline")  # as a clone is: DVCLive needs a repository with a commit
     return repo
 
 
+def commit(repo: Path, message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message],
+        cwd=repo,
+        check=True,
+    )
+
+
 def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
-    repo = scratch_repo(tmp_path, [*steam_overrides(steam), *faces_overrides(tmp_path)])
+    overrides = [*steam_overrides(steam), *faces_overrides(tmp_path), *train_overrides()]
+    repo = scratch_repo(tmp_path, overrides)
     first = dvc("repro", cwd=repo)
-    for stage in ("appids", "download", "validate", "faces", "resize", "dataset"):
+    for stage in ("appids", "download", "validate", "faces", "resize", "dataset", "train"):
         assert f"Running stage '{stage}'" in first
 
     appids = pd.read_parquet(repo / "data/appids/appids.parquet")
@@ -126,23 +155,39 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     metrics = dvc("metrics", "show", cwd=repo)
     assert "data/dataset/stats.json" in metrics and "data/faces/summary.json" in metrics
 
+    # train: a checkpoint, DVCLive curves and sample grids, shown by dvc
+    from pipeline.training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
+    assert checkpoint["state"]["step"] == 4 and checkpoint["image_size"] == 32
+    live = json.loads((repo / "dvclive/metrics.json").read_text())
+    assert live["step"] == 4 and "G" in live["loss"]
+    grids = sorted(p.name for p in (repo / "dvclive/plots/images/samples").iterdir())
+    assert grids == ["0000002.png", "0000004.png"]
+    assert "dvclive/metrics.json" in dvc("metrics", "show", cwd=repo)
+    shown = dvc("plots", "show", "--json", cwd=repo)
+    plots = json.loads(shown[shown.index("{") :])["data"]
+    assert "dvclive/plots/metrics/loss/G.tsv" in plots
+    assert any(key.endswith("samples/0000004.png") for key in plots)
+
     second = dvc("repro", cwd=repo)
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in second
 
 
 def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
-    overrides = [*steam_overrides(steam), *faces_overrides(tmp_path), "appids.limit=40"]
+    overrides = [
+        *steam_overrides(steam),
+        *faces_overrides(tmp_path),
+        *train_overrides(),
+        "appids.limit=40",
+    ]
     repo = scratch_repo(tmp_path, overrides)
     dvc("repro", cwd=repo)
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
-        cwd=repo,
-        check=True,
-    )
+    commit(repo, "base")
     before = json.loads((repo / "data/dataset/stats.json").read_text())
-    out = dvc("exp", "run", "-S", "dataset.mirror=true", cwd=repo)
+    # up to the dataset: a new dataset makes train refuse the old checkpoint (see README)
+    out = dvc("exp", "run", "-S", "dataset.mirror=true", "dataset", cwd=repo)
     assert "Running stage 'dataset'" in out
     for stage in ("appids", "download", "validate", "faces", "resize"):
         assert f"Running stage '{stage}'" not in out

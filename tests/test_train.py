@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,3 +177,55 @@ def test_ema_half_life_and_rampup():
     assert ema_beta(EmaParams(decay=0.999, half_life_kimg=None), 64, 0) == 0.999
     with pytest.raises(ValueError, match="exactly one"):
         EmaParams(decay=0.9, half_life_kimg=10)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    """``kill -9`` the train stage after a checkpoint; re-running it (as ``dvc repro`` does,
+    the checkpoint folder persisting) ends bit-identical to a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    params = tiny(data, steps=40, checkpoint_every=4, log_every=4, sample_every=100)
+    work = tmp_path / "stage"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "stages.train"]
+    proc = subprocess.Popen(command, cwd=work, env=env, stderr=subprocess.DEVNULL)
+    checkpoint = work / "data/train/checkpoints/latest.pt"
+    deadline, step = time.monotonic() + 120, 0
+    while time.monotonic() < deadline and step < 8:
+        time.sleep(0.05)
+        if checkpoint.exists():
+            step = load_checkpoint(checkpoint)["state"]["step"]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(checkpoint)["state"]["step"]
+    assert 8 <= killed_at < 40, "the kill came too late to test resuming"
+
+    rerun = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming {Path('data/train/checkpoints/latest.pt')} at step" in rerun.stderr
+    resumed = load_checkpoint(checkpoint)
+    assert resumed["state"]["step"] == 40
+    assert list(checkpoint.parent.iterdir()) == [checkpoint]  # no torn temporary file left
+
+    straight = train(params, tmp_path / "straight", live_dir=None)
+    for name, module in (
+        ("G", straight.model.G),
+        ("D", straight.model.D),
+        ("G_ema", straight.G_ema),
+    ):
+        assert states_equal(resumed[name], module.state_dict()), name
+    # the curves have every step once
+    rows = (work / "dvclive/plots/metrics/loss/G.tsv").read_text().splitlines()[1:]
+    steps = [int(row.split("\t")[0]) for row in rows]
+    assert steps == list(range(4, 41, 4))

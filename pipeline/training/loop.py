@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline import io as pio
 from pipeline.augment import BatchPart, diff_augment
 from pipeline.errors import StageError
 from pipeline.models import GANModel, build_model
@@ -71,6 +72,8 @@ class Trainer:
         self.procs = init_processes(params.device)
         self.device = self.procs.device
         self.checkpoint_path = Path(out_dir) / "checkpoints" / CHECKPOINT_NAME
+        if self.procs.is_main:
+            pio.remove_partials(self.checkpoint_path.parent)  # a write a kill interrupted
         self.live_dir = live_dir
         self.dataset = ImageDataset(params.data)
         self.dataset.check(params.image_size)

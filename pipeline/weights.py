@@ -84,6 +84,21 @@ WEIGHTS: dict[str, WeightFile] = {
             "619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543",
             "S3FD face detector of face-alignment (face_detector='sfd', 86 MB)",
         ),
+        WeightFile(
+            "vgg16",
+            "vgg16-397923af.pth",
+            "https://download.pytorch.org/models/vgg16-397923af.pth",
+            "397923af",
+            "ImageNet VGG16 of torchvision, the trunk of LPIPS (528 MB)",
+        ),
+        WeightFile(
+            "lpips_vgg",
+            "lpips_vgg_v0.1.pth",
+            "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/"
+            "vgg.pth",
+            None,
+            "LPIPS v0.1 linear layers for VGG16 (Zhang et al. 2018, 7 KB)",
+        ),
     )
 }
 
@@ -137,7 +152,7 @@ def fetch_weights(
         return path
     if not download:
         raise StageError(
-            f"{path}: missing ({spec.about}); {_where(spec, path)} (faces.download_weights is off)"
+            f"{path}: missing ({spec.about}); {_where(spec, path)} (downloading is switched off)"
         )
     _download(spec, path, timeout_s, session or make_session(retries=2, pool_size=1))
     return path

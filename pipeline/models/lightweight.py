@@ -4,8 +4,9 @@ Image Synthesis" (Liu et al., ICLR 2021), a.k.a. FastGAN.
 Generator: GLU blocks with noise injection, Skip-Layer Excitation (a low-resolution feature
 map gates the channels of one 16× larger), optional linear attention. Discriminator: hinge
 loss plus self-supervised reconstruction: small decoders rebuild the (augmented) real image
-from D's 8×8 features and one quadrant of it from a quadrant of D's 16×16 features, which
-keeps D learning useful features on tiny datasets. Convolutions are spectrally normalised, as
+from D's 8×8 features and one quadrant of it from a quadrant of D's 16×16 features (MSE, or
+LPIPS-VGG16 when its weights are available), which keeps D learning useful features on tiny
+datasets. Convolutions are spectrally normalised, as
 in the paper's code.
 """
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from pipeline.lpips import load_lpips, lpips_recon_loss
 from pipeline.models.base import GANModel, NoiseInjection, StepContext
 from pipeline.training.params import LightweightParams
 
@@ -240,12 +242,12 @@ class LightweightGAN(GANModel):
         super().__init__()
         if image_size < 32:
             raise ValueError(f"lightweight needs image_size >= 32, got {image_size}")
-        if cfg.recon_loss == "lpips":
-            raise ValueError(
-                "train.lightweight.recon_loss: lpips needs LPIPS-VGG16 weights, which are not "
-                "available offline; use mse"
-            )
         self.cfg = cfg
+        self.lpips = None
+        if cfg.recon_loss == "lpips":
+            self.lpips = load_lpips(
+                cfg.lpips_vgg, cfg.lpips_lin, cfg.weights_dir, cfg.download_weights
+            )
         self.latent_dim = cfg.latent_dim
         self.G = LightweightGenerator(image_size, cfg)
         self.D = LightweightDiscriminator(image_size, cfg)
@@ -264,9 +266,7 @@ class LightweightGAN(GANModel):
         size = self.D.recon_size
         target_whole = F.interpolate(real, size=size, mode="area")
         target_piece = F.interpolate(quadrant(real, part), size=size, mode="area")
-        recon = F.mse_loss(whole.float(), target_whole.float()) + F.mse_loss(
-            piece.float(), target_piece.float()
-        )
+        recon = self.recon_loss(whole, target_whole) + self.recon_loss(piece, target_piece)
         logits_fake = self.D(ctx.augment(fake))
         hinge_real = F.relu(1 - logits_real.float()).mean()
         hinge_fake = F.relu(1 + logits_fake.float()).mean()
@@ -278,6 +278,11 @@ class LightweightGAN(GANModel):
             }
         )
         return hinge_real + hinge_fake + recon
+
+    def recon_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.lpips is not None:
+            return lpips_recon_loss(self.lpips, output, target)
+        return F.mse_loss(output.float(), target.float())
 
     def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         loss = -self.D(ctx.augment(fake)).float().mean()

@@ -64,6 +64,13 @@ class LightweightParams(Section):
     attn_res: list[PositiveInt] = [32]  # resolutions with linear attention in G
     antialias: bool = False  # blur after upsampling (anti-aliased upsampling)
     recon_loss: Literal["mse", "lpips"] = "mse"
+    # LPIPS-VGG16 weights for recon_loss: lpips. Null: torchvision's vgg16-397923af.pth and
+    # LPIPS' vgg.pth from the weights registry, in weights_dir (null: torch.hub's cache),
+    # downloaded if missing and download_weights is on.
+    lpips_vgg: str | None = None
+    lpips_lin: str | None = None
+    weights_dir: str | None = None
+    download_weights: bool = True
     lr: Annotated[float, Field(gt=0)] = 2e-4
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
         0.5,

@@ -229,3 +229,14 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypat
     rows = (work / "dvclive/plots/metrics/loss/G.tsv").read_text().splitlines()[1:]
     steps = [int(row.split("\t")[0]) for row in rows]
     assert steps == list(range(4, 41, 4))
+
+
+def test_gradient_accumulation_and_antialiasing(data, tmp_path):
+    light = dict(latent_dim=32, channels=8, attn_res=[16], antialias=True)
+    params = tiny(data, steps=2, batch_size=8, accumulate=2, lightweight=light)
+    trainer = train(params, tmp_path, live_dir=None)
+    assert trainer.state.nimg == 16 and trainer.micro_global == 4
+    assert trainer.last_logs["loss/finite"] == 1.0
+    assert any(type(m).__name__ == "Blur" for m in trainer.model.G.modules())
+    with pytest.raises(ValueError, match="multiple of accumulate"):
+        tiny(data, batch_size=8, accumulate=3)

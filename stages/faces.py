@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io as pio
-from pipeline.faces.cache import ResultCache
-from pipeline.faces.curate import detect_faces, load_detectors, split_tables, summarize
 from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
@@ -23,6 +21,10 @@ app = stage_app(__doc__)
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Count faces per detector and resolution; keep the images the rule accepts."""
     with run_stage("faces", params, overrides) as p:
+        # imported here: torch and the detectors take seconds, `steamgan --help` should not
+        from pipeline.faces.cache import ResultCache
+        from pipeline.faces.curate import detect_faces, load_detectors, split_tables, summarize
+
         cfg = p.faces
         table = pio.read_table(pio.upstream_table("faces"))
         detectors = load_detectors(cfg)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from pipeline import io as pio
 from pipeline.progress import progress_bar
-from pipeline.training.loop import Trainer
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("train")
@@ -21,6 +20,8 @@ app = stage_app(__doc__)
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Train train.model; resumes from data/train/checkpoints after an interruption."""
     with run_stage("train", params, overrides) as p:
+        from pipeline.training.loop import Trainer  # torch: imported only when training
+
         cfg = p.train
         trainer = Trainer(cfg, OUT_DIR, LIVE_DIR)
         if not trainer.procs.is_main:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,17 +39,15 @@ def members(table: pd.DataFrame, mirror: bool) -> list[Member]:
     return out
 
 
-def member_bytes(member: Member) -> bytes:
-    """The PNG bytes of one member: the resized file as is, or its mirror image."""
-    if not member.mirrored:
-        return Path(member.src).read_bytes()
+def mirrored_png(member: Member) -> bytes:
+    """The PNG bytes of a member's mirror image (runs in a worker process)."""
     with open_image(member.src) as im:
         return encode_png(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
 
 
 def _stream(items: list[Member], workers: int) -> Iterator[tuple[Member, bytes]]:
     # Originals are read here; only mirrored images need a worker to decode and re-encode.
-    mirrored = iter(parallel_map(member_bytes, [m for m in items if m.mirrored], workers))
+    mirrored = iter(parallel_map(mirrored_png, [m for m in items if m.mirrored], workers))
     for member in items:
         yield member, next(mirrored) if member.mirrored else Path(member.src).read_bytes()
 
@@ -58,10 +55,7 @@ def _stream(items: list[Member], workers: int) -> Iterator[tuple[Member, bytes]]
 def write_folder(out: Path, items: list[Member], workers: int, advance: Callable) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for member, data in _stream(items, workers):
-        if member.mirrored:
-            (out / member.name).write_bytes(data)
-        else:
-            shutil.copyfile(member.src, out / member.name)
+        (out / member.name).write_bytes(data)
         advance()
     (out / "dataset.json").write_text(DATASET_JSON)
 

@@ -15,20 +15,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import StageError
+from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
 from pipeline.steam import DEFAULT_CDN_URL, STEAM_APP_LIST_URL, STEAMSPY_URL, BannerKind
 from pipeline.training.params import TrainParams
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
 RGB = tuple[
     Annotated[int, Field(ge=0, le=255)],
     Annotated[int, Field(ge=0, le=255)],
     Annotated[int, Field(ge=0, le=255)],
 ]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
 class AppidsParams(Section):
@@ -91,7 +86,6 @@ class ResizeParams(Section):
     workers: NonNegativeInt = 0
 
 
-Probability = Annotated[float, Field(ge=0, le=1)]
 FaceDetectorName = Literal["face_alignment", "retinaface", "dlib"]
 Resolution = Literal["original"] | Annotated[int, Field(ge=8, le=4096)]
 

@@ -86,6 +86,8 @@ class Trainer:
                 f"{self.procs.world} processes"
             )
         self.micro_global, self.micro_local = micro, micro // self.procs.world
+        # this process's rows of every global micro-batch
+        self.part = BatchPart(micro, self.procs.rank * self.micro_local)
 
         torch.manual_seed(params.seed)  # the same initial weights in every process
         try:
@@ -205,9 +207,8 @@ class Trainer:
                 group["lr"] = lr * self.state.lr_scale
 
     def _context(self, augment: Callable) -> StepContext:
-        part = BatchPart(self.micro_global, self.procs.rank * self.micro_local)
-        set_noise_source(self.model.G, NoiseSource(self.generator, part, self.micro_local))
-        return StepContext(self.generator, part, self.micro_local, augment)
+        set_noise_source(self.model.G, NoiseSource(self.generator, self.part, self.micro_local))
+        return StepContext(self.generator, self.part, self.micro_local, augment)
 
     def _latents(self, ctx: StepContext) -> torch.Tensor:
         z = torch.randn((ctx.part.total, self.model.latent_dim), generator=self.generator)
@@ -249,8 +250,7 @@ class Trainer:
         logs: dict[str, float] = {}
 
         def augment(images: torch.Tensor) -> torch.Tensor:
-            part = BatchPart(self.micro_global, self.procs.rank * self.micro_local)
-            return diff_augment(images, types, p.aug.prob, self.generator, part)
+            return diff_augment(images, types, p.aug.prob, self.generator, self.part)
 
         losses = []
         for _ in range(p.accumulate):

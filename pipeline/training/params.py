@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-Probability = Annotated[float, Field(ge=0, le=1)]
+from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
+
 AugType = Literal["translation", "color", "cutout", "offset"]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AugStep(Section):
@@ -26,13 +21,15 @@ class AugStep(Section):
 class AugParams(Section):
     """DiffAugment for D: ``types`` at probability ``prob``; ``schedule`` changes the types."""
 
-    types: list[AugType] = ["translation"]
+    types: list[AugType] = Field(default_factory=lambda: ["translation"])
     prob: Probability = 0.4
     # The seed's schedule: translation only, + color at 27k steps, + cutout at 54k.
-    schedule: list[AugStep] = [
-        AugStep(at=27_000, types=["translation", "color"]),
-        AugStep(at=54_000, types=["translation", "color", "cutout"]),
-    ]
+    schedule: list[AugStep] = Field(
+        default_factory=lambda: [
+            AugStep(at=27_000, types=["translation", "color"]),
+            AugStep(at=54_000, types=["translation", "color", "cutout"]),
+        ]
+    )
 
     def types_at(self, step: int) -> list[str]:
         types = list(self.types)
@@ -61,7 +58,8 @@ class LightweightParams(Section):
 
     latent_dim: PositiveInt = 256
     channels: PositiveInt = 64  # width multiplier (ngf/ndf)
-    attn_res: list[PositiveInt] = [32]  # resolutions with linear attention in G
+    # resolutions with linear attention in G
+    attn_res: list[PositiveInt] = Field(default_factory=lambda: [32])
     antialias: bool = False  # blur after upsampling (anti-aliased upsampling)
     recon_loss: Literal["mse", "lpips"] = "mse"
     # LPIPS-VGG16 weights for recon_loss: lpips. Null: torchvision's vgg16-397923af.pth and

@@ -240,3 +240,23 @@ def test_gradient_accumulation_and_antialiasing(data, tmp_path):
     assert any(type(m).__name__ == "Blur" for m in trainer.model.G.modules())
     with pytest.raises(ValueError, match="multiple of accumulate"):
         tiny(data, batch_size=8, accumulate=3)
+
+
+def test_load_generator_rebuilds_g_ema_and_samples_reproducibly(tmp_path):
+    from pipeline.training.checkpoint import load_generator
+    from pipeline.training.sampling import generate, seeded_latents
+
+    data = flowers(tmp_path / "data", 8, 32)
+    trainer = train(tiny(data, steps=2), tmp_path / "run", live_dir=None)
+    loaded = load_generator(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert (loaded.model, loaded.image_size, loaded.latent_dim) == ("lightweight", 32, 32)
+    assert not loaded.G.training
+    for name, value in trainer.G_ema.state_dict().items():
+        assert torch.equal(loaded.G.state_dict()[name], value), name
+    z = seeded_latents([1, 2], loaded.latent_dim)
+    assert torch.equal(z[1:], seeded_latents([2], loaded.latent_dim))
+    a = generate(loaded.G, z, noise_seed=3, device=torch.device("cpu"))
+    b = generate(trainer.G_ema, z, noise_seed=3, device=torch.device("cpu"))
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="no mapping network"):
+        generate(loaded.G, z, 3, torch.device("cpu"), truncation_psi=0.5)

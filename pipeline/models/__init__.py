@@ -6,11 +6,13 @@ from pipeline.models.base import GANModel
 from pipeline.training.params import TrainParams
 
 
-def build_model(params: TrainParams) -> GANModel:
+def build_model(params: TrainParams, for_sampling: bool = False) -> GANModel:
+    """The model ``train.model`` names. ``for_sampling``: only G will be used (evaluate,
+    render), so a model may skip what only training needs (loss networks' weights)."""
     if params.model == "lightweight":
         from pipeline.models.lightweight import LightweightGAN
 
-        return LightweightGAN(params.image_size, params.lightweight)
+        return LightweightGAN(params.image_size, params.lightweight, for_sampling)
     raise ValueError(f"unknown model {params.model!r}")
 
 

@@ -48,26 +48,63 @@ class NoiseSource:
         return noise[self.part.start : self.part.start + self.size].to(like.device, like.dtype)
 
 
-class NoiseInjection(nn.Module):
-    """Add learned-scale Gaussian noise per pixel (StyleGAN's noise inputs)."""
+NoiseMode = str  # "random" (fresh noise), "const" (a fixed map per layer) or "none"
+NOISE_MODES = ("random", "const", "none")
 
-    def __init__(self):
+
+class NoiseInjection(nn.Module):
+    """Add learned-scale Gaussian noise per pixel (StyleGAN's noise inputs).
+
+    ``mode`` picks the noise at sampling time: ``random`` (the engine's ``source`` while
+    training, else fresh noise), ``const`` (a fixed map drawn once per layer and saved with
+    the weights; needs ``resolution``) or ``none``.
+    """
+
+    def __init__(self, resolution: int | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
         self.source: NoiseSource | None = None  # set by the engine while training
+        self.mode: NoiseMode = "random"
+        if resolution is not None:
+            self.register_buffer("const", torch.randn(1, 1, resolution, resolution))
+
+    def noise(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.mode == "none":
+            return None
+        if self.mode == "const" and hasattr(self, "const"):
+            return self.const.to(x.dtype)
+        if self.source is not None:
+            return self.source(x)
+        return torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.source is not None:
-            noise = self.source(x)
-        else:
-            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
-        return x + self.weight * noise
+        noise = self.noise(x)
+        return x if noise is None else x + self.weight.to(x.dtype) * noise
 
 
 def set_noise_source(module: nn.Module, source: NoiseSource | None) -> None:
     for layer in module.modules():
         if isinstance(layer, NoiseInjection):
             layer.source = source
+
+
+def set_noise_mode(module: nn.Module, mode: NoiseMode) -> None:
+    if mode not in NOISE_MODES:
+        raise ValueError(f"noise mode {mode!r}: use one of {', '.join(NOISE_MODES)}")
+    for layer in module.modules():
+        if isinstance(layer, NoiseInjection):
+            layer.mode = mode
+
+
+def has_mapping(G: nn.Module) -> bool:
+    """True for style-based generators (StyleGAN2).
+
+    Such a G has ``mapping(z, truncation_psi=1, truncation_cutoff=None) -> ws`` (N×num_ws×
+    w_dim), ``synthesis(ws) -> images``, a tracked ``w_avg`` buffer and ``num_ws``/``w_dim``,
+    and ``G(z, truncation_psi, truncation_cutoff)`` is ``synthesis(mapping(...))``. Other
+    generators (Lightweight GAN) are plain ``G(z) -> images``: no truncation, no W space.
+    """
+    return all(hasattr(G, name) for name in ("mapping", "synthesis", "w_avg", "num_ws"))
 
 
 class GANModel(nn.Module):

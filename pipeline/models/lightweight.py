@@ -111,7 +111,7 @@ def resolutions(low: int, high: int) -> list[int]:
 
 
 class LightweightGenerator(nn.Module):
-    def __init__(self, image_size: int, cfg: LightweightParams):
+    def __init__(self, image_size: int, cfg: LightweightParams, for_sampling: bool = False):
         super().__init__()
         self.image_size, self.latent_dim = image_size, cfg.latent_dim
         ch = cfg.channels
@@ -199,7 +199,7 @@ def quadrant(x: torch.Tensor, index: int) -> torch.Tensor:
 
 
 class LightweightDiscriminator(nn.Module):
-    def __init__(self, image_size: int, cfg: LightweightParams):
+    def __init__(self, image_size: int, cfg: LightweightParams, for_sampling: bool = False):
         super().__init__()
         ch = cfg.channels
         half = image_size // 2
@@ -238,13 +238,13 @@ class LightweightDiscriminator(nn.Module):
 class LightweightGAN(GANModel):
     name = "lightweight"
 
-    def __init__(self, image_size: int, cfg: LightweightParams):
+    def __init__(self, image_size: int, cfg: LightweightParams, for_sampling: bool = False):
         super().__init__()
         if image_size < 32:
             raise ValueError(f"lightweight needs image_size >= 32, got {image_size}")
         self.cfg = cfg
         self.lpips = None
-        if cfg.recon_loss == "lpips":
+        if cfg.recon_loss == "lpips" and not for_sampling:
             self.lpips = load_lpips(
                 cfg.lpips_vgg, cfg.lpips_lin, cfg.weights_dir, cfg.download_weights
             )

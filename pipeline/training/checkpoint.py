@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def kimg(nimg: int) -> float:
     return math.floor(nimg / 100) / 10
+
+
+@dataclass
+class TrainedGenerator:
+    """A checkpoint's G_ema, ready to sample: what evaluate and render start from."""
+
+    G: torch.nn.Module
+    model: str  # train.model
+    image_size: int
+    latent_dim: int
+    kimg: float
+    params: TrainParams
+    path: Path
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> TrainedGenerator:
+    """Rebuild ``train.model`` from a checkpoint's params and load its ``G_ema`` (eval mode)."""
+    from pipeline.models import build_model  # models import this module's package
+
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    try:
+        params = TrainParams.model_validate(checkpoint["params"])
+        params = params.model_copy(update={"resume_from": None})
+        G = build_model(params, for_sampling=True).G
+        G.load_state_dict(checkpoint["G_ema"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise StageError(f"{path}: cannot rebuild its generator ({first})") from None
+    G = G.to(device).eval().requires_grad_(False)
+    return TrainedGenerator(
+        G,
+        checkpoint["model"],
+        checkpoint["image_size"],
+        checkpoint["latent_dim"],
+        float(checkpoint.get("kimg", 0.0)),
+        params,
+        path,
+    )

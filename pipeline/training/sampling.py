@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from pipeline.augment import BatchPart
-from pipeline.models.base import NoiseSource, set_noise_source
+from pipeline.models.base import NoiseSource, has_mapping, set_noise_mode, set_noise_source
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -31,21 +33,63 @@ def fixed_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
     return torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
 
 
+def seeded_latents(seeds: list[int], latent_dim: int) -> torch.Tensor:
+    """One latent per seed, the same for a seed whatever else is drawn (NVlabs' ``--seeds``)."""
+    return torch.cat([fixed_latents(1, latent_dim, seed) for seed in seeds])
+
+
+def generator_call(
+    G: nn.Module, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff=None
+) -> torch.Tensor:
+    """``G(z)``, with truncation where the generator has a W space to truncate in."""
+    if truncation_psi == 1.0 and truncation_cutoff is None:
+        return G(z)
+    if not has_mapping(G):
+        raise ValueError(
+            f"{type(G).__name__} has no mapping network: truncation needs StyleGAN2 "
+            "(use truncation 1)"
+        )
+    return G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
+
 @torch.no_grad()
 def generate(
-    G: nn.Module, z: torch.Tensor, noise_seed: int, device: torch.device, batch: int = 32
+    G: nn.Module,
+    z: torch.Tensor,
+    noise_seed: int,
+    device: torch.device,
+    batch: int = 32,
+    truncation_psi: float = 1.0,
+    noise_mode: str = "random",
 ) -> torch.Tensor:
-    """G(z) in eval mode with reproducible noise inputs, in batches."""
+    """G(z) in eval mode with reproducible noise inputs, in batches, on the CPU."""
+    return torch.cat(
+        list(iter_generate(G, z, noise_seed, device, batch, truncation_psi, noise_mode))
+    )
+
+
+@torch.no_grad()
+def iter_generate(
+    G: nn.Module,
+    z: torch.Tensor,
+    noise_seed: int,
+    device: torch.device,
+    batch: int = 32,
+    truncation_psi: float = 1.0,
+    noise_mode: str = "random",
+) -> Iterator[torch.Tensor]:
+    """Like ``generate`` but yields each batch (float, [-1, 1], CPU), so a caller that
+    streams (metrics over 50k images) never holds them all."""
     was_training = G.training
     G.eval()
     generator = torch.Generator().manual_seed(noise_seed)
-    outputs = []
+    set_noise_mode(G, noise_mode)
     try:
         for start in range(0, len(z), batch):
             chunk = z[start : start + batch].to(device)
             set_noise_source(G, NoiseSource(generator, BatchPart(len(chunk), 0), len(chunk)))
-            outputs.append(G(chunk).float().cpu())
+            yield generator_call(G, chunk, truncation_psi).float().cpu()
     finally:
         set_noise_source(G, None)
+        set_noise_mode(G, "random")
         G.train(was_training)
-    return torch.cat(outputs)

@@ -160,6 +160,8 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
 
     checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
     assert checkpoint["state"]["step"] == 4 and checkpoint["image_size"] == 32
+    snapshots = [p.name for p in (repo / "data/train/snapshots").iterdir()]
+    assert snapshots == ["step-00000004.pt"]  # snapshot_every 10k: only the last step
     live = json.loads((repo / "dvclive/metrics.json").read_text())
     assert live["step"] == 4 and "G" in live["loss"]
     grids = sorted(p.name for p in (repo / "dvclive/plots/images/samples").iterdir())

@@ -247,12 +247,17 @@ def test_load_generator_rebuilds_g_ema_and_samples_reproducibly(tmp_path):
     from pipeline.training.sampling import generate, seeded_latents
 
     data = flowers(tmp_path / "data", 8, 32)
-    trainer = train(tiny(data, steps=2), tmp_path / "run", live_dir=None)
+    trainer = train(tiny(data, steps=2, snapshot_every=1), tmp_path / "run", live_dir=None)
+    snapshots = sorted((tmp_path / "run" / "snapshots").iterdir())
+    assert [s.name for s in snapshots] == ["step-00000001.pt", "step-00000002.pt"]
+    assert load_generator(snapshots[0]).kimg == 0.008
     loaded = load_generator(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert (loaded.model, loaded.image_size, loaded.latent_dim) == ("lightweight", 32, 32)
     assert not loaded.G.training
+    last = load_generator(snapshots[1]).G.state_dict()
     for name, value in trainer.G_ema.state_dict().items():
         assert torch.equal(loaded.G.state_dict()[name], value), name
+        assert torch.equal(last[name], value), name
     z = seeded_latents([1, 2], loaded.latent_dim)
     assert torch.equal(z[1:], seeded_latents([2], loaded.latent_dim))
     a = generate(loaded.G, z, noise_seed=3, device=torch.device("cpu"))

@@ -26,6 +26,7 @@ RUN_KEYS = {
     "steps",
     "checkpoint_every",
     "sample_every",
+    "snapshot_every",
     "log_every",
     "workers",
     "resume_from",

@@ -72,8 +72,10 @@ class Trainer:
         self.procs = init_processes(params.device)
         self.device = self.procs.device
         self.checkpoint_path = Path(out_dir) / "checkpoints" / CHECKPOINT_NAME
+        self.snapshot_dir = Path(out_dir) / "snapshots"
         if self.procs.is_main:
             pio.remove_partials(self.checkpoint_path.parent)  # a write a kill interrupted
+            pio.remove_partials(self.snapshot_dir)
         self.live_dir = live_dir
         self.dataset = ImageDataset(params.data)
         self.dataset.check(params.image_size)
@@ -158,6 +160,25 @@ class Trainer:
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         self._apply_lr()
 
+    def _header(self) -> dict:
+        """What a sampler needs to rebuild G (``checkpoint.load_generator``)."""
+        return {
+            "model": self.p.model,
+            "image_size": self.p.image_size,
+            "latent_dim": self.model.latent_dim,
+            "params": self.p.model_dump(mode="json"),
+            "params_hash": self.hash,
+            "state": asdict(self.state),
+            "kimg": self.state.nimg / 1000,
+        }
+
+    def save_snapshot(self) -> None:
+        """G_ema alone, kept for every ``snapshot_every`` steps: a run's history."""
+        G_ema = self.G_ema.state_dict()
+        if self.procs.is_main and all_finite(G_ema):
+            path = self.snapshot_dir / f"step-{self.state.step:08d}.pt"
+            save_checkpoint(path, {**self._header(), "G_ema": G_ema})
+
     def save(self) -> bool:
         """Write the checkpoint (main process); refuse to write non-finite weights."""
         saved = True
@@ -169,13 +190,7 @@ class Trainer:
                 save_checkpoint(
                     self.checkpoint_path,
                     {
-                        "model": self.p.model,
-                        "image_size": self.p.image_size,
-                        "latent_dim": self.model.latent_dim,
-                        "params": self.p.model_dump(mode="json"),
-                        "params_hash": self.hash,
-                        "state": asdict(self.state),
-                        "kimg": self.state.nimg / 1000,
+                        **self._header(),
                         "G": G,
                         "D": D,
                         "G_ema": G_ema,
@@ -351,6 +366,8 @@ class Trainer:
                         logger.log(step, logs)
                 if logger and (step % p.sample_every == 0 or done):
                     logger.image(step, self.sample_grid())
+                if p.snapshot_every and (step % p.snapshot_every == 0 or done):
+                    self.save_snapshot()
                 if step % p.checkpoint_every == 0 or done or stopping:
                     self.save()
                 if progress:

@@ -94,6 +94,9 @@ class TrainParams(Section):
     workers: NonNegativeInt = 2  # data-loading processes
     checkpoint_every: PositiveInt = 1000
     sample_every: PositiveInt = 1000
+    # steps between G_ema snapshots (data/train/snapshots/step-NNNNNNNN.pt, for render's
+    # progress strip and evaluating earlier points of a run); null: none
+    snapshot_every: PositiveInt | None = 10_000
     log_every: PositiveInt = 50
     grid: tuple[PositiveInt, PositiveInt] = (4, 8)  # sample grid rows, cols
     nan_tolerance: PositiveInt = 10

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import StageError
 from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
+from pipeline.render.params import RenderParams
 from pipeline.steam import DEFAULT_CDN_URL, STEAM_APP_LIST_URL, STEAMSPY_URL, BannerKind
 from pipeline.training.params import TrainParams
 
@@ -171,6 +172,7 @@ class Params(BaseModel):
     resize: ResizeParams = ResizeParams()
     dataset: DatasetParams = DatasetParams()
     train: TrainParams = TrainParams()
+    render: RenderParams = RenderParams()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stages import appids, dataset, download, faces, resize, train, validate
+from stages import appids, dataset, download, faces, render, resize, train, validate
 
 STAGES = {
     "appids": appids,
@@ -14,6 +14,7 @@ STAGES = {
     "resize": resize,
     "dataset": dataset,
     "train": train,
+    "render": render,
 }
 
 app = typer.Typer(

@@ -10,9 +10,10 @@ from tests.conftest import REPO, run_cli
 def test_steamgan_lists_every_stage():
     result = run_cli("--help")
     assert result.exit_code == 0
-    for name in ("appids", "download", "validate", "faces", "resize", "dataset", "train"):
+    names = ["appids", "download", "validate", "faces", "resize", "dataset", "train", "render"]
+    for name in names:
         assert name in result.output
-    assert list(STAGES) == ["appids", "download", "validate", "faces", "resize", "dataset", "train"]
+    assert list(STAGES) == names
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

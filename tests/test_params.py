@@ -10,7 +10,7 @@ from pipeline.params import Params, apply_overrides, load_params, parse_override
 from pipeline.steam import BannerKind
 from tests.conftest import REPO
 
-SECTIONS = ("appids", "download", "validate", "faces", "resize", "dataset", "train")
+SECTIONS = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "render")
 
 
 def test_repository_params_are_valid_and_have_every_section():
@@ -32,6 +32,9 @@ def test_repository_params_are_valid_and_have_every_section():
     for nested in ("ema", "aug", "lightweight"):  # nested train sections
         section = getattr(params.train, nested)
         assert set(raw["train"][nested]) == set(type(section).model_fields)
+    for nested in ("mixing", "directions", "project"):  # nested render sections
+        section = getattr(params.render, nested)
+        assert set(raw["render"][nested]) == set(type(section).model_fields)
     # the seed's Lightweight GAN settings
     light = params.train.lightweight
     assert (light.latent_dim, light.lr, light.attn_res) == (256, 2e-4, [32])
@@ -166,6 +169,6 @@ def test_out_of_range_sizes_are_refused(size):
 
 def test_params_model_is_the_single_source_of_sections():
     assert set(Params.model_fields) == {
-        "appids", "download", "validate_", "faces", "resize", "dataset", "train"
+        "appids", "download", "validate_", "faces", "resize", "dataset", "train", "render"
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()

@@ -1,0 +1,82 @@
+"""The ``render`` section of params.yaml: what to draw from a trained generator, and how."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from pipeline.param_types import NonNegativeInt, PositiveInt, Section
+
+Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)]
+Psi = Annotated[float, Field(ge=0, le=2)]
+
+
+class MixingParams(Section):
+    """Style mixing: each cell takes its row seed's ws below ``crossover`` (coarse styles)
+    and its column seed's ws from ``crossover`` on (middle and fine styles)."""
+
+    rows: Seeds = Field(default_factory=lambda: [85, 100, 75, 458, 1500])
+    cols: Seeds = Field(default_factory=lambda: [55, 821, 1789, 293])
+    # ws index where the column seed takes over: 4 keeps the 4-8 px layers of the row seed
+    crossover: PositiveInt = 4
+
+
+class DirectionsParams(Section):
+    """Latent directions (GANSpace, SeFa): one row of edits per direction."""
+
+    count: PositiveInt = 5  # the top-k directions rendered
+    steps: Annotated[int, Field(ge=2)] = 7  # images per row, from -strength to +strength
+    strength: Annotated[float, Field(gt=0)] = 3.0  # in standard deviations of W along it
+    seed: NonNegativeInt = 0  # the image that is edited
+    # ws indices edited (SeFa: whose modulation weights it factorises); null: all
+    layers: list[NonNegativeInt] | None = None
+
+
+class ProjectParams(Section):
+    """Projection of real images into W or W+ (Karras et al. 2020, appendix D)."""
+
+    targets: NonNegativeInt = 4  # real images projected, evenly spaced in the dataset
+    space: Literal["w", "w_plus"] = "w"
+    steps: PositiveInt = 1000
+    lr: Annotated[float, Field(gt=0)] = 0.1
+    lr_rampup: Annotated[float, Field(ge=0, le=1)] = 0.05  # fraction of steps
+    lr_rampdown: Annotated[float, Field(ge=0, le=1)] = 0.25  # fraction of steps
+    initial_noise: Annotated[float, Field(ge=0)] = 0.05  # noise on w, × W's std, ramped to 0
+    noise_ramp: Annotated[float, Field(gt=0, le=1)] = 0.75  # fraction of steps
+    noise_regularize: Annotated[float, Field(ge=0)] = 1e5  # weight of the noise maps' penalty
+    loss: Literal["auto", "lpips", "pixel_inception"] = "auto"
+    pixel_weight: Annotated[float, Field(ge=0)] = 1.0  # pixel_inception: MSE weight
+    feature_weight: Annotated[float, Field(ge=0)] = 1.0  # pixel_inception: features weight
+    video_every: PositiveInt = 10  # steps between frames of the optimisation video
+    lpips_vgg: str | None = None
+    lpips_lin: str | None = None
+    weights_dir: str | None = None
+    download_weights: bool = True
+
+
+class RenderParams(Section):
+    checkpoint: str = "data/train/checkpoints/latest.pt"  # or a snapshot
+    snapshots: str | None = "data/train/snapshots"  # the progress strip's; null: no strip
+    data: str = "data/dataset"  # real images: their grid and the projection targets
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: PositiveInt = 16
+    noise_mode: Literal["random", "const", "none"] = "const"
+    grid: tuple[PositiveInt, PositiveInt] = (4, 8)  # rows, cols; fakes are seeds 0…rows·cols-1
+    seeds: Seeds = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    truncation: list[Psi] = Field(default_factory=lambda: [0.75, 0.5])
+    truncation_cutoff: PositiveInt | None = None  # truncate only ws below this index
+    frames: PositiveInt = 60  # video frames from one seed to the next
+    fps: PositiveInt = 30
+    progress_columns: Annotated[int, Field(ge=2)] = 16  # snapshots in the progress strip
+    w_samples: Annotated[int, Field(ge=2)] = 10_000  # W samples: PCA, W's mean and std
+    mixing: MixingParams = MixingParams()
+    directions: DirectionsParams = DirectionsParams()
+    project: ProjectParams = ProjectParams()
+
+    @field_validator("seeds")
+    @classmethod
+    def _two_seeds_to_interpolate(cls, value: list[int]) -> list[int]:
+        if len(value) < 2:
+            raise ValueError("at least two seeds: the interpolation goes from one to the next")
+        return value

@@ -1,0 +1,286 @@
+"""Everything the render stage draws, for whatever model a checkpoint holds.
+
+Every generator gets the grids (fakes, reals, progress over snapshots) and the Z-space
+interpolation; truncation, style mixing, W interpolation, latent directions and projection
+need a mapping network (W space) and are listed as unsupported for other models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import io as pio
+from pipeline.models.base import has_mapping
+from pipeline.render import directions as dirs
+from pipeline.render import grids, interpolation, mixing, projection
+from pipeline.render.params import RenderParams
+from pipeline.render.synthesis import Synth, WStats
+from pipeline.render.video import write_videos
+from pipeline.training.checkpoint import TrainedGenerator
+from pipeline.training.sampling import image_grid
+
+IMAGES, VIDEOS = "images", "videos"
+W_SAMPLES_SEED = 0  # the z drawn for W's statistics (GANSpace, edit and projection scales)
+ANY, STYLED = "any", "styled"
+# Every render, in order, and which generators can draw it.
+RENDERS = {
+    "fakes": ANY,
+    "reals": ANY,
+    "progress": ANY,
+    "interpolation_z": ANY,
+    "truncation": STYLED,
+    "mixing": STYLED,
+    "interpolation_w": STYLED,
+    "ganspace": STYLED,
+    "sefa": STYLED,
+    "projection": STYLED,
+}
+
+
+def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
+    """Renders this generator cannot draw, each with the reason."""
+    reasons = {}
+    if not has_mapping(G):
+        for name, needs in RENDERS.items():
+            if needs == STYLED:
+                reasons[name] = f"{model} has no mapping network (W space)"
+    elif not hasattr(G, "modulation_weights"):
+        reasons["sefa"] = f"{model} does not expose its style layers' weights"
+    return reasons
+
+
+def work_units(p: RenderParams, skipped: dict[str, str]) -> int:
+    """The progress bar's total: one per render, plus one per projection step."""
+    units = sum(1 for name in RENDERS if name not in skipped)
+    if "projection" not in skipped and p.project.targets:
+        units += p.project.steps
+    return units
+
+
+@dataclass
+class Outputs:
+    root: Path
+
+    def image(self, name: str) -> Path:
+        return self.root / IMAGES / name
+
+    def video(self, name: str) -> Path:
+        return self.root / VIDEOS / name
+
+    def save(self, picture, name: str) -> str:
+        path = self.image(name)
+        with pio.atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
+        return path.relative_to(self.root).as_posix()
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def psi_name(psi: float) -> str:
+    return f"psi{psi:g}"
+
+
+def render(
+    trained: TrainedGenerator,
+    p: RenderParams,
+    out_dir: str | Path,
+    device: torch.device,
+    features: projection.FeatureNetwork | None = None,
+    advance: Callable[..., None] = lambda *a, **k: None,
+) -> dict[str, Any]:
+    """Draw every render the model supports into ``out_dir`` (images/, videos/); return the
+    summary written to ``render.json`` (what was drawn, from what, and what was skipped)."""
+    out = Outputs(Path(out_dir))
+    G = trained.G
+    synth_options = dict(device=device, batch=p.batch_size, noise_mode=p.noise_mode)
+    synth = Synth(G, **synth_options)
+    skipped = unsupported(G, trained.model)
+    rows, cols = p.grid
+    done: dict[str, dict[str, Any]] = {}
+    psis = list(p.truncation)
+
+    def finish(name: str, **record: Any) -> None:
+        done[name] = record
+        advance(status=name)
+
+    finish(
+        "fakes",
+        files=[out.save(grids.fakes_grid(synth, rows, cols), "fakes.png")],
+        seeds=grids.grid_seeds(rows, cols),
+    )
+    finish(
+        "reals",
+        files=[out.save(grids.reals_grid(p.data, rows, cols, trained.image_size), "reals.png")],
+        data=p.data,
+    )
+
+    if p.snapshots is None:
+        skipped["progress"] = "render.snapshots is null"
+        advance()
+    else:
+        strip, kimgs, foreign = grids.progress_strip(
+            trained, p.snapshots, p.seeds, p.progress_columns, synth_options
+        )
+        if strip is None:
+            skipped["progress"] = f"no snapshots of this run in {p.snapshots}"
+            advance()
+        else:
+            finish(
+                "progress",
+                files=[out.save(strip, "progress.png")],
+                kimg=kimgs,
+                rows=p.seeds,
+                other_runs_left_out=foreign,  # snapshots another run's params wrote
+            )
+
+    count = write_videos(
+        interpolation.z_frames(synth, p.seeds, p.frames),
+        p.fps,
+        out.image("interpolation-z.gif"),
+        out.video("interpolation-z.mp4"),
+    )
+    finish(
+        "interpolation_z",
+        files=[out.relative(out.image("interpolation-z.gif")), f"{VIDEOS}/interpolation-z.mp4"],
+        seeds=p.seeds,
+        frames=count,
+        fps=p.fps,
+    )
+
+    if not has_mapping(G):
+        return summary(trained, p, done, skipped)
+
+    seeds_rows = len(p.seeds)
+    table = grids.truncation_grid(synth, p.seeds, psis, p.truncation_cutoff)
+    finish(
+        "truncation",
+        files=[
+            out.save(image_grid(table, seeds_rows, 1 + len(psis)), "truncation.png"),
+            out.save(image_grid(synth.average_image(), 1, 1), "average.png"),
+        ],
+        rows=p.seeds,
+        columns=[1.0, *psis],
+    )
+
+    m = p.mixing
+    files = []
+    for psi in [1.0, *psis]:
+        grid = mixing.mixing_grid(synth, m.rows, m.cols, m.crossover, psi, p.truncation_cutoff)
+        name = "mixing.png" if psi == 1.0 else f"mixing-{psi_name(psi)}.png"
+        files.append(out.save(image_grid(grid, 1 + len(m.rows), 1 + len(m.cols)), name))
+    finish("mixing", files=files, rows=m.rows, cols=m.cols, crossover=m.crossover)
+
+    count = write_videos(
+        interpolation.w_frames(synth, p.seeds, p.frames),
+        p.fps,
+        out.image("interpolation-w.gif"),
+        out.video("interpolation-w.mp4"),
+    )
+    finish(
+        "interpolation_w",
+        files=[out.relative(out.image("interpolation-w.gif")), f"{VIDEOS}/interpolation-w.mp4"],
+        seeds=p.seeds,
+        frames=count,
+        fps=p.fps,
+    )
+
+    stats = synth.w_stats(p.w_samples, W_SAMPLES_SEED)
+    d = p.directions
+    found = {"ganspace": dirs.ganspace(stats, d.count)}
+    if "sefa" not in skipped:
+        found["sefa"] = dirs.sefa(synth, stats, d.count, d.layers)
+    for method, directions in found.items():
+        edits = dirs.edit_rows(synth, d.seed, directions, d.steps, d.strength, d.layers)
+        grid = image_grid(edits, len(directions.vectors), d.steps)
+        finish(
+            method,
+            files=[out.save(grid, f"{method}.png")],
+            seed=d.seed,
+            strength=d.strength,
+            scores=directions.scores,
+            sigmas=directions.sigmas,
+        )
+    if "sefa" in skipped:
+        advance()
+
+    if p.project.targets:
+        finish("projection", **project_reals(synth, trained, p, stats, out, features, advance))
+    else:
+        skipped["projection"] = "render.project.targets is 0"
+        advance()
+    return summary(trained, p, done, skipped)
+
+
+def project_reals(
+    synth: Synth,
+    trained: TrainedGenerator,
+    p: RenderParams,
+    stats: WStats,
+    out: Outputs,
+    features: projection.FeatureNetwork | None,
+    advance: Callable[..., None],
+) -> dict[str, Any]:
+    """Project ``project.targets`` real images: a picture of target | start | final per
+    target, the optimisation as GIF and MP4, and the projected ws (``projection.pt``)."""
+    targets, names = grids.real_images(p.data, p.project.targets, trained.image_size)
+    loss = projection.reconstruction_loss(p.project, synth.device, features)
+    result = projection.project(synth, targets, stats, p.project, loss, advance=advance)
+    table = torch.stack([result.targets, result.start, result.final], dim=1).flatten(0, 1)
+    picture = out.save(image_grid(table, len(names), 3), "projection.png")
+    frames = write_videos(
+        [np.stack(result.frames)],
+        p.fps,
+        out.image("projection.gif"),
+        out.video("projection.mp4"),
+    )
+    with pio.atomic_path(out.root / "projection.pt") as tmp:
+        torch.save({"names": names, "ws": result.ws, "space": p.project.space}, tmp)
+    return dict(
+        files=[picture, "images/projection.gif", "videos/projection.mp4", "projection.pt"],
+        targets=names,
+        space=p.project.space,
+        steps=p.project.steps,
+        loss=loss.name,
+        loss_note=loss.note,
+        start_loss=result.start_loss,
+        final_loss=result.final_loss,
+        frames=frames,
+    )
+
+
+def summary(
+    trained: TrainedGenerator,
+    p: RenderParams,
+    done: dict[str, dict[str, Any]],
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "checkpoint": str(trained.path),
+        "model": trained.model,
+        "image_size": trained.image_size,
+        "kimg": trained.kimg,
+        "noise_mode": p.noise_mode,
+        "rendered": done,
+        "unsupported": {name: skipped[name] for name in RENDERS if name in skipped},
+    }
+
+
+def metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers ``dvc metrics show`` / ``dvc exp show`` compare: projection losses."""
+    projected = summary["rendered"].get("projection")
+    if not projected:
+        return {}
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {
+        "projection": {
+            "start_loss": mean(projected["start_loss"]),
+            "final_loss": mean(projected["final_loss"]),
+        }
+    }

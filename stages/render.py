@@ -1,0 +1,51 @@
+"""render: pictures and videos from a trained generator → data/render/.
+
+Grids of fakes and reals, the progress strip over snapshots, Z (and W) interpolation videos;
+for style-based models also truncation, style mixing, GANSpace/SeFa edits and projections
+of real images. ``render.json`` says what was drawn and what this model does not support.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import io as pio
+from pipeline.progress import progress_bar
+from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+
+OUT_DIR = pio.stage_dir("render")
+app = stage_app(__doc__)
+
+
+@app.command()
+def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
+    """Draw every render render.checkpoint's model supports into data/render/."""
+    with run_stage("render", params, overrides) as p:
+        # torch: imported only when rendering
+        from pipeline.render.run import metrics, render, unsupported, work_units
+        from pipeline.training.checkpoint import load_generator
+        from pipeline.training.distributed import pick_device
+
+        cfg = p.render
+        device = pick_device(cfg.device)
+        trained = load_generator(cfg.checkpoint, device)
+        skipped = unsupported(trained.G, trained.model)
+        for reason in dict.fromkeys(skipped.values()):  # said plainly, once per reason
+            names = ", ".join(name for name, why in skipped.items() if why == reason)
+            say(f"render: {reason}: no {names}")
+        with (
+            pio.atomic_dir(OUT_DIR) as tmp,
+            progress_bar(work_units(cfg, skipped), f"render {trained.model}") as advance,
+        ):
+            summary = render(trained, cfg, tmp, device, advance=advance)
+            pio.write_json(tmp / "render.json", summary)
+            pio.write_json(tmp / "metrics.json", metrics(summary))
+        drawn = ", ".join(summary["rendered"])
+        say(f"render: {drawn} from {cfg.checkpoint} ({trained.kimg:,.1f} kimg) → {OUT_DIR}/")
+        for name, reason in summary["unsupported"].items():
+            if name not in skipped:
+                say(f"render: no {name}: {reason}")
+
+
+if __name__ == "__main__":
+    app()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from pipeline.weights import WEIGHTS
 from tests.conftest import REPO, needs_shared, steam_overrides
@@ -66,6 +67,9 @@ def train_overrides() -> list[str]:
         "train.lightweight.latent_dim=32",
         "train.lightweight.channels=8",
         "train.lightweight.attn_res=[16]",
+        "render.grid=[2, 3]",
+        "render.seeds=[0, 1]",
+        "render.frames=4",
     ]
 
 
@@ -107,7 +111,8 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     overrides = [*steam_overrides(steam), *faces_overrides(tmp_path), *train_overrides()]
     repo = scratch_repo(tmp_path, overrides)
     first = dvc("repro", cwd=repo)
-    for stage in ("appids", "download", "validate", "faces", "resize", "dataset", "train"):
+    stages = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "render")
+    for stage in stages:
         assert f"Running stage '{stage}'" in first
 
     appids = pd.read_parquet(repo / "data/appids/appids.parquet")
@@ -171,6 +176,18 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     plots = json.loads(shown[shown.index("{") :])["data"]
     assert "dvclive/plots/metrics/loss/G.tsv" in plots
     assert any(key.endswith("samples/0000004.png") for key in plots)
+
+    # render: a Lightweight GAN gets the grids and the Z video; dvc shows the pictures
+    render = repo / "data/render"
+    assert Image.open(render / "images/fakes.png").size == (3 * 32, 2 * 32)
+    assert Image.open(render / "images/progress.png").size == (32, 2 * 32)  # one snapshot
+    with Image.open(render / "images/interpolation-z.gif") as gif:
+        assert gif.n_frames == 2 * 4
+    assert (render / "videos/interpolation-z.mp4").stat().st_size > 0
+    summary = json.loads((render / "render.json").read_text())
+    assert "projection" in summary["unsupported"] and summary["model"] == "lightweight"
+    for name in ("fakes.png", "reals.png", "progress.png", "interpolation-z.gif"):
+        assert plots[f"data/render/images/{name}"][0]["type"] == "image"
 
     second = dvc("repro", cwd=repo)
     assert "Running stage" not in second

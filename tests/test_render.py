@@ -209,21 +209,30 @@ def test_projection_lowers_its_loss(styled, trained_run, tmp_path, space):
 
 
 def test_projection_with_a_feature_network_uses_both_terms(styled, trained_run, tmp_path):
-    # A stand-in for the FID Inception network (wired in by the stage when available): a
-    # fixed random conv net, differentiable, from images in [-1, 1] to feature vectors.
+    # A stand-in for the FID Inception network (N×3×299×299 in about [-1, 1] to N×2048),
+    # which the evaluate stage brings: a fixed random conv net, differentiable.
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2)
+        torch.nn.Conv2d(3, 8, 9, stride=8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2)
     ).requires_grad_(False)
+    seen = []
+    features = projection.inception_features(lambda x: seen.append(x.shape) or net(x))
     p = ProjectParams(steps=30, lr=0.05, loss="pixel_inception", weights_dir=str(tmp_path))
-    loss = projection.reconstruction_loss(p, CPU, features=net)
+    loss = projection.reconstruction_loss(p, CPU, lambda: features)
     assert loss.name == "pixel_mse+inception_features" and loss.note == ""
     targets, _ = grids.real_images(trained_run / "data/dataset", 1, 32)
     pixel_only = projection.pixel_feature_distance(None, 1.0, 0.0)
     start = styled.average_image()
     assert float(loss.function(start, targets)) > float(pixel_only(start, targets))
+    assert seen[-1] == (1, 3, 299, 299)  # resized for the Inception network
     result = projection.project(styled, targets, styled.w_stats(500, 0), p, loss)
     assert result.final_loss[0] < result.start_loss[0]
+    # the network is loaded only when its features are used
+    calls = []
+    lpips = ProjectParams(loss="lpips", lpips_vgg=str(tmp_path / "none.pth"))
+    with pytest.raises(StageError):
+        projection.reconstruction_loss(lpips, CPU, lambda: calls.append(1))
+    assert calls == []
 
 
 def test_lpips_is_refused_plainly_when_asked_for_without_weights(tmp_path):

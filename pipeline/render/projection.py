@@ -67,11 +67,31 @@ def pixel_feature_distance(
     return distance
 
 
+INCEPTION_SIZE = 299
+
+
+def inception_features(network: Callable[[torch.Tensor], torch.Tensor]) -> FeatureNetwork:
+    """The FID Inception network (N×3×299×299 of (x − 128) / 128 for x in 0…255, to N×2048)
+    as a feature network for images in [-1, 1] of any size: resized bilinearly to 299."""
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != INCEPTION_SIZE:
+            images = F.interpolate(
+                images, size=INCEPTION_SIZE, mode="bilinear", align_corners=False
+            )
+        return network(((images + 1) * 127.5 - 128) / 128)
+
+    return features
+
+
 def reconstruction_loss(
-    p: ProjectParams, device: torch.device, features: FeatureNetwork | None = None
+    p: ProjectParams,
+    device: torch.device,
+    load_features: Callable[[], FeatureNetwork | None] | None = None,
 ) -> ReconstructionLoss:
     """``project.loss``: ``lpips``; ``auto`` = LPIPS if its weights load, else pixel +
-    features; ``pixel_inception`` = pixel + features (pixel alone without a network)."""
+    features; ``pixel_inception`` = pixel + features. ``load_features`` is called only when
+    the features are used; without it (or when it gives None) the loss is the pixel MSE."""
     note = ""
     if p.loss in ("auto", "lpips"):
         try:
@@ -81,6 +101,7 @@ def reconstruction_loss(
             if p.loss == "lpips":
                 raise
             note = f"LPIPS-VGG16 unavailable: {exc}"
+    features = load_features() if load_features is not None else None
     if features is None:
         note = "; ".join(filter(None, [note, "no feature network given: pixel MSE alone"]))
         return ReconstructionLoss(

@@ -92,7 +92,7 @@ def render(
     p: RenderParams,
     out_dir: str | Path,
     device: torch.device,
-    features: projection.FeatureNetwork | None = None,
+    load_features: Callable[[], projection.FeatureNetwork | None] | None = None,
     advance: Callable[..., None] = lambda *a, **k: None,
 ) -> dict[str, Any]:
     """Draw every render the model supports into ``out_dir`` (images/, videos/); return the
@@ -211,7 +211,8 @@ def render(
         advance()
 
     if p.project.targets:
-        finish("projection", **project_reals(synth, trained, p, stats, out, features, advance))
+        record = project_reals(synth, trained, p, stats, out, load_features, advance)
+        finish("projection", **record)
     else:
         skipped["projection"] = "render.project.targets is 0"
         advance()
@@ -224,13 +225,13 @@ def project_reals(
     p: RenderParams,
     stats: WStats,
     out: Outputs,
-    features: projection.FeatureNetwork | None,
+    load_features: Callable[[], projection.FeatureNetwork | None] | None,
     advance: Callable[..., None],
 ) -> dict[str, Any]:
     """Project ``project.targets`` real images: a picture of target | start | final per
     target, the optimisation as GIF and MP4, and the projected ws (``projection.pt``)."""
     targets, names = grids.real_images(p.data, p.project.targets, trained.image_size)
-    loss = projection.reconstruction_loss(p.project, synth.device, features)
+    loss = projection.reconstruction_loss(p.project, synth.device, load_features)
     result = projection.project(synth, targets, stats, p.project, loss, advance=advance)
     table = torch.stack([result.targets, result.start, result.final], dim=1).flatten(0, 1)
     picture = out.save(image_grid(table, len(names), 3), "projection.png")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io as pio
+from pipeline.errors import StageError
 from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
@@ -27,6 +28,11 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         from pipeline.training.distributed import pick_device
 
         cfg = p.render
+        if not Path(cfg.checkpoint).is_file():
+            raise StageError(
+                f"render.checkpoint: {cfg.checkpoint} not found; run the train stage "
+                "(dvc repro train) or point it at a checkpoint or snapshot"
+            )
         device = pick_device(cfg.device)
         trained = load_generator(cfg.checkpoint, device)
         skipped = unsupported(trained.G, trained.model)
@@ -41,7 +47,11 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             pio.write_json(tmp / "render.json", summary)
             pio.write_json(tmp / "metrics.json", metrics(summary))
         drawn = ", ".join(summary["rendered"])
-        say(f"render: {drawn} from {cfg.checkpoint} ({trained.kimg:,.1f} kimg) → {OUT_DIR}/")
+        say(f"render: {drawn} from {cfg.checkpoint} ({trained.kimg:,g} kimg) → {OUT_DIR}/")
+        projected = summary["rendered"].get("projection")
+        if projected:
+            note = f" ({projected['loss_note']})" if projected["loss_note"] else ""
+            say(f"render: projection loss {projected['loss']}{note}")
         for name, reason in summary["unsupported"].items():
             if name not in skipped:
                 say(f"render: no {name}: {reason}")

@@ -321,4 +321,11 @@ def test_bad_render_params_name_the_key(raw, expected):
 def test_missing_checkpoint_is_one_line(workdir, params_file):
     result = run_cli("render", "-S", "render.checkpoint=nowhere.pt")
     assert result.exit_code == 1
-    assert result.output.strip() == "steamgan render: error: nowhere.pt: checkpoint not found"
+    assert result.output.strip() == (
+        "steamgan render: error: render.checkpoint: nowhere.pt not found; run the train stage "
+        "(dvc repro train) or point it at a checkpoint or snapshot"
+    )
+    Path("broken.pt").write_bytes(b"not a checkpoint")
+    result = run_cli("render", "-S", "render.checkpoint=broken.pt")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "broken.pt: not a loadable checkpoint" in result.output

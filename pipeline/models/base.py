@@ -23,7 +23,8 @@ class StepContext:
     part: BatchPart  # this rank's rows of the global (micro-)batch
     rows: int  # how many rows this rank has
     augment: Callable[[torch.Tensor], torch.Tensor]  # D's augmentation for this step
-    logs: dict[str, float] = field(default_factory=dict)
+    # values to log: detached tensors (read only at log time: no GPU sync per step) or floats
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
     real_signs: list[torch.Tensor] = field(default_factory=list)  # see observe_real_logits
     real_count: int = 0
 

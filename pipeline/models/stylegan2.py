@@ -560,17 +560,17 @@ class StyleGAN2(GANModel):
         loss_real = F.softplus(-logits_real).mean()
         ctx.logs.update(
             {
-                "loss/D_real": loss_real.item(),
-                "loss/D_fake": loss_fake.item(),
-                "scores/real": logits_real.mean().item(),
-                "scores/fake": logits_fake.mean().item(),
+                "loss/D_real": loss_real.detach(),
+                "loss/D_fake": loss_fake.detach(),
+                "scores/real": logits_real.detach().mean(),
+                "scores/fake": logits_fake.detach().mean(),
             }
         )
         return loss_real + loss_fake
 
     def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         loss = F.softplus(-self.D(ctx.augment(fake)).float()).mean()
-        ctx.logs["loss/G"] = loss.item()
+        ctx.logs["loss/G"] = loss.detach()
         return loss
 
     def d_reg_loss(self, real: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -579,7 +579,7 @@ class StyleGAN2(GANModel):
         logits = self.D(ctx.augment(real)).float()
         (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grads.float().square().sum((1, 2, 3))
-        ctx.logs["loss/r1_penalty"] = penalty.mean().item()
+        ctx.logs["loss/r1_penalty"] = penalty.detach().mean()
         return penalty.mean() * (self.config.r1_gamma / 2) * self.d_reg_interval
 
     def g_reg_loss(self, ctx: StepContext) -> torch.Tensor:
@@ -598,5 +598,5 @@ class StyleGAN2(GANModel):
         with torch.no_grad():
             G.pl_mean.copy_(G.pl_mean.lerp(lengths.mean(), cfg.pl_decay))
         penalty = (lengths - G.pl_mean).square().mean()
-        ctx.logs.update({"loss/pl_penalty": penalty.item(), "pl_mean": G.pl_mean.item()})
+        ctx.logs.update({"loss/pl_penalty": penalty.detach(), "pl_mean": G.pl_mean.clone()})
         return penalty * cfg.pl_weight * self.g_reg_interval

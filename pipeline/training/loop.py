@@ -64,6 +64,13 @@ class TrainState:
     ada_count: int = 0  # and how many outputs that sum covers
 
 
+def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Logged values as floats, with one device sync for all the tensors among them."""
+    keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([logs[k].float().reshape(()) for k in keys]).tolist() if keys else []
+    return {**logs, **dict(zip(keys, values, strict=True))}
+
+
 class Trainer:
     def __init__(
         self,
@@ -286,7 +293,8 @@ class Trainer:
         ok = self._everywhere(bool(torch.isfinite(torch.stack(losses)).all()))
         if ok and not scaler.is_enabled():
             grads = [p.grad for p in module.parameters() if p.grad is not None]
-            ok = all(bool(torch.isfinite(g).all()) for g in grads)
+            # one sync for all gradients (a GradScaler checks them itself)
+            ok = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if ok:
             scaler.step(opt)  # with fp16, skips by itself on overflowed gradients
             scaler.update()
@@ -475,7 +483,7 @@ class Trainer:
                 stopping = stop_at is not None and step >= stop_at
                 if step % p.log_every == 0 or done or stopping:
                     now = time.perf_counter()
-                    logs = all_reduce_mean(logs, self.procs.world, self.device)
+                    logs = all_reduce_mean(as_floats(logs), self.procs.world, self.device)
                     logs.update(self._run_metrics(images_since / max(now - clock, 1e-9)))
                     clock, images_since = now, 0
                     last = logs

@@ -12,6 +12,7 @@ resume and identical between one process and DDP ranks that each take a slice of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -128,3 +129,165 @@ def diff_augment(
         for op in OPS[name]:
             out = op(out, draw)
     return torch.where(chosen, out, x)
+
+
+# -- ADA: adaptive discriminator augmentation (Karras et al., NeurIPS 2020) -----------------
+
+ADA_STAGES = {"b": "blit", "g": "geometric", "c": "colour"}
+
+
+class _Draws:
+    """Uniform and normal numbers for the global batch, this rank's rows, on x's device."""
+
+    def __init__(self, generator: torch.Generator, part: BatchPart, n: int, device):
+        self.generator, self.part, self.n, self.device = generator, part, n, device
+
+    def _rows(self, values: torch.Tensor) -> torch.Tensor:
+        return values[self.part.start : self.part.start + self.n].to(self.device)
+
+    def uniform(self) -> torch.Tensor:
+        return self._rows(torch.rand(self.part.total, generator=self.generator))
+
+    def normal(self) -> torch.Tensor:
+        return self._rows(torch.randn(self.part.total, generator=self.generator))
+
+    def gate(self, values: torch.Tensor, p: float, neutral: float) -> torch.Tensor:
+        """Each image's value with probability p, else the value that does nothing."""
+        return torch.where(self.uniform() < p, values, torch.full_like(values, neutral))
+
+
+def _affine(n: int, device, a=None, b=None, c=None, d=None, tx=None, ty=None) -> torch.Tensor:
+    """N×3×3 matrices [[a, b, tx], [c, d, ty], [0, 0, 1]] (missing entries: identity)."""
+    m = torch.eye(3, device=device).repeat(n, 1, 1)
+    for (i, j), value in {
+        (0, 0): a,
+        (0, 1): b,
+        (1, 0): c,
+        (1, 1): d,
+        (0, 2): tx,
+        (1, 2): ty,
+    }.items():
+        if value is not None:
+            m[:, i, j] = value
+    return m
+
+
+def _rotation(n: int, device, angle: torch.Tensor) -> torch.Tensor:
+    cos, sin = angle.cos(), angle.sin()
+    return _affine(n, device, cos, -sin, sin, cos)
+
+
+def _geometric_matrix(draws: _Draws, n: int, p: float, size: int, stages: str) -> torch.Tensor:
+    """One matrix (normalised coordinates, centre origin, ±1 at the borders) that composes
+    the blit and geometric transforms, so the image is resampled once."""
+    device = draws.device
+    m = torch.eye(3, device=device).repeat(n, 1, 1)
+    if "b" in stages:
+        flip = draws.gate((draws.uniform() * 2).floor(), p, 0.0)
+        m = m @ _affine(n, device, a=1 - 2 * flip)
+        quarter = draws.gate((draws.uniform() * 4).floor(), p, 0.0)
+        m = m @ _rotation(n, device, quarter * (math.pi / 2))
+        # whole-pixel shifts up to 1/8 of the size (2/(size-1) per pixel: ±1 at the centres
+        # of the border pixels)
+        pixel = 2 / (size - 1)
+        tx = draws.gate(((draws.uniform() * 2 - 1) * 0.125 * size).round() * pixel, p, 0.0)
+        ty = draws.gate(((draws.uniform() * 2 - 1) * 0.125 * size).round() * pixel, p, 0.0)
+        m = m @ _affine(n, device, tx=tx, ty=ty)
+    if "g" in stages:
+        p_rot = 1 - math.sqrt(1 - min(p, 1.0))  # two rotations: either happens with prob p
+        scale = draws.gate(torch.exp2(draws.normal() * 0.2), p, 1.0)
+        m = m @ _affine(n, device, a=scale, d=scale)
+        angle = draws.gate((draws.uniform() * 2 - 1) * math.pi, p_rot, 0.0)
+        m = m @ _rotation(n, device, angle)
+        aniso = draws.gate(torch.exp2(draws.normal() * 0.2), p, 1.0)
+        m = m @ _affine(n, device, a=aniso, d=1 / aniso)
+        angle = draws.gate((draws.uniform() * 2 - 1) * math.pi, p_rot, 0.0)
+        m = m @ _rotation(n, device, angle)
+        tx = draws.gate(draws.normal() * 0.125 * 2, p, 0.0)  # std 1/8 of the size
+        ty = draws.gate(draws.normal() * 0.125 * 2, p, 0.0)
+        m = m @ _affine(n, device, tx=tx, ty=ty)
+    return m
+
+
+def _colour_matrix(draws: _Draws, n: int, p: float) -> torch.Tensor:
+    """One 4×4 matrix per image on (r, g, b, 1): brightness, contrast, luma flip, hue
+    rotation about the grey axis and saturation, composed."""
+    device = draws.device
+    eye = torch.eye(4, device=device)
+    grey = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device) / math.sqrt(3)
+    along_grey = torch.outer(grey, grey)
+    m = eye.repeat(n, 1, 1)
+    brightness = draws.gate(draws.normal() * 0.2, p, 0.0)
+    shift = eye.repeat(n, 1, 1)
+    shift[:, :3, 3] = brightness[:, None]
+    m = shift @ m
+    contrast = draws.gate(torch.exp2(draws.normal() * 0.5), p, 1.0)
+    m = torch.diag_embed(torch.stack([contrast] * 3 + [torch.ones_like(contrast)], 1)) @ m
+    flip = draws.gate((draws.uniform() * 2).floor(), p, 0.0)
+    m = (eye - 2 * along_grey * flip[:, None, None]) @ m
+    theta = draws.gate((draws.uniform() * 2 - 1) * math.pi, p, 0.0)[:, None, None]
+    cross = torch.zeros(4, 4, device=device)  # [grey]×, the cross-product matrix
+    g = grey[:3]
+    cross[:3, :3] = torch.tensor(
+        [[0, -g[2], g[1]], [g[2], 0, -g[0]], [-g[1], g[0], 0]], device=device
+    )
+    rotate = theta.cos() * (eye - along_grey) + theta.sin() * cross + along_grey
+    rotate[:, 3, 3] = 1
+    m = rotate @ m
+    saturation = draws.gate(torch.exp2(draws.normal()), p, 1.0)[:, None, None]
+    m = (along_grey + (eye - along_grey) * saturation) @ m
+    m[:, 3] = eye[3]
+    return m
+
+
+def ada_augment(
+    x: torch.Tensor,
+    p: float,
+    generator: torch.Generator,
+    part: BatchPart | None = None,
+    stages: str = "bgc",
+) -> torch.Tensor:
+    """ADA's augmentation pipeline at strength ``p`` on N×3×H×W images in [-1, 1].
+
+    Each transform is applied to each image with probability ``p`` (the two free rotations
+    with 1 − √(1 − p), so that a rotation happens with probability p). ``stages``: ``b``
+    blit (x-flip, 90° rotations, whole-pixel shifts), ``g`` geometric (isotropic and
+    anisotropic scaling, rotation, fractional shifts), ``c`` colour (brightness, contrast,
+    luma flip, hue rotation, saturation). Geometric transforms are composed into one matrix
+    and applied by kornia's ``warp_affine`` (bilinear, reflection padding: differentiable,
+    also twice for R1); the colour transforms are one 4×4 matrix per image written here,
+    since kornia's colour augmentations clamp to [0, 1] and go through HSV. NVlabs'
+    pipeline also upsamples 2× with a wavelet filter around the warp to limit aliasing;
+    this one warps at the image's own size. Random numbers are drawn as ``diff_augment``'s.
+    """
+    if p <= 0:
+        return x
+    from kornia.geometry.transform import warp_affine  # kornia imports slowly
+
+    n, _, height, width = x.shape
+    part = part or BatchPart(n, 0)
+    draws = _Draws(generator, part, n, x.device)
+    out = x
+    if "b" in stages or "g" in stages:
+        m = _geometric_matrix(draws, n, p, height, stages)
+        moved = (m - torch.eye(3, device=x.device)).abs().amax((1, 2)) > 1e-7
+        # normalised [-1, 1] → pixel coordinates (align_corners: ±1 at pixel centres)
+        to_pixels = torch.tensor(
+            [[(width - 1) / 2, 0, (width - 1) / 2], [0, (height - 1) / 2, (height - 1) / 2]],
+            device=x.device,
+        )
+        to_pixels = torch.cat([to_pixels, torch.tensor([[0.0, 0, 1]], device=x.device)])
+        pixel_m = to_pixels @ m @ torch.linalg.inv(to_pixels)
+        warped = warp_affine(
+            out.float(),
+            pixel_m[:, :2].float(),
+            (height, width),
+            mode="bilinear",
+            padding_mode="reflection",
+            align_corners=True,
+        ).to(x.dtype)
+        out = torch.where(moved[:, None, None, None], warped, out)
+    if "c" in stages:
+        c = _colour_matrix(draws, n, p).to(x.dtype)
+        out = torch.einsum("nij,njhw->nihw", c[:, :3, :3], out) + c[:, :3, 3, None, None]
+    return out

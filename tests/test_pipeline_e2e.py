@@ -73,6 +73,22 @@ def train_overrides() -> list[str]:
     ]
 
 
+def stylegan2_overrides() -> list[str]:
+    """A tiny StyleGAN2-ADA on the same 32×32 data, both regularisers every other step."""
+    values = {
+        "model": "stylegan2",
+        "stylegan2.latent_dim": 32,
+        "stylegan2.w_dim": 32,
+        "stylegan2.map_layers": 2,
+        "stylegan2.channel_base": 512,
+        "stylegan2.channel_max": 64,
+        "stylegan2.r1_interval": 2,
+        "stylegan2.pl_interval": 2,
+        "ada.interval": 1,
+    }
+    return [arg for key, value in values.items() for arg in ("-S", f"train.{key}={value}")]
+
+
 def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     """The pipeline's files (not data/) in a new git + DVC repository, params pointed at
     the fake Steam (``section.key=value`` or ``section.sub.key=value``)."""
@@ -205,7 +221,7 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
     dvc("repro", cwd=repo)
     commit(repo, "base")
     before = json.loads((repo / "data/dataset/stats.json").read_text())
-    # up to the dataset: a new dataset makes train refuse the old checkpoint (see README)
+    # up to the dataset only
     out = dvc("exp", "run", "-S", "dataset.mirror=true", "dataset", cwd=repo)
     assert "Running stage 'dataset'" in out
     for stage in ("appids", "download", "validate", "faces", "resize"):
@@ -213,3 +229,22 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
     after = json.loads((repo / "data/dataset/stats.json").read_text())
     assert after["count"] == 2 * before["count"]
     assert after["mean"] == before["mean"]
+
+    # StyleGAN2-ADA on the new dataset as an experiment: only train runs, the Lightweight
+    # checkpoint DVC checked out is set aside (not lost), and the curves carry ADA's p and
+    # the regularisers
+    out = dvc("exp", "run", *stylegan2_overrides(), cwd=repo)
+    assert "Running stage 'train'" in out and "Running stage 'dataset'" not in out
+    assert "moved to data/train/superseded/" in out
+    superseded = list((repo / "data/train/superseded").glob("*/latest.pt"))
+    assert len(superseded) == 1
+    from pipeline.training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
+    assert checkpoint["model"] == "stylegan2" and checkpoint["augment"]["kind"] == "ada"
+    assert checkpoint["state"]["step"] == 4
+    live = json.loads((repo / "dvclive/metrics.json").read_text())
+    assert live["augment"]["prob"] == checkpoint["state"]["ada_p"]
+    assert (repo / "dvclive/plots/metrics/loss/pl_penalty.tsv").exists()
+    assert (repo / "dvclive/plots/metrics/loss/r1_penalty.tsv").exists()
+    assert (repo / "dvclive/plots/images/samples/0000004.png").exists()

@@ -55,14 +55,26 @@ def test_longer_run_continues_a_finished_one(data, tmp_path):
     assert more.resumed and more.state.step == 3 and more.state.nimg == 24
 
 
-def test_checkpoint_of_other_params_is_refused_unless_named(data, tmp_path):
-    train(tiny(data, steps=1), tmp_path, live_dir=None)
-    other = tiny(data, steps=1, seed=7)
-    with pytest.raises(StageError, match=r"other params or data \(changed: seed\)"):
-        Trainer(other, tmp_path, live_dir=None)
-    named = tiny(data, steps=1, seed=7, resume_from=str(tmp_path / "checkpoints/latest.pt"))
+def test_checkpoint_of_other_params_is_set_aside_or_used_when_named(data, tmp_path):
+    first = train(tiny(data, steps=2, snapshot_every=1), tmp_path, live_dir=None)
+    latest = tmp_path / "checkpoints/latest.pt"
+    named = tiny(data, steps=1, seed=7, resume_from=str(latest))
     trainer = Trainer(named, tmp_path, live_dir=None)
     assert not trainer.resumed and trainer.state.step == 0  # weights only: a new run
+    assert not trainer.notice and latest.exists()
+
+    other = Trainer(tiny(data, steps=1, seed=7), tmp_path, live_dir=None)  # e.g. dvc exp run
+    assert not other.resumed and other.state.step == 0
+    assert "(changed: seed)" in other.notice
+    archive = tmp_path / "superseded" / first.hash
+    assert str(archive) in other.notice and not latest.exists()
+    kept = load_checkpoint(archive / "latest.pt")  # nothing lost
+    assert kept["state"]["step"] == 2 and kept["params_hash"] == first.hash
+    assert sorted(p.name for p in (archive / "snapshots").iterdir()) == [
+        "step-00000001.pt",
+        "step-00000002.pt",
+    ]
+    assert not (tmp_path / "snapshots").exists()
 
 
 def test_nan_losses_are_survived(data, tmp_path):

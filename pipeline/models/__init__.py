@@ -13,6 +13,10 @@ def build_model(params: TrainParams, for_sampling: bool = False) -> GANModel:
         from pipeline.models.lightweight import LightweightGAN
 
         return LightweightGAN(params.image_size, params.lightweight, for_sampling)
+    if params.model == "stylegan2":
+        from pipeline.models.stylegan2 import StyleGAN2
+
+        return StyleGAN2(params.image_size, params.stylegan2, params.batch_size, for_sampling)
     raise ValueError(f"unknown model {params.model!r}")
 
 

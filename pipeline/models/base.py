@@ -23,7 +23,10 @@ class StepContext:
     part: BatchPart  # this rank's rows of the global (micro-)batch
     rows: int  # how many rows this rank has
     augment: Callable[[torch.Tensor], torch.Tensor]  # D's augmentation for this step
-    logs: dict[str, float] = field(default_factory=dict)
+    # values to log: detached tensors (read only at log time: no GPU sync per step) or floats
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    real_signs: list[torch.Tensor] = field(default_factory=list)  # see observe_real_logits
+    real_count: int = 0
 
     def draw(self, *shape: int) -> torch.Tensor:
         """Uniform numbers for the global batch, this rank's rows (on the CPU)."""
@@ -33,6 +36,16 @@ class StepContext:
     def draw_shared(self, *shape: int) -> torch.Tensor:
         """Uniform numbers that are the same for the whole batch and every rank."""
         return torch.rand(shape, generator=self.generator)
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        """Standard normal numbers for the global batch, this rank's rows (on the CPU)."""
+        values = torch.randn((self.part.total, *shape), generator=self.generator)
+        return values[self.part.start : self.part.start + self.rows]
+
+    def observe_real_logits(self, logits: torch.Tensor) -> None:
+        """D's raw outputs on real images: their signs drive adaptive augmentation."""
+        self.real_signs.append(logits.detach().sign().sum().float())
+        self.real_count += logits.numel()
 
 
 class NoiseSource:
@@ -45,7 +58,8 @@ class NoiseSource:
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
         shape = (self.part.total, 1, *like.shape[2:])
         noise = torch.randn(shape, generator=self.generator)
-        return noise[self.part.start : self.part.start + self.size].to(like.device, like.dtype)
+        rows = like.shape[0]  # ``size``, or fewer (path-length regularisation's batch)
+        return noise[self.part.start : self.part.start + rows].to(like.device, like.dtype)
 
 
 NoiseMode = str  # "random" (fresh noise), "const" (a fixed map per layer) or "none"
@@ -118,6 +132,11 @@ class GANModel(nn.Module):
     latent_dim: int = 0
     G: nn.Module
     D: nn.Module
+    default_augment: str = "diffaugment"  # train.augment: auto picks this
+    # Lazy regularisation: every N steps the engine runs d_reg_loss / g_reg_loss as an extra
+    # optimizer step (None: the model has none).
+    d_reg_interval: int | None = None
+    g_reg_interval: int | None = None
 
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         raise NotImplementedError
@@ -126,4 +145,14 @@ class GANModel(nn.Module):
         raise NotImplementedError
 
     def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, z: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """G's images while training (a model may add style mixing and statistics)."""
+        return self.G(z)
+
+    def d_reg_loss(self, real: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def g_reg_loss(self, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError

@@ -272,9 +272,9 @@ class LightweightGAN(GANModel):
         hinge_fake = F.relu(1 + logits_fake.float()).mean()
         ctx.logs.update(
             {
-                "loss/D_real": hinge_real.item(),
-                "loss/D_fake": hinge_fake.item(),
-                "loss/D_recon": recon.item(),
+                "loss/D_real": hinge_real.detach(),
+                "loss/D_fake": hinge_fake.detach(),
+                "loss/D_recon": recon.detach(),
             }
         )
         return hinge_real + hinge_fake + recon
@@ -286,5 +286,5 @@ class LightweightGAN(GANModel):
 
     def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         loss = -self.D(ctx.augment(fake)).float().mean()
-        ctx.logs["loss/G"] = loss.item()
+        ctx.logs["loss/G"] = loss.detach()
         return loss

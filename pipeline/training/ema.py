@@ -21,7 +21,10 @@ def ema_beta(cfg: EmaParams, batch_size: int, nimg: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
-    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-        p_ema.lerp_(p.detach().to(p_ema.dtype), 1 - beta)
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError("EMA and model have different parameters")
+    # one fused kernel launch per group of tensors instead of one per parameter
+    torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)  # batch-norm statistics and spectral-norm vectors follow G directly

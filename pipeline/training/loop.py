@@ -10,6 +10,7 @@ N processes compute what one process with the whole batch would.
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline import io as pio
-from pipeline.augment import BatchPart, diff_augment
+from pipeline.augment import BatchPart, ada_augment, diff_augment
 from pipeline.errors import StageError
 from pipeline.models import GANModel, build_model
 from pipeline.models.base import NoiseSource, StepContext, set_noise_source
@@ -58,6 +59,16 @@ class TrainState:
     lr_scale: float = 1.0  # lowered after repeated NaN steps
     bad_steps: int = 0  # consecutive steps with a non-finite loss or gradient
     recoveries: int = 0
+    ada_p: float = 0.0  # adaptive augmentation strength
+    ada_sign_sum: float = 0.0  # sum of sign(D(real)) since p was last adjusted
+    ada_count: int = 0  # and how many outputs that sum covers
+
+
+def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Logged values as floats, with one device sync for all the tensors among them."""
+    keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([logs[k].float().reshape(()) for k in keys]).tolist() if keys else []
+    return {**logs, **dict(zip(keys, values, strict=True))}
 
 
 class Trainer:
@@ -105,8 +116,16 @@ class Trainer:
         self.scaler_G = self.precision.scaler(self.device)
         self.scaler_D = self.precision.scaler(self.device)
         self.generator = torch.Generator().manual_seed(params.seed + 1)
-        self.state = TrainState()
+        self.augment_kind = (
+            self.model.default_augment if params.augment == "auto" else params.augment
+        )
+        ada = params.ada
+        self.state = TrainState(ada_p=ada.fixed_p if ada.fixed_p is not None else ada.initial_p)
         self.resumed = self._restore()
+        # sign(D(real)) sum and count since the last adjustment, on the device (no sync)
+        self.ada_stats = torch.tensor(
+            [self.state.ada_sign_sum, self.state.ada_count], device=self.device
+        )
         broadcast_module(self.model, self.procs.world)
         if self.device.type == "cuda" and params.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -119,22 +138,40 @@ class Trainer:
     def _restore(self) -> bool:
         """Continue our own run, start from ``resume_from``'s weights, or start fresh."""
         path, resume_from = self.checkpoint_path, self.p.resume_from
+        self.notice = ""
         if path.exists():
             checkpoint = load_checkpoint(path)
             if checkpoint.get("params_hash") == self.hash:
                 self._load(checkpoint)
                 return True
             if not (resume_from and Path(resume_from).resolve() == path.resolve()):
-                changed = changed_keys(checkpoint.get("params", {}), self.p.model_dump(mode="json"))
-                what = ", ".join(changed) if changed else "the dataset"
-                raise StageError(
-                    f"{path} was trained with other params or data (changed: {what}); delete "
-                    f"{path.parent} to start over, or set train.resume_from={path} to start "
-                    "from its weights"
-                )
+                self._set_aside(checkpoint)
         if resume_from:
             self._load_weights(load_checkpoint(resume_from), resume_from)
         return False
+
+    def _set_aside(self, checkpoint: dict) -> None:
+        """Another run's checkpoint (other params or data, as after ``dvc exp run -S
+        train.…``, which checks the last one out): move it and its snapshots to
+        ``superseded/<its params hash>/`` and start a new run. Nothing is lost, and that
+        folder is no DVC output, so it does not grow the cache."""
+        changed = changed_keys(checkpoint.get("params", {}), self.p.model_dump(mode="json"))
+        what = ", ".join(changed) if changed else "the dataset"
+        old_hash = str(checkpoint.get("params_hash", "unknown"))
+        archive = self.checkpoint_path.parent.parent / "superseded" / old_hash
+        if self.procs.is_main:
+            archive.mkdir(parents=True, exist_ok=True)
+            self.checkpoint_path.replace(archive / CHECKPOINT_NAME)
+            if self.snapshot_dir.exists():
+                # an earlier copy of the same run (same hash): the newer one extends it
+                shutil.rmtree(archive / "snapshots", ignore_errors=True)
+                self.snapshot_dir.replace(archive / "snapshots")
+        barrier(self.procs.world)
+        self.notice = (
+            f"{self.checkpoint_path} was trained with other params or data (changed: {what}); "
+            f"moved to {archive}, starting a new run (train.resume_from="
+            f"{archive / CHECKPOINT_NAME} starts from its weights)"
+        )
 
     def _load_weights(self, checkpoint: dict, source: str) -> None:
         try:
@@ -154,6 +191,10 @@ class Trainer:
         self.scaler_G.load_state_dict(checkpoint["scaler_G"])
         self.scaler_D.load_state_dict(checkpoint["scaler_D"])
         self.state = TrainState(**checkpoint["state"])
+        if hasattr(self, "ada_stats"):
+            self.ada_stats = torch.tensor(
+                [self.state.ada_sign_sum, self.state.ada_count], device=self.device
+            )
         self.generator.set_state(checkpoint["rng"]["engine"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
@@ -162,6 +203,9 @@ class Trainer:
 
     def _header(self) -> dict:
         """What a sampler needs to rebuild G (``checkpoint.load_generator``)."""
+        if hasattr(self, "ada_stats"):
+            sign_sum, count = self.ada_stats.tolist()
+            self.state.ada_sign_sum, self.state.ada_count = sign_sum, int(count)
         return {
             "model": self.p.model,
             "image_size": self.p.image_size,
@@ -198,10 +242,7 @@ class Trainer:
                         "opt_D": self.opt_D.state_dict(),
                         "scaler_G": self.scaler_G.state_dict(),
                         "scaler_D": self.scaler_D.state_dict(),
-                        "augment": {
-                            "types": self.p.aug.types_at(self.state.step),
-                            "prob": self.p.aug.prob,
-                        },
+                        "augment": {"kind": self.augment_kind, **self._augment_state()},
                         "rng": {
                             "engine": self.generator.get_state(),
                             "torch": torch.get_rng_state(),
@@ -252,53 +293,137 @@ class Trainer:
         ok = self._everywhere(bool(torch.isfinite(torch.stack(losses)).all()))
         if ok and not scaler.is_enabled():
             grads = [p.grad for p in module.parameters() if p.grad is not None]
-            ok = all(bool(torch.isfinite(g).all()) for g in grads)
+            # one sync for all gradients (a GradScaler checks them itself)
+            ok = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if ok:
             scaler.step(opt)  # with fp16, skips by itself on overflowed gradients
             scaler.update()
         opt.zero_grad(set_to_none=True)
         return ok
 
-    def train_step(self, batches: Iterator[torch.Tensor]) -> tuple[bool, dict]:
+    def _augment_state(self) -> dict:
+        if self.augment_kind == "diffaugment":
+            return {"types": self.p.aug.types_at(self.state.step), "prob": self.p.aug.prob}
+        if self.augment_kind == "ada":
+            return {"stages": self.p.ada.stages, "prob": self.state.ada_p}
+        return {"prob": 0.0}
+
+    def _augmenter(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """D's augmentation for this step (the same for reals and fakes)."""
+        p, kind = self.p, self.augment_kind
+        if kind == "diffaugment":
+            types = p.aug.types_at(self.state.step)
+            return lambda x: diff_augment(x, types, p.aug.prob, self.generator, self.part)
+        if kind == "ada":
+            prob = self.state.ada_p
+            return lambda x: ada_augment(x, prob, self.generator, self.part, p.ada.stages)
+        return lambda x: x
+
+    def _adjust_ada(self, logs: dict[str, float]) -> None:
+        """Every ``ada.interval`` steps move p towards r_t = E[sign(D(real))] = target, at a
+        speed that would take p from 0 to 1 in ``ada.speed_kimg``."""
+        ada = self.p.ada
+        if self.augment_kind != "ada" or ada.fixed_p is not None:
+            return
+        if self.state.step % ada.interval:
+            return
+        stats = self.ada_stats.clone()
+        if self.procs.world > 1:
+            dist.all_reduce(stats)
+        sign_sum, count = stats.tolist()
+        self.ada_stats.zero_()
+        if count == 0:
+            return
+        r_t = sign_sum / count
+        step = self.p.batch_size * ada.interval / (ada.speed_kimg * 1000)
+        direction = (r_t > ada.target) - (r_t < ada.target)
+        self.state.ada_p = min(max(self.state.ada_p + direction * step, 0.0), 1.0)
+        logs["augment/r_t"] = r_t
+
+    def _d_phase(self, batches, augment, logs) -> tuple[bool, list[torch.Tensor]]:
         p, model = self.p, self.model
-        types = p.aug.types_at(self.state.step)
-        logs: dict[str, float] = {}
-
-        def augment(images: torch.Tensor) -> torch.Tensor:
-            return diff_augment(images, types, p.aug.prob, self.generator, self.part)
-
-        losses = []
+        losses, reals = [], []
         for _ in range(p.accumulate):
             ctx = self._context(augment)
             real = self._real(next(batches), ctx)
+            reals.append(real)
             z = self._latents(ctx)
             with self.precision.autocast(self.device):
                 with torch.no_grad():
-                    fake = model.G(z)
+                    fake = model.generate(z, ctx)
                 loss = model.d_loss(real, fake, ctx)
             self.scaler_D.scale(loss / p.accumulate).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-        d_ok = self._apply(model.D, self.opt_D, self.scaler_D, losses)
+            if ctx.real_signs:
+                self.ada_stats += torch.stack(
+                    [
+                        torch.stack(ctx.real_signs).sum().to(self.device),
+                        self.ada_stats.new_tensor(ctx.real_count),
+                    ]
+                )
+        return self._apply(model.D, self.opt_D, self.scaler_D, losses), reals
+
+    def _reg_phase(self, module, opt, scaler, loss_fn, rounds, augment, logs) -> bool:
+        """A lazy-regularisation step: its own backward and optimizer step."""
+        losses = []
+        for round_ in range(rounds):
+            ctx = self._context(augment)
+            with self.precision.autocast(self.device):
+                loss = loss_fn(round_, ctx)
+            scaler.scale(loss / rounds).backward()
+            losses.append(loss.detach().float())
+            logs.update(ctx.logs)
+        return self._apply(module, opt, scaler, losses)
+
+    def train_step(self, batches: Iterator[torch.Tensor]) -> tuple[bool, dict]:
+        p, model, step = self.p, self.model, self.state.step
+        augment = self._augmenter()
+        logs: dict[str, float] = {}
+
+        d_ok, reals = self._d_phase(batches, augment, logs)
+        if model.d_reg_interval and step % model.d_reg_interval == 0:
+            d_ok &= self._reg_phase(
+                model.D,
+                self.opt_D,
+                self.scaler_D,
+                lambda i, ctx: model.d_reg_loss(reals[i], ctx),
+                p.accumulate,
+                augment,
+                logs,
+            )
 
         losses = []
+        trainable = [param.requires_grad for param in model.D.parameters()]
         model.D.requires_grad_(False)
         for _ in range(p.accumulate):
             ctx = self._context(augment)
             z = self._latents(ctx)
             with self.precision.autocast(self.device):
-                loss = model.g_loss(model.G(z), ctx)
+                loss = model.g_loss(model.generate(z, ctx), ctx)
             self.scaler_G.scale(loss / p.accumulate).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-        model.D.requires_grad_(True)
-        set_noise_source(model.G, None)
         g_ok = self._apply(model.G, self.opt_G, self.scaler_G, losses)
+        if model.g_reg_interval and step % model.g_reg_interval == 0:
+            g_ok &= self._reg_phase(
+                model.G,
+                self.opt_G,
+                self.scaler_G,
+                lambda i, ctx: model.g_reg_loss(ctx),
+                p.accumulate,
+                augment,
+                logs,
+            )
+        for param, flag in zip(model.D.parameters(), trainable, strict=True):
+            param.requires_grad_(flag)  # frozen layers (freeze_d) stay frozen
+        set_noise_source(model.G, None)
 
         self.state.step += 1
         self.state.nimg += p.batch_size
         if g_ok:
             update_ema(self.G_ema, model.G, ema_beta(p.ema, p.batch_size, self.state.nimg))
+        self._adjust_ada(logs)
         logs["loss/finite"] = float(d_ok and g_ok)
         return d_ok and g_ok, logs
 
@@ -358,7 +483,7 @@ class Trainer:
                 stopping = stop_at is not None and step >= stop_at
                 if step % p.log_every == 0 or done or stopping:
                     now = time.perf_counter()
-                    logs = all_reduce_mean(logs, self.procs.world, self.device)
+                    logs = all_reduce_mean(as_floats(logs), self.procs.world, self.device)
                     logs.update(self._run_metrics(images_since / max(now - clock, 1e-9)))
                     clock, images_since = now, 0
                     last = logs
@@ -384,7 +509,7 @@ class Trainer:
             "kimg": self.state.nimg / 1000,
             "lr/G": self.opt_G.param_groups[0]["lr"],
             "lr/D": self.opt_D.param_groups[0]["lr"],
-            "augment/prob": self.p.aug.prob,
+            "augment/prob": self._augment_state()["prob"],
             "speed/images_per_s": images_per_s,  # the global batch: all processes
         }
         if self.device.type == "cuda":

@@ -76,8 +76,49 @@ class LightweightParams(Section):
     )
 
 
+class AdaParams(Section):
+    """Adaptive discriminator augmentation (StyleGAN2-ADA): the strength p follows how
+    sure D is about reals, r_t = E[sign(D(real))], towards ``target``."""
+
+    # b: blit (flips, 90° rotations, whole-pixel shifts), g: geometric, c: colour
+    stages: Literal["bgc", "bg", "bc", "gc", "b", "g", "c"] = "bgc"
+    target: Annotated[float, Field(gt=0, lt=1)] = 0.6
+    fixed_p: Probability | None = None  # a constant p instead (null: adaptive)
+    initial_p: Probability = 0.0
+    interval: PositiveInt = 4  # steps between adjustments of p
+    speed_kimg: Annotated[float, Field(gt=0)] = 500  # kimg p would take to go from 0 to 1
+
+
+class StyleGAN2Params(Section):
+    """StyleGAN2 and its ADA training setup. Keys left null take ``config``'s value."""
+
+    config: Literal["auto", "paper256", "config-e"] = "auto"
+    latent_dim: PositiveInt = 512
+    w_dim: PositiveInt = 512
+    map_layers: PositiveInt | None = None  # auto: 2; paper256, config-e: 8
+    channel_base: PositiveInt | None = None  # width at resolution r: min(base / r, channel_max)
+    channel_max: PositiveInt = 512
+    mbstd_group: PositiveInt | None = None  # minibatch-stddev group; auto: min(batch, 4)
+    lr: Annotated[float, Field(gt=0)] | None = None  # auto: 0.0025 (0.002 at 1024 px)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.0,
+        0.99,
+    )
+    r1_gamma: Annotated[float, Field(ge=0)] | None = None  # auto: 0.0002·res²/batch; 0: off
+    r1_interval: PositiveInt = 16  # lazy R1 every N steps
+    pl_weight: Annotated[float, Field(ge=0)] = 2.0  # path-length regularisation; 0: off
+    pl_interval: PositiveInt = 4
+    pl_batch_shrink: PositiveInt = 2
+    pl_decay: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    style_mixing: Probability = 0.9
+    reduced_precision_res: NonNegativeInt = 4  # highest resolutions in bf16/fp16 (NVlabs: 4)
+    conv_clamp: Annotated[float, Field(gt=0)] | None = 256  # clamp activations (fp16 safety)
+    fused_modconv: Literal["auto", "always", "never"] = "auto"  # auto: fused when sampling
+    freeze_d: NonNegativeInt = 0  # freeze D's first N blocks from the top (transfer learning)
+
+
 class TrainParams(Section):
-    model: Literal["lightweight"] = "lightweight"
+    model: Literal["lightweight", "stylegan2"] = "lightweight"
     data: str = "data/dataset"  # a dataset folder, a dataset.zip, or a folder holding one
     image_size: Annotated[int, Field(ge=16, le=1024)] = 256
     steps: PositiveInt = 150_000  # optimizer steps of G
@@ -88,7 +129,10 @@ class TrainParams(Section):
     compile: bool = False
     mirror: bool = False  # random x-flips of real images, on the fly
     ema: EmaParams = EmaParams()
+    # D's augmentation: auto picks the model's (lightweight: diffaugment, stylegan2: ada)
+    augment: Literal["auto", "diffaugment", "ada", "none"] = "auto"
     aug: AugParams = AugParams()
+    ada: AdaParams = AdaParams()
     seed: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: NonNegativeInt = 2  # data-loading processes
@@ -103,6 +147,7 @@ class TrainParams(Section):
     nan_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
     resume_from: str | None = None  # a checkpoint to start from (transfer learning)
     lightweight: LightweightParams = LightweightParams()
+    stylegan2: StyleGAN2Params = StyleGAN2Params()
 
     @model_validator(mode="after")
     def _divisible_batch(self) -> TrainParams:

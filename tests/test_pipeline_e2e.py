@@ -70,6 +70,15 @@ def train_overrides() -> list[str]:
         "render.grid=[2, 3]",
         "render.seeds=[0, 1]",
         "render.frames=4",
+        "render.w_samples=500",
+        "render.mixing.rows=[1, 2]",
+        "render.mixing.cols=[3, 4]",
+        "render.directions.count=2",
+        "render.directions.steps=3",
+        "render.project.targets=2",
+        "render.project.steps=10",
+        "render.project.video_every=5",
+        "render.project.download_weights=false",  # no test touches the network
     ]
 
 
@@ -248,3 +257,10 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
     assert (repo / "dvclive/plots/metrics/loss/pl_penalty.tsv").exists()
     assert (repo / "dvclive/plots/metrics/loss/r1_penalty.tsv").exists()
     assert (repo / "dvclive/plots/images/samples/0000004.png").exists()
+    # render follows train: StyleGAN2 gets every render, the projection's loss is a metric
+    assert "Running stage 'render'" in out
+    summary = json.loads((repo / "data/render/render.json").read_text())
+    assert summary["model"] == "stylegan2" and summary["unsupported"] == {}
+    assert (repo / "data/render/images/mixing.png").exists()
+    assert (repo / "data/render/videos/projection.mp4").exists()
+    assert "projection.final_loss" in dvc("metrics", "show", cwd=repo).replace("\n", " ")

@@ -23,7 +23,7 @@ from pipeline.training.checkpoint import TrainedGenerator, load_generator
 from pipeline.training.params import TrainParams
 from tests.conftest import run_cli, set_args
 from tests.style_helpers import TinyStyleGenerator
-from tests.train_helpers import flowers, tiny
+from tests.train_helpers import flowers, tiny, tiny_stylegan2
 
 CPU = torch.device("cpu")
 
@@ -37,6 +37,16 @@ def trained_run(tmp_path_factory) -> Path:
     data = flowers(root / "data/dataset", count=16)
     train(tiny(data, steps=4, snapshot_every=2), root / "data/train", live_dir=None)
     return root
+
+
+@pytest.fixture(scope="module")
+def stylegan2_run(trained_run) -> Path:
+    """A 2-step tiny StyleGAN2 on the same flowers, a snapshot after each step."""
+    from pipeline.training.loop import train
+
+    params = tiny_stylegan2(trained_run / "data/dataset", steps=2, snapshot_every=1)
+    train(params, trained_run / "sg", live_dir=None)
+    return trained_run / "sg"
 
 
 @pytest.fixture
@@ -300,6 +310,75 @@ def test_style_model_gets_every_render(trained_run, tmp_path):
     from pipeline.render.run import unsupported, work_units
 
     assert len(ticks) == work_units(p, unsupported(G, "tiny_style"))
+
+
+def test_stylegan2_checkpoint_gets_every_render(trained_run, stylegan2_run, monkeypatch):
+    monkeypatch.chdir(trained_run)
+    (trained_run / "params.yaml").write_text("{}\n")
+    overrides = [
+        "render.checkpoint=sg/checkpoints/latest.pt",
+        "render.snapshots=sg/snapshots",
+        "render.grid=[2, 2]",
+        "render.seeds=[0, 1]",
+        "render.truncation=[0.0]",
+        "render.frames=3",
+        "render.w_samples=500",
+        "render.mixing.rows=[10, 11, 12]",
+        "render.mixing.cols=[20, 21, 22, 23]",
+        "render.directions.count=2",
+        "render.directions.steps=3",
+        "render.project.targets=1",  # a batch of one
+        "render.project.steps=12",
+        "render.project.video_every=4",
+        "render.project.download_weights=false",
+        f"render.project.weights_dir={trained_run / 'no-weights'}",
+    ]
+    result = run_cli("render", *set_args(overrides))
+    assert result.exit_code == 0, result.output
+    assert "render: projection loss pixel_mse (LPIPS-VGG16 unavailable" in result.output
+    out = trained_run / "data/render"
+    summary = json.loads((out / "render.json").read_text())
+    assert summary["model"] == "stylegan2" and summary["unsupported"] == {}
+    assert list(summary["rendered"]) == [
+        "fakes", "reals", "progress", "interpolation_z", "truncation", "mixing",
+        "interpolation_w", "ganspace", "sefa", "projection",
+    ]  # fmt: skip
+    assert Image.open(out / "images/progress.png").size == (2 * 32, 2 * 32)  # steps 1, 2
+
+    def picture(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(Image.open(out / "images" / name)).copy())
+
+    # ψ = 0: both seeds' truncated images are the average image
+    truncation, average = picture("truncation.png"), picture("average.png")
+    assert truncation.shape == (2 * 32, 2 * 32, 3)
+    for row in (0, 32):
+        cell = truncation[row : row + 32, 32:64].int()
+        assert (cell - average.int()).abs().max() <= 1  # PNG rounding
+    assert not torch.equal(truncation[:32, :32], truncation[32:, :32])  # ψ = 1 differs
+    # style mixing on the real generator: a row's mixes share its coarse styles
+    mixed = picture("mixing.png").float().reshape(4, 32, 5, 32, 3).permute(0, 2, 1, 3, 4)[1:, 1:]
+    within = [
+        distance(mixed[r, a], mixed[r, b]) for r in range(3) for a in range(4) for b in range(a)
+    ]
+    unrelated = [
+        distance(mixed[r, a], mixed[q, b])
+        for r in range(3) for q in range(r) for a in range(4) for b in range(4) if a != b
+    ]  # fmt: skip
+    assert sum(within) / len(within) < sum(unrelated) / len(unrelated)
+    for name, frames in (("interpolation-z", 6), ("interpolation-w", 6), ("projection", 4)):
+        gif, mp4, _ = frame_counts(out / f"images/{name}.gif", out / f"videos/{name}.mp4")
+        assert mp4 == frames and gif <= frames
+    projected = summary["rendered"]["projection"]
+    assert projected["final_loss"][0] < projected["start_loss"][0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["projection"]["final_loss"] == projected["final_loss"][0]
+
+
+def test_stylegan2_samples_a_batch_of_one_like_a_larger_batch(stylegan2_run):
+    G = load_generator(stylegan2_run / "checkpoints/latest.pt").G
+    synth = Synth(G, CPU, batch=1, noise_mode="const")
+    z = synth.z([3, 4])
+    assert torch.allclose(synth.images(z), Synth(G, CPU, batch=2).images(z), atol=1e-4)
 
 
 @pytest.mark.parametrize(

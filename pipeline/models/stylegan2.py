@@ -254,7 +254,7 @@ class ModulatedConv2d(nn.Module):
         if not fused:
             # Scale activations instead of weights: one shared weight, cuDNN's fast path.
             x = x * styles[:, :, None, None]
-            x = self._conv(x, weight, groups=1)
+            x = self._conv(x, weight, groups=1, shared=True)
             return x * dcoefs[:, :, None, None] if self.demodulate else x
         # One grouped convolution with a weight per sample (fast for small batches).
         per_sample = weight[None] * styles[:, None, :, None, None]
@@ -269,10 +269,12 @@ class ModulatedConv2d(nn.Module):
         x = self._conv(x, per_sample, groups=n)
         return x.reshape(n, out_channels, *x.shape[2:])
 
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    def _conv(
+        self, x: torch.Tensor, weight: torch.Tensor, groups: int, shared: bool = False
+    ) -> torch.Tensor:
         if not self.up:
             return F.conv2d(x, weight, padding=self.padding, groups=groups)
-        if groups == 1:
+        if shared:  # out×in×k×k; the per-sample weights arrive as (n·in)×out×k×k already
             weight = weight.transpose(0, 1)
         # Transposed convolution at stride 2 (2H+1 pixels), then the FIR filter (2H pixels).
         x = F.conv_transpose2d(x, weight, stride=2, groups=groups)

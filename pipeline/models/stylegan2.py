@@ -592,7 +592,7 @@ class StyleGAN2(GANModel):
         ws = self._mixed_ws(z, ctx)
         images = G.synthesis(ws)
         size = images.shape[2] * images.shape[3]
-        y = ctx.normal(*images.shape[1:])[:rows].to(device, images.dtype) / math.sqrt(size)
+        y = ctx.normal_on(device, *images.shape[1:])[:rows].to(images.dtype) / math.sqrt(size)
         (grads,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
         lengths = grads.float().square().sum(2).mean(1).sqrt()
         with torch.no_grad():

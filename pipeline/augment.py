@@ -266,11 +266,14 @@ def ada_augment(
 
     n, _, height, width = x.shape
     part = part or BatchPart(n, 0)
-    draws = _Draws(generator, part, n, x.device)
+    # The per-image matrices are built on the CPU (where the numbers are drawn) and moved
+    # to the images' device once each.
+    draws = _Draws(generator, part, n, torch.device("cpu"))
     out = x
     if "b" in stages or "g" in stages:
         m = _geometric_matrix(draws, n, p, height, stages)
-        moved = (m - torch.eye(3, device=x.device)).abs().amax((1, 2)) > 1e-7
+        moved = ((m - torch.eye(3)).abs().amax((1, 2)) > 1e-7).to(x.device)
+        m = m.to(x.device)
         # normalised [-1, 1] → pixel coordinates (align_corners: ±1 at pixel centres)
         to_pixels = torch.tensor(
             [[(width - 1) / 2, 0, (width - 1) / 2], [0, (height - 1) / 2, (height - 1) / 2]],
@@ -288,6 +291,6 @@ def ada_augment(
         ).to(x.dtype)
         out = torch.where(moved[:, None, None, None], warped, out)
     if "c" in stages:
-        c = _colour_matrix(draws, n, p).to(x.dtype)
+        c = _colour_matrix(draws, n, p).to(x.device, x.dtype)
         out = torch.einsum("nij,njhw->nihw", c[:, :3, :3], out) + c[:, :3, 3, None, None]
     return out

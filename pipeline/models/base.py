@@ -42,10 +42,26 @@ class StepContext:
         values = torch.randn((self.part.total, *shape), generator=self.generator)
         return values[self.part.start : self.part.start + self.rows]
 
+    def normal_on(self, device, *shape: int) -> torch.Tensor:
+        """Like ``normal`` but made on ``device`` (large draws: see ``device_normal``)."""
+        values = device_normal(self.generator, (self.part.total, *shape), device)
+        return values[self.part.start : self.part.start + self.rows]
+
     def observe_real_logits(self, logits: torch.Tensor) -> None:
         """D's raw outputs on real images: their signs drive adaptive augmentation."""
         self.real_signs.append(logits.detach().sign().sum().float())
         self.real_count += logits.numel()
+
+
+def device_normal(
+    generator: torch.Generator, shape: tuple[int, ...], device, dtype=torch.float32
+) -> torch.Tensor:
+    """Normal numbers made on ``device`` from a seed drawn from the (CPU) ``generator``:
+    as reproducible as drawing them on the CPU, without generating and copying megabytes
+    per step there (noise maps are N×1×H×W per layer)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    device_generator = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(shape, generator=device_generator, device=device, dtype=dtype)
 
 
 class NoiseSource:
@@ -57,9 +73,9 @@ class NoiseSource:
 
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
         shape = (self.part.total, 1, *like.shape[2:])
-        noise = torch.randn(shape, generator=self.generator)
+        noise = device_normal(self.generator, shape, like.device, like.dtype)
         rows = like.shape[0]  # ``size``, or fewer (path-length regularisation's batch)
-        return noise[self.part.start : self.part.start + rows].to(like.device, like.dtype)
+        return noise[self.part.start : self.part.start + rows]
 
 
 NoiseMode = str  # "random" (fresh noise), "const" (a fixed map per layer) or "none"

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -594,11 +595,15 @@ class StyleGAN2(GANModel):
         ws = self._mixed_ws(z, ctx)
         images = G.synthesis(ws)
         size = images.shape[2] * images.shape[3]
-        y = ctx.normal(*images.shape[1:])[:rows].to(device, images.dtype) / math.sqrt(size)
+        y = ctx.normal_on(device, *images.shape[1:])[:rows].to(images.dtype) / math.sqrt(size)
         (grads,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
         lengths = grads.float().square().sum(2).mean(1).sqrt()
         with torch.no_grad():
-            G.pl_mean.copy_(G.pl_mean.lerp(lengths.mean(), cfg.pl_decay))
+            batch_mean = lengths.mean()
+            if dist.is_available() and dist.is_initialized():  # the same mean on every rank
+                dist.all_reduce(batch_mean)
+                batch_mean /= dist.get_world_size()
+            G.pl_mean.copy_(G.pl_mean.lerp(batch_mean, cfg.pl_decay))
         penalty = (lengths - G.pl_mean).square().mean()
         ctx.logs.update({"loss/pl_penalty": penalty.detach(), "pl_mean": G.pl_mean.clone()})
         return penalty * cfg.pl_weight * self.g_reg_interval

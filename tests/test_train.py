@@ -50,7 +50,8 @@ def test_resume_is_bit_identical(data, tmp_path):
 
 
 def test_longer_run_continues_a_finished_one(data, tmp_path):
-    train(tiny(data, steps=2), tmp_path, live_dir=None)
+    train(tiny(data, steps=2, snapshot_every=None), tmp_path, live_dir=None)
+    assert list((tmp_path / "snapshots").iterdir()) == []  # the DVC output exists, empty
     more = train(tiny(data, steps=3), tmp_path, live_dir=None)  # steps is not a defining param
     assert more.resumed and more.state.step == 3 and more.state.nimg == 24
 

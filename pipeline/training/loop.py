@@ -458,6 +458,8 @@ class Trainer:
         """Train to ``params.steps`` (or stop after the checkpoint at ``stop_at``, for tests
         of resuming); return the last logged values."""
         p = self.p
+        if self.procs.is_main:  # a DVC output even with snapshot_every: null
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         if not self.checkpoint_path.exists():
             self.save()  # a starting point for NaN recovery
         logger = (

@@ -300,6 +300,7 @@ def evaluate_generator(
 
             _metric(results, notes, (name,), ppl)
         if not mapping:
+            results["ppl_w"] = None
             notes["ppl_w"] = f"{trained.model} has no W space (no mapping network)"
     if "one_face" in metrics:
         results["one_face_rate"] = faces.rate if faces is not None else None

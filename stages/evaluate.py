@@ -10,7 +10,8 @@ from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 from stages.reference import REFERENCE
 
 OUT_DIR = pio.stage_dir("evaluate")
-METRICS = OUT_DIR / "metrics.json"
+METRICS = OUT_DIR / "metrics.json"  # numbers only (null where not computed): a DVC metric
+NOTES = OUT_DIR / "notes.json"  # why a metric is null, and the settings the numbers depend on
 app = stage_app(__doc__)
 
 
@@ -18,15 +19,15 @@ SHOWN = ("fid", "kid", "precision", "recall", "inception_score", "ppl_z", "ppl_w
          "one_face_rate", "one_face_rate_real")  # fmt: skip
 
 
-def summary_line(results: dict) -> str:
+def summary_line(results: dict, notes: dict) -> str:
     shown = [
         f"{name} {results[name]:.4g}"
         for name in SHOWN
         if isinstance(results.get(name), float | int)
     ]
-    missing = sorted(results.get("notes", {}))
+    missing = sorted(notes)
     line = ", ".join(shown) or "no metric"
-    return line + (f"; null: {', '.join(missing)} (see notes)" if missing else "")
+    return line + (f"; null: {', '.join(missing)} (see {NOTES})" if missing else "")
 
 
 @app.command()
@@ -60,8 +61,19 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         if "ppl" in cfg.metrics:
             lpips, lpips_note = load_ppl_distance(cfg, pick_device(cfg.device))
         results = evaluate_generator(cfg, reference, model, detector, face_note, lpips, lpips_note)
+        notes = results.pop("notes", {})
+        settings = {
+            "checkpoint": cfg.checkpoint,
+            "resize": cfg.resize,
+            "extractor": model.source.name if model else None,
+            "extractor_sha256": model.source.sha256 if model else None,
+            "reference": str(REFERENCE),
+        }
         pio.write_json(METRICS, results)
-        say(f"evaluate: {summary_line(results)} → {METRICS}")
+        pio.write_json(NOTES, {"notes": notes, "settings": settings})
+        for name, why in notes.items():
+            say(f"evaluate: {name} is null: {why}")
+        say(f"evaluate: {summary_line(results, notes)} → {METRICS}")
 
 
 if __name__ == "__main__":

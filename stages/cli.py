@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from stages import appids, dataset, download, faces, render, resize, train, validate
+from stages import (
+    appids,
+    compare,
+    dataset,
+    download,
+    evaluate,
+    faces,
+    reference,
+    render,
+    resize,
+    train,
+    validate,
+)
 
 STAGES = {
     "appids": appids,
@@ -14,8 +26,12 @@ STAGES = {
     "resize": resize,
     "dataset": dataset,
     "train": train,
+    "reference": reference,
+    "evaluate": evaluate,
     "render": render,
 }
+# Commands that are not stages: compare image sets outside the pipeline.
+COMMANDS = {"fid": compare.fid, "kid": compare.kid}
 
 app = typer.Typer(
     add_completion=False,
@@ -26,6 +42,8 @@ app = typer.Typer(
 for name, module in STAGES.items():
     # Mount each stage app's one command under the stage's name, with its own help text.
     app.command(name=name, help=module.main.__doc__)(module.main)
+for name, command in COMMANDS.items():
+    app.command(name=name, help=command.__doc__)(command)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,19 @@ def run_stage(stage: str, params: Path, overrides: list[str] | None) -> Iterator
 
     ``STEAMGAN_DEBUG=1`` re-raises unexpected errors with their traceback.
     """
-    try:
+    with one_line_errors(stage):
         yield load_params(params, overrides or ())
+
+
+@contextlib.contextmanager
+def one_line_errors(command: str) -> Iterator[None]:
+    """Any failure in the block becomes ``steamgan COMMAND: error: …`` and a non-zero exit."""
+    try:
+        yield
     except StageError as exc:
-        raise fail(stage, str(exc)) from None
+        raise fail(command, str(exc)) from None
     except KeyboardInterrupt:
-        raise fail(stage, "interrupted; run it again to resume", 130) from None
+        raise fail(command, "interrupted; run it again to resume", 130) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
@@ -56,7 +63,7 @@ def run_stage(stage: str, params: Path, overrides: list[str] | None) -> Iterator
             raise
         first_line = (str(exc).splitlines() or [""])[0]
         raise fail(
-            stage, f"{exc.__class__.__name__}: {first_line} (STEAMGAN_DEBUG=1 for a traceback)"
+            command, f"{exc.__class__.__name__}: {first_line} (STEAMGAN_DEBUG=1 for a traceback)"
         ) from None
 
 

@@ -23,9 +23,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Draw every render render.checkpoint's model supports into data/render/."""
     with run_stage("render", params, overrides) as p:
         # torch: imported only when rendering
+        from pipeline.devices import pick_device
         from pipeline.render.run import metrics, render, unsupported, work_units
         from pipeline.training.checkpoint import load_generator
-        from pipeline.training.distributed import pick_device
 
         cfg = p.render
         if not Path(cfg.checkpoint).is_file():
@@ -34,6 +34,32 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
                 "(dvc repro train) or point it at a checkpoint or snapshot"
             )
         device = pick_device(cfg.device)
+
+        def projection_features():
+            """The FID Inception trunk (differentiable) for projection's fallback loss."""
+            import torch
+
+            from pipeline.metrics.inception import load_inception
+            from pipeline.render.projection import inception_features
+
+            project = cfg.project
+            try:
+                inception = load_inception(
+                    "auto", device, project.weights_dir, project.download_weights
+                )
+            except StageError as exc:
+                say(f"render: no Inception features for projection ({exc})")
+                return None
+            trunk = inception.trunk
+            for param in trunk.parameters():  # a ScriptModule: no requires_grad_()
+                param.requires_grad_(False)
+
+            def features(x):
+                with torch.jit.optimized_execution(False):  # see InceptionV3.forward
+                    return trunk(x).reshape(len(x), -1)
+
+            return inception_features(features)
+
         trained = load_generator(cfg.checkpoint, device)
         skipped = unsupported(trained.G, trained.model)
         for reason in dict.fromkeys(skipped.values()):  # said plainly, once per reason
@@ -43,7 +69,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             pio.atomic_dir(OUT_DIR) as tmp,
             progress_bar(work_units(cfg, skipped), f"render {trained.model}") as advance,
         ):
-            summary = render(trained, cfg, tmp, device, advance=advance)
+            summary = render(
+                trained, cfg, tmp, device, advance=advance, load_features=projection_features
+            )
             pio.write_json(tmp / "render.json", summary)
             pio.write_json(tmp / "metrics.json", metrics(summary))
         drawn = ", ".join(summary["rendered"])

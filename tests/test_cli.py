@@ -3,17 +3,28 @@ import sys
 
 import pytest
 
-from stages.cli import STAGES
+from stages.cli import COMMANDS, STAGES
 from tests.conftest import REPO, run_cli
 
+ORDER = ["appids", "download", "validate", "faces", "resize", "dataset", "train", "reference",
+         "evaluate", "render"]  # fmt: skip
 
-def test_steamgan_lists_every_stage():
+
+def test_steamgan_lists_every_stage_and_command():
     result = run_cli("--help")
     assert result.exit_code == 0
-    names = ["appids", "download", "validate", "faces", "resize", "dataset", "train", "render"]
-    for name in names:
+    for name in [*ORDER, *COMMANDS]:
         assert name in result.output
-    assert list(STAGES) == names
+    assert list(STAGES) == ORDER
+    assert list(COMMANDS) == ["fid", "kid"]
+
+
+@pytest.mark.parametrize("command", ["fid", "kid"])
+def test_compare_commands_take_two_paths_and_the_inception_options(command):
+    result = run_cli(command, "--help")
+    assert result.exit_code == 0
+    for option in ("PATH_A", "PATH_B", "--resize", "--batch-size", "--device"):
+        assert option.lower() in result.output.lower()
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

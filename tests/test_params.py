@@ -10,7 +10,10 @@ from pipeline.params import Params, apply_overrides, load_params, parse_override
 from pipeline.steam import BannerKind
 from tests.conftest import REPO
 
-SECTIONS = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "render")
+SECTIONS = (
+    "appids", "download", "validate", "faces", "resize", "dataset", "train", "reference",
+    "evaluate", "render",
+)  # fmt: skip
 
 
 def test_repository_params_are_valid_and_have_every_section():
@@ -35,6 +38,18 @@ def test_repository_params_are_valid_and_have_every_section():
     for nested in ("mixing", "directions", "project"):  # nested render sections
         section = getattr(params.render, nested)
         assert set(raw["render"][nested]) == set(type(section).model_fields)
+    assert set(raw["evaluate"]["one_face"]) == set(type(params.evaluate.one_face).model_fields)
+    # the papers' settings
+    evaluate = params.evaluate
+    assert (evaluate.num_images, evaluate.kid_subsets, evaluate.kid_subset_size) == (
+        50_000,
+        100,
+        1000,
+    )
+    assert (evaluate.pr_k, evaluate.is_splits, evaluate.ppl_epsilon) == (3, 10, 1e-4)
+    assert evaluate.resize == "clean" and set(evaluate.metrics) == {
+        "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face"
+    }  # fmt: skip
     # the seed's Lightweight GAN settings
     light = params.train.lightweight
     assert (light.latent_dim, light.lr, light.attn_res) == (256, 2e-4, [32])
@@ -83,6 +98,12 @@ def test_unknown_section_is_refused():
         ({"faces": {"detectors": ["mtcnn"]}}, "faces.detectors: 'mtcnn' is not allowed"),
         ({"faces": {"retinaface": {"nms": 2}}}, "faces.retinaface.nms: 2 is not allowed"),
         ({"faces": {"device": "gpu"}}, "faces.device: 'gpu' is not allowed"),
+        ({"evaluate": {"resize": "bilinear"}}, "evaluate.resize: 'bilinear' is not allowed"),
+        ({"evaluate": {"metrics": ["fid", "fid"]}}, "evaluate.metrics: ['fid', 'fid'] is not"),
+        ({"evaluate": {"metrics": ["lpips"]}}, "evaluate.metrics: 'lpips' is not allowed"),
+        ({"evaluate": {"device": "gpu"}}, "evaluate.device: 'gpu' is not allowed"),
+        ({"evaluate": {"one_face": {"nms": 2}}}, "evaluate.one_face.nms: 2 is not allowed"),
+        ({"reference": {"max_images": 0}}, "reference.max_images: 0 is not allowed"),
     ],
 )
 def test_bad_value_is_one_line_naming_key_value_and_rule(raw, expected):
@@ -169,6 +190,7 @@ def test_out_of_range_sizes_are_refused(size):
 
 def test_params_model_is_the_single_source_of_sections():
     assert set(Params.model_fields) == {
-        "appids", "download", "validate_", "faces", "resize", "dataset", "train", "render"
+        "appids", "download", "validate_", "faces", "resize", "dataset", "train", "reference",
+        "evaluate", "render",
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()

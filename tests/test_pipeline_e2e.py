@@ -98,6 +98,22 @@ def stylegan2_overrides() -> list[str]:
     return [arg for key, value in values.items() for arg in ("-S", f"train.{key}={value}")]
 
 
+def evaluate_overrides(tmp_path: Path) -> list[str]:
+    """reference and evaluate on 8 real and 8 generated images (Inception is slow on a CPU),
+    the shared RetinaFace from faces_overrides' weights cache, no LPIPS weights (PPL null)."""
+    return [
+        "reference.max_images=8",
+        "reference.workers=0",
+        "evaluate.num_images=8",
+        "evaluate.batch_size=8",
+        "evaluate.kid_subsets=5",
+        "evaluate.ppl_samples=4",
+        "evaluate.device=cpu",
+        f"evaluate.weights_dir={tmp_path / 'weights'}",
+        "evaluate.download_weights=false",
+    ]
+
+
 def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     """The pipeline's files (not data/) in a new git + DVC repository, params pointed at
     the fake Steam (``section.key=value`` or ``section.sub.key=value``)."""
@@ -132,12 +148,20 @@ def commit(repo: Path, message: str) -> None:
     )
 
 
+STAGES = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "reference",
+          "evaluate", "render")  # fmt: skip
+
+
 def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
-    overrides = [*steam_overrides(steam), *faces_overrides(tmp_path), *train_overrides()]
+    overrides = [
+        *steam_overrides(steam),
+        *faces_overrides(tmp_path),
+        *train_overrides(),
+        *evaluate_overrides(tmp_path),
+    ]
     repo = scratch_repo(tmp_path, overrides)
     first = dvc("repro", cwd=repo)
-    stages = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "render")
-    for stage in stages:
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first
 
     appids = pd.read_parquet(repo / "data/appids/appids.parquet")
@@ -202,6 +226,19 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     assert "dvclive/plots/metrics/loss/G.tsv" in plots
     assert any(key.endswith("samples/0000004.png") for key in plots)
 
+    # reference + evaluate: the metrics of the 4-step checkpoint, shown by dvc
+    reference = json.loads((repo / "data/reference/summary.json").read_text())
+    assert reference["num_images"] == 8 and reference["dataset_images"] == len(no_face)
+    evaluated = json.loads((repo / "data/evaluate/metrics.json").read_text())
+    assert evaluated["fid"] > 0 and 0 <= evaluated["precision"] <= 1
+    assert evaluated["one_face_rate_real"] == reference["one_face_rate"]
+    notes = json.loads((repo / "data/evaluate/notes.json").read_text())["notes"]
+    assert evaluated["ppl_z"] is None and "vgg16" in notes["ppl_z"]
+    shown = dvc("metrics", "show", "--json", cwd=repo)
+    shown, _ = json.JSONDecoder().raw_decode(shown[shown.index("{") :])
+    workspace = next(iter(shown.values()))["data"]
+    assert workspace["data/evaluate/metrics.json"]["data"]["fid"] == evaluated["fid"]
+    assert "data/reference/summary.json" in workspace
     # render: a Lightweight GAN gets the grids and the Z video; dvc shows the pictures
     render = repo / "data/render"
     assert Image.open(render / "images/fakes.png").size == (3 * 32, 2 * 32)
@@ -224,6 +261,7 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
         *steam_overrides(steam),
         *faces_overrides(tmp_path),
         *train_overrides(),
+        *evaluate_overrides(tmp_path),
         "appids.limit=40",
     ]
     repo = scratch_repo(tmp_path, overrides)

@@ -335,7 +335,11 @@ def test_stylegan2_checkpoint_gets_every_render(trained_run, stylegan2_run, monk
     ]
     result = run_cli("render", *set_args(overrides))
     assert result.exit_code == 0, result.output
-    assert "render: projection loss pixel_mse (LPIPS-VGG16 unavailable" in result.output
+    # no LPIPS weights: the real FID Inception network gives the feature half of the loss
+    assert (
+        "render: projection loss pixel_mse+inception_features (LPIPS-VGG16 unavailable"
+        in result.output
+    )
     out = trained_run / "data/render"
     summary = json.loads((out / "render.json").read_text())
     assert summary["model"] == "stylegan2" and summary["unsupported"] == {}

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import zipfile
 
 import pytest
@@ -117,3 +118,23 @@ def test_legacy_hub_zip_and_wrapped_state_dict(tmp_path):
     assert torch.equal(load_state_dict(tmp_path / "r.zip")["a"], torch.ones(2))
     torch.save({"state_dict": {"b": torch.ones(1)}, "epoch": 3}, tmp_path / "c.ckpt")
     assert set(load_state_dict(tmp_path / "c.ckpt")) == {"b"}
+
+
+def test_verified_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import pipeline.weights as weights
+
+    calls = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda path: calls.append(path) or real(path))
+    path = tmp_path / "big.pt"
+    path.write_bytes(b"a" * 1000)
+    first = weights.cached_sha256(path, tmp_path / "cache")
+    assert first == sha(b"a" * 1000) and len(calls) == 1
+    assert weights.cached_sha256(path, tmp_path / "cache") == first and len(calls) == 1
+    assert (tmp_path / "cache" / weights.DIGEST_CACHE).is_file()
+    path.write_bytes(b"b" * 1000)  # same size and file, new contents and mtime
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert weights.cached_sha256(path, tmp_path / "cache") == sha(b"b" * 1000)
+    assert len(calls) == 2
+    (tmp_path / "cache" / weights.DIGEST_CACHE).write_text("not json")  # a damaged memo
+    assert weights.cached_sha256(path, tmp_path / "cache") == sha(b"b" * 1000)

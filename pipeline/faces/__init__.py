@@ -11,6 +11,6 @@ with the ``dlib`` extra).
 """
 
 from pipeline.faces import dlib_hog, retinaface, sfd  # noqa: F401  (register the detectors)
-from pipeline.faces.base import DETECTORS, FaceDetector, Faces, load_detector, pick_device
+from pipeline.faces.base import DETECTORS, FaceDetector, Faces, load_detector
 
-__all__ = ["DETECTORS", "FaceDetector", "Faces", "load_detector", "pick_device"]
+__all__ = ["DETECTORS", "FaceDetector", "Faces", "load_detector"]

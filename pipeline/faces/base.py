@@ -90,21 +90,6 @@ def load_detector(name: str, **options: Any) -> FaceDetector:
     return factory(**options)
 
 
-def pick_device(setting: str | torch.device = "auto") -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
-    if isinstance(setting, torch.device):
-        return setting
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise StageError(f"device {setting!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"device {setting!r}: no CUDA device here; use auto or cpu")
-    return device
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """fp16 autocast on CUDA (the conv layers run on tensor cores); nothing elsewhere."""
     if device.type == "cuda":

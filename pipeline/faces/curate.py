@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.faces.base import FaceDetector, Faces, chunks, load_detector, pick_device
+from pipeline.devices import pick_device
+from pipeline.faces.base import FaceDetector, Faces, chunks, load_detector
 from pipeline.faces.cache import Entry, ResultCache
 from pipeline.images import ImageProblem, open_image, to_rgb
 from pipeline.params import FacesParams

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.devices import pick_device
 from pipeline.errors import StageError
 from pipeline.faces.base import (
     FaceDetector,
@@ -34,7 +35,6 @@ from pipeline.faces.base import (
     detect_in_batches,
     memory_format,
     pad_to_batch,
-    pick_device,
     register,
 )
 from pipeline.weights import fetch_weights, load_state_dict, sha256_file, weight_spec

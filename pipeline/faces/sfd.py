@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.devices import pick_device
 from pipeline.errors import StageError
 from pipeline.faces.base import (
     FaceDetector,
@@ -26,7 +27,6 @@ from pipeline.faces.base import (
     inside,
     memory_format,
     pad_to_batch,
-    pick_device,
     register,
 )
 from pipeline.weights import fetch_weights, sha256_file, weight_spec

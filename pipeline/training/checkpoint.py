@@ -28,6 +28,8 @@ RUN_KEYS = {
     "sample_every",
     "snapshot_every",
     "log_every",
+    "eval_every",
+    "eval_images",
     "workers",
     "resume_from",
     "nan_tolerance",

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.devices import pick_device
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -24,12 +26,6 @@ class Processes:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(setting: str, local_rank: int = 0) -> torch.device:
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def init_processes(device_setting: str) -> Processes:

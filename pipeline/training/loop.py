@@ -495,6 +495,8 @@ class Trainer:
                     logger.image(step, self.sample_grid())
                 if p.snapshot_every and (step % p.snapshot_every == 0 or done):
                     self.save_snapshot()
+                if logger and (fid := self.cheap_fid()):
+                    logger.log(step, fid)
                 if step % p.checkpoint_every == 0 or done or stopping:
                     self.save()
                 if progress:
@@ -505,6 +507,18 @@ class Trainer:
             if logger:
                 logger.close()
         return last
+
+    def cheap_fid(self) -> dict[str, float]:
+        """FID of G_ema when this step crossed a multiple of ``train.eval_every`` kimg (0:
+        never), on ``train.eval_images`` images (``pipeline.metrics.training``)."""
+        every = round(self.p.eval_every * 1000)
+        if not every or self.state.nimg % every >= self.p.batch_size:
+            return {}
+        from pipeline.metrics.training import TrainingFID  # Inception: only when asked for
+
+        if getattr(self, "_fid", None) is None:
+            self._fid = TrainingFID(self.dataset, self.p.eval_images, self.device)
+        return self._fid(self.G_ema, self.model.latent_dim, self.p.seed)
 
     def _run_metrics(self, images_per_s: float) -> dict[str, float]:
         metrics = {

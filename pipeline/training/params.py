@@ -142,6 +142,8 @@ class TrainParams(Section):
     # progress strip and evaluating earlier points of a run); null: none
     snapshot_every: PositiveInt | None = 10_000
     log_every: PositiveInt = 50
+    eval_every: Annotated[float, Field(ge=0)] = 0  # kimg between cheap FIDs; 0: none
+    eval_images: Annotated[int, Field(ge=2)] = 5000  # images per cheap FID (and real ones)
     grid: tuple[PositiveInt, PositiveInt] = (4, 8)  # sample grid rows, cols
     nan_tolerance: PositiveInt = 10
     nan_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -1,0 +1,80 @@
+"""evaluate: FID, KID, precision/recall, IS, PPL and the one-face rate of a checkpoint's G_ema
+→ data/evaluate/metrics.json (a DVC metric)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import io as pio
+from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.reference import REFERENCE
+
+OUT_DIR = pio.stage_dir("evaluate")
+METRICS = OUT_DIR / "metrics.json"  # numbers only (null where not computed): a DVC metric
+NOTES = OUT_DIR / "notes.json"  # why a metric is null, and the settings the numbers depend on
+app = stage_app(__doc__)
+
+
+SHOWN = ("fid", "kid", "precision", "recall", "inception_score", "ppl_z", "ppl_w",
+         "one_face_rate", "one_face_rate_real")  # fmt: skip
+
+
+def summary_line(results: dict, notes: dict) -> str:
+    shown = [
+        f"{name} {results[name]:.4g}"
+        for name in SHOWN
+        if isinstance(results.get(name), float | int)
+    ]
+    missing = sorted(notes)
+    line = ", ".join(shown) or "no metric"
+    return line + (f"; null: {', '.join(missing)} (see {NOTES})" if missing else "")
+
+
+@app.command()
+def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
+    """Generate evaluate.num_images images and measure evaluate.metrics against the reference."""
+    with run_stage("evaluate", params, overrides) as p:
+        # imported here: torch and the networks take seconds, `steamgan --help` should not
+        from pipeline.devices import pick_device
+        from pipeline.metrics.evaluation import (
+            FEATURE_METRICS,
+            check_reference,
+            evaluate_generator,
+            load_one_face_detector,
+            load_ppl_distance,
+            load_reference,
+            reference_key,
+        )
+        from pipeline.metrics.inception import load_inception
+
+        cfg = p.evaluate
+        reference = load_reference(REFERENCE)
+        model = None
+        if set(cfg.metrics) & set(FEATURE_METRICS):
+            model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
+            expected = reference_key(p.reference.data, p.reference, model, cfg.resize)
+            check_reference(reference, expected, REFERENCE)
+        detector, face_note = (None, None)
+        if "one_face" in cfg.metrics:
+            detector, face_note = load_one_face_detector(cfg)
+        lpips, lpips_note = (None, None)
+        if "ppl" in cfg.metrics:
+            lpips, lpips_note = load_ppl_distance(cfg, pick_device(cfg.device))
+        results = evaluate_generator(cfg, reference, model, detector, face_note, lpips, lpips_note)
+        notes = results.pop("notes", {})
+        settings = {
+            "checkpoint": cfg.checkpoint,
+            "resize": cfg.resize,
+            "extractor": model.source.name if model else None,
+            "extractor_sha256": model.source.sha256 if model else None,
+            "reference": str(REFERENCE),
+        }
+        pio.write_json(METRICS, results)
+        pio.write_json(NOTES, {"notes": notes, "settings": settings})
+        for name, why in notes.items():
+            say(f"evaluate: {name} is null: {why}")
+        say(f"evaluate: {summary_line(results, notes)} → {METRICS}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,47 @@
+"""reference: Inception features of the real dataset (and its one-face rate) → data/reference/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import io as pio
+from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+
+OUT_DIR = pio.stage_dir("reference")
+REFERENCE = OUT_DIR / "reference.npz"
+SUMMARY = OUT_DIR / "summary.json"  # counts and the real one-face rate: a DVC metric
+DETAILS = OUT_DIR / "reference.json"  # the key (dataset, network, resize) and detector config
+app = stage_app(__doc__)
+
+
+@app.command()
+def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
+    """Features and statistics of reference.data with evaluate's extractor and resize."""
+    with run_stage("reference", params, overrides) as p:
+        # imported here: torch and the networks take seconds, `steamgan --help` should not
+        from pipeline.metrics.evaluation import (
+            compute_reference,
+            load_one_face_detector,
+            save_reference,
+        )
+        from pipeline.metrics.inception import load_inception
+
+        cfg = p.evaluate
+        model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
+        detector, note = load_one_face_detector(cfg)
+        reference = compute_reference(p.reference, cfg, model, detector, note)
+        save_reference(REFERENCE, reference)
+        numbers = ("num_images", "dataset_images", "one_face_rate")
+        pio.write_json(SUMMARY, {name: reference.summary[name] for name in numbers})
+        details = {k: v for k, v in reference.summary.items() if k not in numbers}
+        pio.write_json(DETAILS, {"key": reference.key, **details})
+        rate = reference.summary["one_face_rate"]
+        faces = f"one-face rate {rate:.3f}" if rate is not None else f"one-face rate null ({note})"
+        say(
+            f"reference: {reference.summary['num_images']:,} images of {p.reference.data} "
+            f"({model.source.name}, resize {cfg.resize}); {faces} → {REFERENCE}"
+        )
+
+
+if __name__ == "__main__":
+    app()

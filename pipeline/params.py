@@ -91,17 +91,19 @@ FaceDetectorName = Literal["face_alignment", "retinaface", "dlib"]
 Resolution = Literal["original"] | Annotated[int, Field(ge=8, le=4096)]
 
 
+# Which released RetinaFace (network + the input handling its weights expect):
+# resnet50_ternaus (seeds), resnet50, mobilenet0.25 (biubug6), mobilenet0.25_1mb.
+RetinaFaceVariant = Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"]
+MaxSize = Annotated[int, Field(ge=32, le=8192)] | None
+
+
 class RetinaFaceParams(Section):
-    # Which released RetinaFace (network + the input handling its weights expect):
-    # resnet50_ternaus (seeds), resnet50, mobilenet0.25 (biubug6), mobilenet0.25_1mb.
-    variant: Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"] = (
-        "resnet50_ternaus"
-    )
+    variant: RetinaFaceVariant = "resnet50_ternaus"
     confidence: Probability = 0.08  # the seeds' confidence_threshold
     nms: Probability = 0.01  # the seeds' nms_threshold
     # Long side resized to this before detection, up or down (the seeds: 840; the 1mb
     # variant is meant for 320 or 640); null keeps each image's own size.
-    max_size: Annotated[int, Field(ge=32, le=8192)] | None = 840
+    max_size: MaxSize = 840
     weights: str | None = None  # a checkpoint file; null: the variant's file in weights_dir
 
 
@@ -175,16 +177,14 @@ MetricName = Literal["fid", "kid", "precision_recall", "inception_score", "ppl",
 ALL_METRICS: tuple[str, ...] = MetricName.__args__
 
 
-class OneFaceParams(Section):
-    # RetinaFace as in faces.retinaface; the defaults are the shared Face-Detector-1MB
-    # checkpoint's settings (right on 43/46 labelled photos; see README "faces").
-    variant: Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"] = (
-        "mobilenet0.25_1mb"
-    )
+class OneFaceParams(RetinaFaceParams):
+    """RetinaFace as in faces.retinaface, with the shared Face-Detector-1MB checkpoint's
+    settings as defaults (right on 43/46 labelled photos; see README "faces")."""
+
+    variant: RetinaFaceVariant = "mobilenet0.25_1mb"
     confidence: Probability = 0.9
     nms: Probability = 0.4
-    max_size: Annotated[int, Field(ge=32, le=8192)] | None = 640
-    weights: str | None = None  # a checkpoint file; null: the variant's file in weights_dir
+    max_size: MaxSize = 640
 
 
 class EvaluateParams(Section):

@@ -110,6 +110,13 @@ def render(
         done[name] = record
         advance(status=name)
 
+    def interpolation_video(space: str, frames) -> None:
+        """A loop through ``p.seeds`` in Z or W, as GIF (a plot) and MP4."""
+        gif, mp4 = out.image(f"interpolation-{space}.gif"), out.video(f"interpolation-{space}.mp4")
+        count = write_videos(frames, p.fps, gif, mp4)
+        files = [out.relative(gif), f"{VIDEOS}/interpolation-{space}.mp4"]
+        finish(f"interpolation_{space}", files=files, seeds=p.seeds, frames=count, fps=p.fps)
+
     finish(
         "fakes",
         files=[out.save(grids.fakes_grid(synth, rows, cols), "fakes.png")],
@@ -140,19 +147,7 @@ def render(
                 other_runs_left_out=foreign,  # snapshots another run's params wrote
             )
 
-    count = write_videos(
-        interpolation.z_frames(synth, p.seeds, p.frames),
-        p.fps,
-        out.image("interpolation-z.gif"),
-        out.video("interpolation-z.mp4"),
-    )
-    finish(
-        "interpolation_z",
-        files=[out.relative(out.image("interpolation-z.gif")), f"{VIDEOS}/interpolation-z.mp4"],
-        seeds=p.seeds,
-        frames=count,
-        fps=p.fps,
-    )
+    interpolation_video("z", interpolation.z_frames(synth, p.seeds, p.frames))
 
     if not has_mapping(G):
         return summary(trained, p, done, skipped)
@@ -177,19 +172,7 @@ def render(
         files.append(out.save(image_grid(grid, 1 + len(m.rows), 1 + len(m.cols)), name))
     finish("mixing", files=files, rows=m.rows, cols=m.cols, crossover=m.crossover)
 
-    count = write_videos(
-        interpolation.w_frames(synth, p.seeds, p.frames),
-        p.fps,
-        out.image("interpolation-w.gif"),
-        out.video("interpolation-w.mp4"),
-    )
-    finish(
-        "interpolation_w",
-        files=[out.relative(out.image("interpolation-w.gif")), f"{VIDEOS}/interpolation-w.mp4"],
-        seeds=p.seeds,
-        frames=count,
-        fps=p.fps,
-    )
+    interpolation_video("w", interpolation.w_frames(synth, p.seeds, p.frames))
 
     stats = synth.w_stats(p.w_samples, W_SAMPLES_SEED)
     d = p.directions

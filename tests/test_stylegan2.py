@@ -80,7 +80,8 @@ def test_truncation_pulls_towards_the_average_w():
 
 
 def test_presets_follow_nvlabs_rules():
-    auto = resolve_config(StyleGAN2Params(), 256, 64)
+    assert resolve_config(StyleGAN2Params(), 256, 64).map_layers == 8  # StyleGAN2's default
+    auto = resolve_config(StyleGAN2Params(map_layers=None), 256, 64)
     assert auto.map_layers == 2 and auto.channel_base == 16384
     assert auto.r1_gamma == pytest.approx(0.0002 * 256**2 / 64) and auto.lr == 0.0025
     assert resolve_config(StyleGAN2Params(), 1024, 32).channel_base == 32768

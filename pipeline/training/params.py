@@ -95,7 +95,7 @@ class StyleGAN2Params(Section):
     config: Literal["auto", "paper256", "config-e"] = "auto"
     latent_dim: PositiveInt = 512
     w_dim: PositiveInt = 512
-    map_layers: PositiveInt | None = None  # auto: 2; paper256, config-e: 8
+    map_layers: PositiveInt | None = 8  # StyleGAN2's 8; null: the config's (auto: 2)
     channel_base: PositiveInt | None = None  # width at resolution r: min(base / r, channel_max)
     channel_max: PositiveInt = 512
     mbstd_group: PositiveInt | None = None  # minibatch-stddev group; auto: min(batch, 4)

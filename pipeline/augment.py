@@ -31,6 +31,27 @@ class BatchPart(NamedTuple):
     start: int
 
 
+class BatchDraws:
+    """Uniform and normal numbers drawn for the global batch from the engine's CPU
+    generator, this rank's ``n`` rows, moved to ``device``."""
+
+    def __init__(self, generator: torch.Generator, part: BatchPart, n: int, device):
+        self.generator, self.part, self.n, self.device = generator, part, n, device
+
+    def _rows(self, values: torch.Tensor) -> torch.Tensor:
+        return values[self.part.start : self.part.start + self.n].to(self.device)
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        return self._rows(torch.rand((self.part.total, *shape), generator=self.generator))
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        return self._rows(torch.randn((self.part.total, *shape), generator=self.generator))
+
+    def gate(self, values: torch.Tensor, p: float, neutral: float) -> torch.Tensor:
+        """Each image's value with probability p, else the value that does nothing."""
+        return torch.where(self.uniform() < p, values, torch.full_like(values, neutral))
+
+
 def _brightness(x: torch.Tensor, draw: Draw) -> torch.Tensor:
     return x + (draw(1, 1, 1) - 0.5)
 
@@ -119,9 +140,10 @@ def diff_augment(
     n = x.shape[0]
     part = part or BatchPart(n, 0)
 
+    draws = BatchDraws(generator, part, n, x.device)
+
     def draw(*shape: int) -> torch.Tensor:
-        values = torch.rand((part.total, *shape), generator=generator)
-        return values[part.start : part.start + n].to(x.device, x.dtype)
+        return draws.uniform(*shape).to(x.dtype)
 
     chosen = draw(1, 1, 1) < prob
     out = x
@@ -134,26 +156,6 @@ def diff_augment(
 # -- ADA: adaptive discriminator augmentation (Karras et al., NeurIPS 2020) -----------------
 
 ADA_STAGES = {"b": "blit", "g": "geometric", "c": "colour"}
-
-
-class _Draws:
-    """Uniform and normal numbers for the global batch, this rank's rows, on x's device."""
-
-    def __init__(self, generator: torch.Generator, part: BatchPart, n: int, device):
-        self.generator, self.part, self.n, self.device = generator, part, n, device
-
-    def _rows(self, values: torch.Tensor) -> torch.Tensor:
-        return values[self.part.start : self.part.start + self.n].to(self.device)
-
-    def uniform(self) -> torch.Tensor:
-        return self._rows(torch.rand(self.part.total, generator=self.generator))
-
-    def normal(self) -> torch.Tensor:
-        return self._rows(torch.randn(self.part.total, generator=self.generator))
-
-    def gate(self, values: torch.Tensor, p: float, neutral: float) -> torch.Tensor:
-        """Each image's value with probability p, else the value that does nothing."""
-        return torch.where(self.uniform() < p, values, torch.full_like(values, neutral))
 
 
 def _affine(n: int, device, a=None, b=None, c=None, d=None, tx=None, ty=None) -> torch.Tensor:
@@ -177,7 +179,7 @@ def _rotation(n: int, device, angle: torch.Tensor) -> torch.Tensor:
     return _affine(n, device, cos, -sin, sin, cos)
 
 
-def _geometric_matrix(draws: _Draws, n: int, p: float, size: int, stages: str) -> torch.Tensor:
+def _geometric_matrix(draws: BatchDraws, n: int, p: float, size: int, stages: str) -> torch.Tensor:
     """One matrix (normalised coordinates, centre origin, ±1 at the borders) that composes
     the blit and geometric transforms, so the image is resampled once."""
     device = draws.device
@@ -209,7 +211,7 @@ def _geometric_matrix(draws: _Draws, n: int, p: float, size: int, stages: str) -
     return m
 
 
-def _colour_matrix(draws: _Draws, n: int, p: float) -> torch.Tensor:
+def _colour_matrix(draws: BatchDraws, n: int, p: float) -> torch.Tensor:
     """One 4×4 matrix per image on (r, g, b, 1): brightness, contrast, luma flip, hue
     rotation about the grey axis and saturation, composed."""
     device = draws.device
@@ -268,7 +270,7 @@ def ada_augment(
     part = part or BatchPart(n, 0)
     # The per-image matrices are built on the CPU (where the numbers are drawn) and moved
     # to the images' device once each.
-    draws = _Draws(generator, part, n, torch.device("cpu"))
+    draws = BatchDraws(generator, part, n, torch.device("cpu"))
     out = x
     if "b" in stages or "g" in stages:
         m = _geometric_matrix(draws, n, p, height, stages)

@@ -43,9 +43,16 @@ class AppidsParams(Section):
 class DownloadParams(Section):
     kind: BannerKind = BannerKind.library_600x900
     cdn_url: str = DEFAULT_CDN_URL
-    workers: Annotated[int, Field(ge=1, le=256)] = 16
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    rate_per_s: Annotated[float, Field(gt=0)] | None = 50.0
+    workers: Annotated[int, Field(ge=1, le=64)] = 16  # threads waiting on the network
+    # Longest wait for any one read (connect, headers, each piece of the body).
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Longest time to receive one answer's body: a server trickling bytes (each read within
+    # timeout_s) cannot hold a worker for long.
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Largest body (decoded, so a gzip bomb counts in full), far above any banner kind
+    # (a library_hero is under 2 MB); a bigger answer is `invalid` and is not kept.
+    max_bytes: Annotated[int, Field(ge=1024, le=2**30)] = 10_000_000
+    rate_per_s: Annotated[float, Field(ge=0.01, le=100_000)] | None = 50.0
     retries: NonNegativeInt = 5
     backoff_s: Annotated[float, Field(ge=0)] = 0.5
     # Cap on a server's Retry-After, so one bad header cannot stall the run for hours.
@@ -53,6 +60,12 @@ class DownloadParams(Section):
     # A 404 on Steam's CDN is permanent; re-asking for every missing banner on each run
     # costs as many requests as the run itself. Set true to ask again.
     retry_missing: bool = False
+    # false: images of apps no longer in the app list stay on disk, marked `delisted` in the
+    # manifest; true: they are deleted.
+    prune: bool = False
+    # An app list that is empty or under half the apps of the last run is refused (an
+    # empty or cut-off answer); true accepts it.
+    allow_shrink: bool = False
 
 
 class ValidateParams(Section):

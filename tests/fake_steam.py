@@ -134,6 +134,7 @@ class FakeSteam:
         self.page_size = steamspy_page_size
         self.delay_s = delay_s
         self.requests: Counter[str] = Counter()
+        self.extra_apps: list[dict] = []  # appended to the app list as is (bad ids, say)
         self._lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -204,7 +205,7 @@ class FakeSteam:
                 if url.path == "/api/ISteamApps/GetAppList/v2/":
                     apps = [{"appid": a, "name": steam.name(a)} for a in steam.routes]
                     # Steam's list is unsorted and has duplicates; the stage must cope.
-                    apps = apps[::-1] + apps[:3]
+                    apps = apps[::-1] + apps[:3] + steam.extra_apps
                     body = json.dumps({"applist": {"apps": apps}}).encode()
                     return self.send(200, body, "application/json")
                 if url.path == "/steamspy/api.php":

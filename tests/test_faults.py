@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline import io as pio
+from pipeline.errors import StageError
 from pipeline.images import ImageProblem, open_image
 from pipeline.resize import resize_image
 from tests.conftest import REPO, run_cli
@@ -187,3 +188,45 @@ def test_a_fifo_named_jpg_does_not_hang_validate(capsules, params_file):
     assert rejected.loc[2, "reason"] == "unreadable"
     assert rejected.loc[2, "detail"] == "not a regular file (a FIFO)"
     assert pd.read_parquet("data/validate/accepted.parquet")["appid"].tolist() == [1]
+
+
+@pytest.fixture
+def full_disk(monkeypatch, tmp_path):
+    """Every atomic write lands on /dev/full, which fails like a full disk (ENOSPC)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("/dev/full is absent")
+    names = iter(range(1000))
+
+    def temp_on_full_disk(path: Path) -> Path:
+        link = tmp_path / f"full-{next(names)}"
+        link.symlink_to("/dev/full")
+        return link
+
+    monkeypatch.setattr(pio, "_temp_path", temp_on_full_disk)
+
+
+def write_checkpoint(path: Path) -> None:
+    import torch
+
+    from pipeline.training.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {"G": {"w": torch.zeros(10_000)}})
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path: pio.write_table(path, pd.DataFrame({"appid": range(100_000)})),
+        lambda path: pio.write_json(path, {"x": "y" * 100_000}),
+        write_checkpoint,  # torch says "unexpected pos"
+    ],
+    ids=["parquet", "json", "torch"],
+)
+def test_a_full_disk_names_the_output(full_disk, tmp_path, write):
+    path = tmp_path / "out" / "thing.bin"
+    with pytest.raises(StageError) as error:
+        write(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: could not be written, the disk is ")
+    assert "full" in message and "free some space" in message
+    assert not path.exists() and not list(tmp_path.glob("full-*"))  # no temporary left

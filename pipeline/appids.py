@@ -14,6 +14,7 @@ import requests
 from pipeline.errors import StageError
 from pipeline.http import short_error
 from pipeline.params import AppidsParams
+from pipeline.steam import parse_appid
 
 COLUMNS = ("appid", "name", "source")
 
@@ -36,9 +37,15 @@ def fetch_steam_app_list(session: requests.Session, url: str, timeout: float = 6
     payload = _get_json(session, url, timeout)
     try:
         apps = payload["applist"]["apps"]  # type: ignore[index]
-        rows = [(int(app["appid"]), str(app.get("name") or "")) for app in apps]
-    except (KeyError, TypeError, ValueError):
+        entries = [(app["appid"], str(app.get("name") or "")) for app in apps]
+    except (KeyError, TypeError, AttributeError):
         raise StageError(f"GET {url}: unexpected JSON, expected applist.apps[].appid") from None
+    rows = []
+    for index, (appid, name) in enumerate(entries):
+        try:
+            rows.append((parse_appid(appid), name))
+        except ValueError as exc:
+            raise StageError(f"GET {url}: applist.apps[{index}].appid: {exc}") from None
     return _frame(rows, "steam")
 
 
@@ -61,10 +68,14 @@ def fetch_steamspy(
             break
         if not isinstance(payload, dict):
             raise StageError(f"GET {url}?request=all&page={page}: expected a JSON object")
-        try:
-            rows.extend((int(k), str((v or {}).get("name") or "")) for k, v in payload.items())
-        except (TypeError, ValueError, AttributeError):
-            raise StageError(f"GET {url}?request=all&page={page}: unexpected JSON") from None
+        for key, value in payload.items():
+            where = f"GET {url}?request=all&page={page}: key {key[:40]!r}"
+            try:
+                rows.append((parse_appid(key), str((value or {}).get("name") or "")))
+            except ValueError as exc:
+                raise StageError(f"{where}: {exc}") from None
+            except (TypeError, AttributeError):
+                raise StageError(f"{where}: unexpected JSON, expected an object") from None
         if on_page:
             on_page(page, len(rows))
     return _frame(rows, "steamspy")
@@ -103,10 +114,10 @@ def _name(record: dict, fields: dict) -> str:
 
 
 def _parse_id(value: str | None, path: Path, line: int) -> int:
-    text = (value or "").strip()
-    if not text.isdigit() or int(text) <= 0:
-        raise StageError(f"{path}:{line}: {text!r} is not an app id (a positive integer)")
-    return int(text)
+    try:
+        return parse_appid((value or "").strip())
+    except ValueError as exc:
+        raise StageError(f"{path}:{line}: {exc}") from None
 
 
 def _frame(rows: list[tuple[int, str]], source: str) -> pd.DataFrame:
@@ -144,4 +155,10 @@ def collect_appids(
         if not params.file:
             raise StageError("appids.file: required when appids.source is 'file'")
         df = read_id_file(params.file)
+    if df.empty:
+        # Download would take an empty list as "every app was delisted"; stop here instead.
+        where = params.file if params.source == "file" else f"the {params.source} source"
+        raise StageError(
+            f"{where} gave 0 apps (an empty or failed answer?); the previous app list is kept"
+        )
     return select_appids(df, params.limit)

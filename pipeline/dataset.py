@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from pipeline.images import encode_png, open_image
+from pipeline.errors import StageError
+from pipeline.images import ImageProblem, check_regular_file, encode_png, open_image
 from pipeline.parallel import parallel_map
 
 DATASET_JSON = json.dumps({"labels": None}) + "\n"
@@ -49,7 +50,14 @@ def _stream(items: list[Member], workers: int) -> Iterator[tuple[Member, bytes]]
     # Originals are read here; only mirrored images need a worker to decode and re-encode.
     mirrored = iter(parallel_map(mirrored_png, [m for m in items if m.mirrored], workers))
     for member in items:
-        yield member, next(mirrored) if member.mirrored else Path(member.src).read_bytes()
+        if member.mirrored:
+            yield member, next(mirrored)
+            continue
+        try:
+            check_regular_file(member.src)  # a FIFO would block the read for ever
+        except ImageProblem as problem:
+            raise StageError(f"{member.src}: {problem.detail}; run resize again") from None
+        yield member, Path(member.src).read_bytes()
 
 
 def write_folder(out: Path, items: list[Member], workers: int, advance: Callable) -> None:

@@ -12,6 +12,7 @@ import time
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from pipeline import __version__
@@ -31,8 +32,15 @@ class CappedRetry(Retry):
         return retry
 
     def get_retry_after(self, response) -> float | None:
-        seconds = super().get_retry_after(response)
-        return None if seconds is None else min(seconds, self.max_retry_after)
+        """The header's wait, capped; a negative or garbled header counts as no header.
+
+        urllib3 raises ``InvalidHeader`` for those, which would end the retries of a 429.
+        """
+        try:
+            seconds = super().get_retry_after(response)
+        except InvalidHeader:
+            return None
+        return None if seconds is None else min(max(seconds, 0.0), self.max_retry_after)
 
 
 def make_session(

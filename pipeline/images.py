@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
 import imagecodecs
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline import io as pio
 
@@ -21,11 +25,50 @@ class ImageProblem(Exception):
         self.detail = detail
 
 
-def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Open and fully decode an image, or raise ImageProblem (never a decoder's exception).
+def check_regular_file(path: str | Path) -> None:
+    """Raise ImageProblem unless ``path`` is a regular file (or a link to one).
 
-    Decompression bombs are refused from the header alone, before any pixel is decoded.
+    Opening a FIFO named ``.jpg`` blocks until something writes to it (validate hung), and
+    a device such as /dev/zero never ends; neither is an image.
     """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageProblem("unreadable", "file not found") from None
+    except OSError as exc:
+        raise ImageProblem("unreadable", f"{exc.__class__.__name__}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISDIR: "a folder", stat.S_ISSOCK: "a socket"}
+        kind = next((name for test, name in kinds.items() if test(mode)), "a device")
+        raise ImageProblem("unreadable", f"not a regular file ({kind})")
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (in place).
+
+    Cameras and phones store pixels sideways with an Orientation tag; ignoring it trains
+    on sideways banners. A damaged EXIF block leaves the image as stored.
+    """
+    with contextlib.suppress(Exception):  # Pillow raises several types for bad EXIF
+        ImageOps.exif_transpose(im, in_place=True)
+    return im
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes (a zip member, say) upright, as ``open_image`` does a file."""
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return upright(im)
+
+
+def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image, upright, or raise ImageProblem (never a decoder's
+    exception). The one way the stages read an image file.
+
+    Only regular files are opened. Decompression bombs are refused from the header alone,
+    before any pixel is decoded.
+    """
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -46,7 +89,7 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         text = str(exc)
         reason = "truncated" if "truncated" in text or isinstance(exc, EOFError) else "unreadable"
         raise ImageProblem(reason, f"{exc.__class__.__name__}: {text}"[:200]) from None
-    return im
+    return upright(im)
 
 
 def to_rgb(im: Image.Image, matte: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:

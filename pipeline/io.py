@@ -7,6 +7,8 @@ so a killed stage never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -62,16 +64,42 @@ def _temp_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def disk_full_names(path: str | Path) -> Iterator[None]:
+    """Turn "no space left on device" inside the block into one line naming ``path``.
+
+    The OS error names no file (torch's says "unexpected pos"), so the user cannot tell
+    which output failed; every atomic write goes through here.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StageError(
+            f"{path}: could not be written, the disk is full ({exc.strerror}); "
+            "free some space and run the stage again"
+        ) from None
+    except RuntimeError as exc:  # torch.save reports a full disk as a failed write
+        if "unexpected pos" not in str(exc) and "No space left" not in str(exc):
+            raise
+        raise StageError(
+            f"{path}: could not be written, the disk is probably full ({str(exc)[:120]}); "
+            "free some space and run the stage again"
+        ) from None
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with disk_full_names(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -109,36 +137,101 @@ def read_table(path: str | Path, columns: tuple[str, ...] = ("appid", "path")) -
     return df
 
 
-def remove_partials(directory: str | Path) -> int:
-    """Delete temporary files a killed run left behind; return how many."""
+def remove_partials(directory: str | Path, name: str = "") -> int:
+    """Delete temporary files and folders a killed run left behind; return how many.
+
+    ``name`` limits it to the temporaries of one output (``.<name>.*.part``), for a folder
+    that holds other outputs' temporaries too. Only call it under the stage's lock
+    (``stage_lock``): then no temporary can belong to a live run.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return 0
     count = 0
-    for tmp in directory.glob(f".*{PARTIAL_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
+    pattern = f".{name}.*{PARTIAL_SUFFIX}" if name else f".*{PARTIAL_SUFFIX}"
+    for tmp in directory.glob(pattern):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         count += 1
     return count
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temporary name and swap it in place of ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent))
-    try:
-        yield tmp
+def swap_dir(new: Path, path: Path) -> None:
+    """Put the finished folder ``new`` in place of ``path`` (two renames; the old one goes)."""
+    with disk_full_names(path):
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old{PARTIAL_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-        os.replace(tmp, path)
+        os.replace(new, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and swap it in place of ``path`` on success.
+
+    Temporary folders of ``path`` that killed runs left behind are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_partials(path.parent, path.name)
+    with disk_full_names(path):
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+        )
+    try:
+        with disk_full_names(path):
+            yield tmp
+        swap_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_dir(path: str | Path) -> Path:
+    """Where a resumable stage builds the next ``path`` before ``swap_dir`` puts it in place.
+
+    A fixed name (not ``.part``), so a killed run's work is found and reused by the next one.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.staging")
+
+
+def lock_path(stage: str) -> Path:
+    return DATA_DIR / f".{stage}.lock"
+
+
+@contextlib.contextmanager
+def stage_lock(stage: str) -> Iterator[None]:
+    """Hold ``data/.<stage>.lock`` for the block; refuse in one line if another run holds it.
+
+    Two runs writing one output folder corrupt each other (doubled DVCLive rows, a locked
+    SQLite cache). An ``flock`` is released by the kernel when its holder dies, so a killed
+    run never leaves a stale lock. Written on ``fcntl`` rather than the ``filelock``
+    package because filelock truncates the lock file on every attempt, so the file could
+    not tell the refused run who holds it.
+    """
+    path = lock_path(stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StageError(
+                f"{stage_dir(stage)} is in use by another '{stage}' run (pid {holder}); "
+                "wait for it to finish or stop it, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def prune_dir(directory: str | Path, keep: set[str]) -> int:

@@ -11,14 +11,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def worker_count(requested: int) -> int:
-    """``0`` means one worker per available core."""
-    if requested > 0:
-        return requested
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask on Linux)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def worker_count(requested: int) -> int:
+    """``0`` means one worker per available core."""
+    return requested if requested > 0 else available_cores()
 
 
 def parallel_map(

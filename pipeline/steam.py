@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -65,3 +66,27 @@ def image_url(cdn_url: str, appid: int, kind: BannerKind) -> str:
 
 def image_filename(appid: int, kind: BannerKind) -> str:
     return f"{int(appid)}.{kind.ext}"
+
+
+# Steam app ids are unsigned 32-bit integers; 0 is not an app.
+MAX_APPID = 2**32 - 1
+
+
+def parse_appid(value: object) -> int:
+    """An app id from any source (JSON number, JSON key, file text), or ValueError.
+
+    The one check every source goes through: an integer 1 ≤ id < 2^32, written as digits.
+    Booleans, floats (3.7, and 3.0 too: Steam never writes them), negatives and ids too big
+    for the table's int64 (2^63 would wrap negative) are refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{_shown(value)} is not an app id (an integer 1 to {MAX_APPID})")
+    text = value.strip() if isinstance(value, str) else str(value)
+    if not re.fullmatch(r"[0-9]{1,10}", text) or not 1 <= int(text) <= MAX_APPID:
+        raise ValueError(f"{_shown(value)} is not an app id (an integer 1 to {MAX_APPID})")
+    return int(text)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

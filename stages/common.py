@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.params import Params, load_params
 
@@ -41,10 +42,16 @@ def fail(stage: str, message: str, code: int = 1) -> typer.Exit:
 def run_stage(stage: str, params: Path, overrides: list[str] | None) -> Iterator[Params]:
     """Load and validate params, then run the block; any failure becomes one line and exit 1.
 
+    The block runs under the stage's lock (``pio.stage_lock``): a second run of the same
+    stage on the same data folder stops at once, naming the folder and the holder's pid.
+    Under torchrun only rank 0 takes it (the other ranks are the same run).
     ``STEAMGAN_DEBUG=1`` re-raises unexpected errors with their traceback.
     """
     with one_line_errors(stage):
-        yield load_params(params, overrides or ())
+        loaded = load_params(params, overrides or ())
+        primary = os.environ.get("RANK", "0") == "0"
+        with pio.stage_lock(stage) if primary else contextlib.nullcontext():
+            yield loaded
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ class Route:
     content_type: str = "image/jpeg"
     fail_first: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers)
     delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)  # extra, e.g. Content-Encoding
+    content_length: bool = True  # false: no Content-Length, the body ends when it hangs up
+    trickle_s: float = 0.0  # send the body one byte at a time, this long apart
 
 
 def jpeg(im: Image.Image, quality: int = 90) -> bytes:
@@ -131,6 +134,7 @@ class FakeSteam:
         self.page_size = steamspy_page_size
         self.delay_s = delay_s
         self.requests: Counter[str] = Counter()
+        self.extra_apps: list[dict] = []  # appended to the app list as is (bad ids, say)
         self._lock = threading.Lock()
         self.server = _QuietServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -172,14 +176,26 @@ class FakeSteam:
             def log_message(self, *args) -> None:
                 pass
 
-            def send(self, status: int, body: bytes, content_type: str, headers=None) -> None:
+            def send(
+                self, status: int, body: bytes, content_type: str, headers=None, route=None
+            ) -> None:
+                route = route or Route()
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in (headers or {}).items():
+                if route.content_length:
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                for key, value in {**route.headers, **(headers or {})}.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if not route.trickle_s:
+                    self.wfile.write(body)
+                    return
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    time.sleep(route.trickle_s)
 
             def do_GET(self) -> None:
                 url = urlparse(self.path)
@@ -189,7 +205,7 @@ class FakeSteam:
                 if url.path == "/api/ISteamApps/GetAppList/v2/":
                     apps = [{"appid": a, "name": steam.name(a)} for a in steam.routes]
                     # Steam's list is unsorted and has duplicates; the stage must cope.
-                    apps = apps[::-1] + apps[:3]
+                    apps = apps[::-1] + apps[:3] + steam.extra_apps
                     body = json.dumps({"applist": {"apps": apps}}).encode()
                     return self.send(200, body, "application/json")
                 if url.path == "/steamspy/api.php":
@@ -214,7 +230,7 @@ class FakeSteam:
                 if count <= len(route.fail_first):
                     status, headers = route.fail_first[count - 1]
                     return self.send(status, b"try later", "text/plain", headers)
-                self.send(route.status, route.body, route.content_type)
+                self.send(route.status, route.body, route.content_type, route=route)
 
         return Handler
 

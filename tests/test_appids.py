@@ -5,6 +5,7 @@ from pipeline.appids import collect_appids, read_id_file, select_appids
 from pipeline.errors import StageError
 from pipeline.http import make_session
 from pipeline.params import AppidsParams
+from pipeline.steam import parse_appid
 from tests.conftest import run_cli, set_args, steam_overrides
 
 
@@ -88,3 +89,44 @@ def test_stage_without_network_fails_in_one_line(params_file):
         "steamgan appids: error: GET http://127.0.0.1:9/x: "
         "ConnectionError: [Errno 111] Connection refused"
     )
+
+
+@pytest.mark.parametrize("value", [1, "1", " 570 ", 2**32 - 1, str(2**32 - 1)])
+def test_app_ids_that_are_accepted(value):
+    assert parse_appid(value) == int(value)
+
+
+@pytest.mark.parametrize(
+    "value", [0, -5, "-5", 2**32, 2**63, str(2**63), True, 3.7, 3.0, "3.7", "", "٣", None, [1]]
+)
+def test_app_ids_that_are_refused(value):
+    with pytest.raises(ValueError, match="is not an app id"):
+        parse_appid(value)
+
+
+@pytest.mark.parametrize("bad", [-5, 0, True, 3.7, 2**63])
+def test_steam_source_refuses_a_bad_id_naming_it(steam, bad):
+    steam.extra_apps = [{"appid": bad, "name": "evil"}]
+    params = AppidsParams(source="steam", steam_api_url=steam.app_list_url)
+    with pytest.raises(StageError, match=r"applist\.apps\[\d+\]\.appid: .* is not an app id"):
+        collect_appids(params, make_session(retries=1))
+
+
+def test_id_file_refuses_an_id_over_32_bits(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text(f"570\n{2**63}\n")
+    with pytest.raises(StageError, match=f"ids.txt:2: '{2**63}' is not an app id"):
+        read_id_file(path)
+
+
+def test_zero_apps_stops_and_keeps_the_previous_list(steam, params_file):
+    overrides = set_args(steam_overrides(steam))
+    assert run_cli("appids", *overrides, "-S", "appids.limit=3").exit_code == 0
+    steam.routes.clear()  # Steam answers with an empty list
+    result = run_cli("appids", *overrides)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "steamgan appids: error: the steam source gave 0 apps (an empty or failed answer?); "
+        "the previous app list is kept"
+    )
+    assert len(pd.read_parquet("data/appids/appids.parquet")) == 3

@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import os
 import signal
@@ -10,11 +11,12 @@ import pandas as pd
 import pytest
 
 from pipeline.download import Status, download_images, plan_downloads
+from pipeline.errors import StageError
 from pipeline.http import RateLimiter, make_session
 from pipeline.params import DownloadParams
 from pipeline.steam import BannerKind
 from tests.conftest import REPO, run_cli, set_args, steam_overrides
-from tests.fake_steam import FakeSteam
+from tests.fake_steam import FakeSteam, Route
 
 
 def params_for(steam: FakeSteam, **changes) -> DownloadParams:
@@ -118,7 +120,7 @@ def test_timed_out_image_succeeds_on_a_patient_rerun(steam, tmp_path):
 def test_changed_kind_is_fetched_again_and_dropped_apps_are_pruned(steam, tmp_path):
     ids = steam.app_ids()[:6]
     run_download(steam, ids, tmp_path)
-    manifest = run_download(steam, ids[:3], tmp_path, kind=BannerKind.header)
+    manifest = run_download(steam, ids[:3], tmp_path, kind=BannerKind.header, prune=True)
     # the fake CDN only has capsules: every header is missing, and no stale file survives
     assert manifest["status"].tolist() == ["missing"] * 3
     assert list((tmp_path / "images").iterdir()) == []
@@ -208,3 +210,124 @@ def test_kill_9_then_rerun_loses_nothing(capsules, params_file):
         # the journal spared the re-run most of what finished before the kill
         asked_again = [p for p, n in steam.requests.items() if n > before.get(p, 0)]
         assert len(asked_again) <= total - len(finished) + 4 * 2
+
+
+def test_delisted_apps_keep_their_images_and_are_marked(steam, tmp_path):
+    ids = steam.app_ids()[:6]
+    first = run_download(steam, ids, tmp_path)
+    manifest = run_download(steam, ids[:4], tmp_path).set_index("appid")
+    assert manifest.loc[ids[:4], "status"].tolist() == ["ok"] * 4
+    assert manifest.loc[ids[4:], "status"].tolist() == ["delisted"] * 2
+    for appid in ids:  # every image is still there, byte for byte
+        assert Path(manifest.loc[appid, "path"]).read_bytes() == steam.routes[appid].body
+    # listed again: ok from disk, not fetched again
+    before = dict(steam.requests)
+    again = run_download(steam, ids, tmp_path)
+    assert steam.requests == before
+    pd.testing.assert_frame_equal(again, first)
+
+
+@pytest.mark.parametrize("listed", [0, 2])
+def test_an_empty_or_halved_app_list_is_refused(steam, tmp_path, listed):
+    ids = steam.app_ids()[:6]
+    run_download(steam, ids, tmp_path)
+    params = params_for(steam)
+    with pytest.raises(
+        StageError, match=f"the app list has {listed} apps, the last download had 6"
+    ):
+        plan_downloads(ids[:listed], params, tmp_path / "manifest.parquet")
+    assert len(list((tmp_path / "images").iterdir())) == 6
+    # the user says the apps really left: with prune they go
+    run_download(steam, ids[:listed], tmp_path, allow_shrink=True, prune=True)
+    assert len(list((tmp_path / "images").iterdir())) == listed
+
+
+def test_stage_refuses_an_empty_app_list_and_keeps_the_images(steam, params_file):
+    overrides = set_args(steam_overrides(steam))
+    assert run_cli("appids", *overrides, "-S", "appids.limit=5").exit_code == 0
+    assert run_cli("download", *overrides).exit_code == 0
+    pd.DataFrame({"appid": pd.Series([], dtype="int64")}).to_parquet("data/appids/appids.parquet")
+    result = run_cli("download", *overrides)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "the app list has 0 apps, the last download had 5" in result.output
+    assert len(os.listdir("data/download/images")) == 5
+
+
+def big_jpeg(steam: FakeSteam, size: int) -> bytes:
+    """A real capsule padded to ``size`` bytes: its header sniffs as a JPEG."""
+    body = steam.routes[steam.app_ids()[0]].body
+    return body + b"\0" * (size - len(body))
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_a_body_over_max_bytes_is_refused_and_not_kept(steam, tmp_path, content_length):
+    appid = steam.app_ids()[0]
+    steam.routes[appid] = Route(body=big_jpeg(steam, 3_000_000), content_length=content_length)
+    manifest = run_download(steam, [appid], tmp_path, max_bytes=200_000)
+    row = manifest.iloc[0]
+    assert row["status"] == "invalid" and "download.max_bytes (200,000 bytes" in row["error"]
+    if content_length:
+        assert row["error"].startswith("Content-Length 3,000,000 is over")
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_a_gzip_bomb_is_measured_decoded(steam, tmp_path):
+    appid = steam.app_ids()[0]
+    bomb = gzip.compress(big_jpeg(steam, 50_000_000), compresslevel=9)
+    assert len(bomb) < 100_000  # small on the wire
+    steam.routes[appid] = Route(body=bomb, headers={"Content-Encoding": "gzip"})
+    manifest = run_download(steam, [appid], tmp_path, max_bytes=1_000_000)
+    row = manifest.iloc[0]
+    assert row["status"] == "invalid" and "decoded" in row["error"]
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+def test_a_gzipped_image_under_the_cap_is_stored_decoded(steam, tmp_path):
+    appid = steam.app_ids()[0]
+    body = steam.routes[appid].body
+    steam.routes[appid] = Route(body=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    manifest = run_download(steam, [appid], tmp_path)
+    assert manifest["status"].tolist() == ["ok"]
+    assert Path(manifest["path"].iloc[0]).read_bytes() == body
+
+
+def test_a_trickling_server_is_cut_at_the_deadline(steam, tmp_path):
+    appid = steam.app_ids()[0]
+    steam.routes[appid].trickle_s = 0.1  # every read gets a byte well within timeout_s
+    start = time.monotonic()
+    manifest = run_download(steam, [appid], tmp_path, timeout_s=1.0, deadline_s=1.5)
+    elapsed = time.monotonic() - start
+    row = manifest.iloc[0]
+    assert row["status"] == "error" and "download.deadline_s (1.5 s)" in row["error"]
+    assert elapsed < 4, elapsed
+    assert list((tmp_path / "images").iterdir()) == []
+
+
+@pytest.mark.parametrize("header", ["-5", "soon"])
+def test_a_bad_retry_after_counts_as_no_header(steam, tmp_path, header):
+    steam.routes[9_000_002].fail_first = [(429, {"Retry-After": header})]
+    manifest = run_download(steam, [9_000_002], tmp_path)
+    assert manifest["status"].tolist() == ["ok"] and cdn_requests(steam, 9_000_002) == 2
+
+
+def test_ctrl_c_stops_a_download_within_a_second(capsules, params_file):
+    with FakeSteam(with_fixtures=False) as steam:
+        for route in steam.routes.values():
+            route.trickle_s = 0.5
+        overrides = [*steam_overrides(steam, timeout_s=5), "download.workers=4"]
+        assert run_cli("appids", *set_args(overrides), "-S", "appids.limit=8").exit_code == 0
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [sys.executable, "-m", "stages.download", *set_args(overrides)]
+        proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sum(steam.requests.values()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the four workers are inside trickling requests
+        assert sum(steam.requests.values()) >= 5
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - start
+        print(f"Ctrl-C to exit: {elapsed:.2f} s")
+        assert proc.returncode == 130, stderr
+        assert "interrupted; run it again to resume" in stderr
+        assert elapsed < 3  # the stage stops in ~0.1 s; the rest is interpreter exit

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,54 @@ def test_params_model_is_the_single_source_of_sections():
         "evaluate", "render",
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()
+
+
+def alias_bomb(levels: int = 6, width: int = 9) -> str:
+    """A few hundred bytes of YAML that expand to width**levels items."""
+    lines = [f"  - &l0 [{', '.join(['1'] * width)}]"]
+    for level in range(1, levels):
+        lines.append(f"  - &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join(lines)
+
+
+def test_a_yaml_alias_bomb_gives_a_short_error_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("validate:\n  workers:\n" + alias_bomb() + "\n")
+    assert path.stat().st_size < 400
+    with pytest.raises(StageError) as error:
+        load_params(path)
+    line = str(error.value)
+    assert len(line) <= 450 and "\n" not in line
+    assert line.startswith(f"{path}: validate.workers: [[1, 1, 1, 1, ...], [[...], [...]")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("validate.workers=10000", "validate.workers: 10000 is not allowed: at most 4 processes"),
+        ("resize.workers=10000", "resize.workers: 10000 is not allowed: at most 4 processes"),
+        ("reference.workers=999", "reference.workers: 999 is not allowed: at most 4 processes"),
+        ("train.workers=999", "train.workers: 999 is not allowed: at most 4 processes"),
+        ("train.steps=1000000000000", "train.steps: 1000000000000 is not allowed"),
+        ("train.batch_size=1000000000000", "train.batch_size: 1000000000000 is not allowed"),
+        ("evaluate.num_images=1000000000000", "evaluate.num_images: 1000000000000 is not"),
+        ("evaluate.batch_size=100000", "evaluate.batch_size: 100000 is not allowed"),
+        ("render.batch_size=100000", "render.batch_size: 100000 is not allowed"),
+        ("render.project.steps=1000000000", "render.project.steps: 1000000000 is not allowed"),
+        ("download.timeout_s=.inf", "download.timeout_s: inf is not allowed"),
+        ("download.rate_per_s=0.000001", "download.rate_per_s: 1e-06 is not allowed"),
+        ("download.max_bytes=10000000000", "download.max_bytes: 10000000000 is not allowed"),
+    ],
+)
+def test_work_counts_are_bounded(override, expected):
+    with pytest.raises(StageError, match=re.escape(f"params.yaml: {expected}")):
+        load_params(REPO / "params.yaml", [override])
+
+
+def test_workers_bound_follows_the_cores():
+    from pipeline.parallel import available_cores
+
+    limit = 4 * available_cores()
+    assert load_params(REPO / "params.yaml", [f"validate.workers={limit}"]).validate_.workers
+    with pytest.raises(StageError, match=f"{limit} on this machine's {available_cores()} cores"):
+        load_params(REPO / "params.yaml", [f"validate.workers={limit + 1}"])

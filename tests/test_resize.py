@@ -1,4 +1,6 @@
+import errno
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,3 +92,71 @@ def test_stage_resizes_records_failures_and_resumes(capsules, params_file):
     # other settings redo everything
     assert run_cli("resize", "-S", "resize.size=16").exit_code == 0
     assert Image.open(table["path"].iloc[0]).size == (16, 16)
+
+
+def watch_writes_into(folder: str, monkeypatch) -> dict:
+    """Record files written under ``folder``; the disk is "full" once ``space`` is used up."""
+    state = {"written": [], "space": 1000}
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if folder in self.as_posix():
+            if len(state["written"]) >= state["space"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            state["written"].append(self.name.split(".")[1])  # .<appid>.png.<random>.part
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    return state
+
+
+def test_a_failed_resize_leaves_the_previous_outputs_whole_and_resumes(
+    capsules, params_file, monkeypatch
+):
+    write_upstream(params_file.parent)
+    assert run_cli("resize", "-S", "resize.size=32").exit_code == 0
+    before = {
+        name: Path(f"data/resize/{name}").read_bytes()
+        for name in ("accepted.parquet", "rejected.parquet")
+    }
+    images = {p.name: p.read_bytes() for p in Path("data/resize/images").iterdir()}
+
+    disk = watch_writes_into("data/resize/.images.staging", monkeypatch)
+    disk["space"] = 2
+    result = run_cli("resize", "-S", "resize.size=48", "-S", "resize.workers=1")
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("steamgan resize: error: data/resize/.images.staging/3.png: ")
+    assert "the disk is full" in line
+    # the previous outputs are untouched: same tables, same images, all 32 px
+    for name, data in before.items():
+        assert Path(f"data/resize/{name}").read_bytes() == data
+    assert {p.name: p.read_bytes() for p in Path("data/resize/images").iterdir()} == images
+
+    # space again: the re-run resumes (the two 48 px images written before are kept)
+    disk.update(written=[], space=1000)
+    result = run_cli("resize", "-S", "resize.size=48", "-S", "resize.workers=1")
+    assert result.exit_code == 0, result.output
+    assert sorted(disk["written"]) == ["3", "4", "5"]
+    table = pd.read_parquet("data/resize/accepted.parquet")
+    assert table["appid"].tolist() == [1, 2, 3, 4, 5]
+    assert all(Image.open(p).size == (48, 48) for p in table["path"])
+    assert not Path("data/resize/.images.staging").exists()
+
+
+def test_resize_of_zero_rows_writes_empty_tables_and_names_the_upstream(params_file):
+    upstream = pio.upstream_table("resize")
+    upstream.parent.mkdir(parents=True)
+    pd.DataFrame(
+        {"appid": pd.Series([], dtype="int64"), "path": pd.Series([], dtype=str)}
+    ).to_parquet(upstream)
+    result = run_cli("resize")
+    assert result.exit_code == 0, result.output
+    assert "resize: 0 images: the 'faces' stage kept none (data/faces/accepted.parquet)" in (
+        result.output
+    )
+    accepted = pd.read_parquet("data/resize/accepted.parquet")
+    assert accepted.empty and {"appid", "path", "pixels", "sum_r"} <= set(accepted.columns)
+    assert pd.read_parquet("data/resize/rejected.parquet").empty
+    # the dataset stage packages the empty table without a crash
+    assert run_cli("dataset").exit_code == 0

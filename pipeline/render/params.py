@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.param_types import NonNegativeInt, PositiveInt, Section
+from pipeline.param_types import BatchSize, GridSide, NonNegativeInt, PositiveInt, Section
 
-Seeds = Annotated[list[NonNegativeInt], Field(min_length=1)]
+Seeds = Annotated[list[NonNegativeInt], Field(min_length=1, max_length=1000)]
 Psi = Annotated[float, Field(ge=0, le=2)]
 
 
@@ -25,8 +25,8 @@ class MixingParams(Section):
 class DirectionsParams(Section):
     """Latent directions (GANSpace, SeFa): one row of edits per direction."""
 
-    count: PositiveInt = 5  # the top-k directions rendered
-    steps: Annotated[int, Field(ge=2)] = 7  # images per row, from -strength to +strength
+    count: Annotated[int, Field(ge=1, le=512)] = 5  # the top-k directions rendered
+    steps: Annotated[int, Field(ge=2, le=1000)] = 7  # images per row, -strength to +strength
     strength: Annotated[float, Field(gt=0)] = 3.0  # in standard deviations of W along it
     seed: NonNegativeInt = 0  # the image that is edited
     # ws indices edited (SeFa: whose modulation weights it factorises); null: all
@@ -36,9 +36,9 @@ class DirectionsParams(Section):
 class ProjectParams(Section):
     """Projection of real images into W or W+ (Karras et al. 2020, appendix D)."""
 
-    targets: NonNegativeInt = 4  # real images projected, evenly spaced in the dataset
+    targets: Annotated[int, Field(ge=0, le=10_000)] = 4  # real images projected, evenly spaced
     space: Literal["w", "w_plus"] = "w"
-    steps: PositiveInt = 1000
+    steps: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     lr: Annotated[float, Field(gt=0)] = 0.1
     lr_rampup: Annotated[float, Field(ge=0, le=1)] = 0.05  # fraction of steps
     lr_rampdown: Annotated[float, Field(ge=0, le=1)] = 0.25  # fraction of steps
@@ -60,16 +60,18 @@ class RenderParams(Section):
     snapshots: str | None = "data/train/snapshots"  # the progress strip's; null: no strip
     data: str = "data/dataset"  # real images: their grid and the projection targets
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: PositiveInt = 16
+    batch_size: BatchSize = 16
     noise_mode: Literal["random", "const", "none"] = "const"
-    grid: tuple[PositiveInt, PositiveInt] = (4, 8)  # rows, cols; fakes are seeds 0…rows·cols-1
+    grid: tuple[GridSide, GridSide] = (4, 8)  # rows, cols; fakes are seeds 0…rows·cols-1
     seeds: Seeds = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
     truncation: list[Psi] = Field(default_factory=lambda: [0.75, 0.5])
     truncation_cutoff: PositiveInt | None = None  # truncate only ws below this index
-    frames: PositiveInt = 60  # video frames from one seed to the next
-    fps: PositiveInt = 30
-    progress_columns: Annotated[int, Field(ge=2)] = 16  # snapshots in the progress strip
-    w_samples: Annotated[int, Field(ge=2)] = 10_000  # W samples: PCA, W's mean and std
+    frames: Annotated[int, Field(ge=1, le=100_000)] = 60  # video frames from one seed to the next
+    fps: Annotated[int, Field(ge=1, le=240)] = 30
+    progress_columns: Annotated[int, Field(ge=2, le=1000)] = 16  # snapshots in the progress strip
+    w_samples: Annotated[int, Field(ge=2, le=10_000_000)] = (
+        10_000  # W samples: PCA, W's mean and std
+    )
     mixing: MixingParams = MixingParams()
     directions: DirectionsParams = DirectionsParams()
     project: ProjectParams = ProjectParams()

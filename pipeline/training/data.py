@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from pipeline.errors import StageError
+from pipeline.images import decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -70,7 +71,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return self._zip.read(name)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(io.BytesIO(self.read_bytes(index))) as im:
+        with decode_image(self.read_bytes(index)) as im:  # upright (EXIF orientation)
             arr = np.asarray(im.convert("RGB"))
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 

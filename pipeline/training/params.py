@@ -6,7 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
+from pipeline.param_types import (
+    BatchSize,
+    GridSide,
+    NonNegativeInt,
+    PositiveInt,
+    Probability,
+    Section,
+    StepCount,
+    Workers,
+)
 
 AugType = Literal["translation", "color", "cutout", "offset"]
 
@@ -121,9 +130,9 @@ class TrainParams(Section):
     model: Literal["lightweight", "stylegan2"] = "lightweight"
     data: str = "data/dataset"  # a dataset folder, a dataset.zip, or a folder holding one
     image_size: Annotated[int, Field(ge=16, le=1024)] = 256
-    steps: PositiveInt = 150_000  # optimizer steps of G
-    batch_size: PositiveInt = 64  # per optimizer step, over all GPUs and accumulation rounds
-    accumulate: PositiveInt = 1  # gradient accumulation rounds per step
+    steps: StepCount = 150_000  # optimizer steps of G
+    batch_size: BatchSize = 64  # per optimizer step, over all GPUs and accumulation rounds
+    accumulate: Annotated[int, Field(ge=1, le=4096)] = 1  # gradient accumulation rounds per step
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -135,7 +144,7 @@ class TrainParams(Section):
     ada: AdaParams = AdaParams()
     seed: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: NonNegativeInt = 2  # data-loading processes
+    workers: Workers = 2  # data-loading processes
     checkpoint_every: PositiveInt = 1000
     sample_every: PositiveInt = 1000
     # steps between G_ema snapshots (data/train/snapshots/step-NNNNNNNN.pt, for render's
@@ -143,8 +152,8 @@ class TrainParams(Section):
     snapshot_every: PositiveInt | None = 10_000
     log_every: PositiveInt = 50
     eval_every: Annotated[float, Field(ge=0)] = 0  # kimg between cheap FIDs; 0: none
-    eval_images: Annotated[int, Field(ge=2)] = 5000  # images per cheap FID (and real ones)
-    grid: tuple[PositiveInt, PositiveInt] = (4, 8)  # sample grid rows, cols
+    eval_images: Annotated[int, Field(ge=2, le=1_000_000)] = 5000  # per cheap FID (and reals)
+    grid: tuple[GridSide, GridSide] = (4, 8)  # sample grid rows, cols
     nan_tolerance: PositiveInt = 10
     nan_lr_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
     resume_from: str | None = None  # a checkpoint to start from (transfer learning)

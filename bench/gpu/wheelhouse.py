@@ -62,7 +62,7 @@ def platform_flags(python: str) -> list[str]:
     flags = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
     for glibc in GLIBC:
         flags += ["--platform", f"manylinux_2_{glibc}_x86_64"]
-    return flags + ["--platform", "manylinux2014_x86_64", "--platform", "manylinux1_x86_64"]
+    return [*flags, "--platform", "manylinux2014_x86_64", "--platform", "manylinux1_x86_64"]
 
 
 def marker_env(python: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ with a time limit, then ``summary``):
     python bench/gpu/bench.py stylegan2       --results DIR [--dry-run]   ours vs NVlabs
     python bench/gpu/bench.py faces           --results DIR [--dry-run]
     python bench/gpu/bench.py inception       --results DIR [--dry-run]
+    python bench/gpu/bench.py all             --results DIR [--dry-run]   the four in one process
     python bench/gpu/bench.py summary         --results DIR --out OUT/gpu.json
 
 Timing: warm-up steps first (allocations, cuDNN autotuning, kernel builds), then
@@ -219,8 +220,12 @@ def lightweight_gan_on_cpu():
         stub.transforms = types.ModuleType("torchvision.transforms")
         stub.utils = types.ModuleType("torchvision.utils")
         sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
+    is_available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: True  # its module asserts CUDA when imported
     try:
         import lightweight_gan.lightweight_gan as lg
+
+        torch.cuda.is_available = is_available
 
         cpu_torch = types.ModuleType("torch")
         cpu_torch.__getattr__ = lambda name: getattr(torch, name)
@@ -228,13 +233,16 @@ def lightweight_gan_on_cpu():
         lg.torch = cpu_torch
         yield
     finally:
+        torch.cuda.is_available = is_available
         torch.Tensor.cuda, torch.nn.Module.cuda = saved[0], saved[1]
         if saved[2] is None:
             sys.modules.pop("torchvision", None)
             sys.modules.pop("torchvision.transforms", None)
 
 
-def time_lightweight_gan(setup, results, bench, work, batch, steps, attn, amp) -> None:
+def time_lightweight_gan(
+    setup, results, bench, work, batch, steps, attn, amp, latent, fmap_max
+) -> None:
     shim = contextlib.nullcontext() if setup.cuda else lightweight_gan_on_cpu()
     with shim:
         from lightweight_gan import Trainer as PeerTrainer
@@ -244,7 +252,8 @@ def time_lightweight_gan(setup, results, bench, work, batch, steps, attn, amp) -
             base_dir=str(work / "lightweight-gan"),
             image_size=setup.size,
             batch_size=batch,
-            latent_dim=256,
+            latent_dim=latent,
+            fmap_max=fmap_max,
             attn_res_layers=[attn],
             aug_prob=0.4,  # as our DiffAugment: translation at p 0.4
             aug_types=["translation"],
@@ -275,17 +284,21 @@ def run_lightweight(setup: Setup, results: Path) -> None:
     attn = 16 if setup.dry_run else 32
     bench = f"lightweight {setup.size}px batch {batch} attn {attn}"
     amp = setup.cuda  # the package's amp is fp16 autocast + GradScaler, CUDA only
+    latent = 32 if setup.dry_run else 256
+    # the dry run's networks: narrow, so that 2 CPU steps take seconds
+    small = {"lightweight.channels": 8} if setup.dry_run else {}
+    fmap_max = 32 if setup.dry_run else 512
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         work = Path(tmp)
         for precision in ["fp16", "bf16"] if setup.cuda else ["fp32"]:
             sub = work / precision
             sub.mkdir()
             guarded(results, bench, "ours", lambda sub=sub, precision=precision: time_ours(
-                setup, results, bench, sub, "lightweight", batch, steps,
-                precision=precision, **{"lightweight.attn_res": [attn]},
+                setup, results, bench, sub, "lightweight", batch, steps, precision=precision,
+                **{"lightweight.attn_res": [attn], "lightweight.latent_dim": latent}, **small,
             ))  # fmt: skip
         guarded(results, bench, "lightweight-gan", lambda: time_lightweight_gan(
-            setup, results, bench, work, batch, steps, attn, amp
+            setup, results, bench, work, batch, steps, attn, amp, latent, fmap_max
         ))  # fmt: skip
 
 
@@ -337,9 +350,10 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
     conv2d_gradfix.enabled = grid_sample_gradfix.enabled = True
     small = setup.dry_run  # a network small enough for 2 CPU steps
     base = 1024 if small else spec["channel_base"]
+    dims = 64 if small else 512
     common = dict(c_dim=0, img_resolution=setup.size, img_channels=3)
     G = dnnlib.util.construct_class_by_name(
-        class_name="training.networks.Generator", z_dim=512, w_dim=512,
+        class_name="training.networks.Generator", z_dim=dims, w_dim=dims,
         mapping_kwargs=dict(num_layers=spec["map"]),
         synthesis_kwargs=dict(channel_base=base, channel_max=512, num_fp16_res=4,
                               conv_clamp=256),
@@ -364,7 +378,7 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
     for name, module, interval in (("G", G, 4), ("D", D, 16)):
         ratio = interval / (interval + 1)
         opt = torch.optim.Adam(
-            module.parameters(), lr=spec["lr"] * ratio, betas=(0, 0.99**ratio), eps=1e-8
+            module.parameters(), lr=spec["lr"] * ratio, betas=(0.0, 0.99**ratio), eps=1e-8
         )
         phases += [dict(name=name + "main", module=module, opt=opt, interval=1)]
         phases += [dict(name=name + "reg", module=module, opt=opt, interval=interval)]
@@ -413,7 +427,11 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
 def run_stylegan2(setup: Setup, results: Path) -> None:
     batch = 4 if setup.dry_run else 32
     steps = 2 if setup.dry_run else 16
-    small = {"stylegan2.channel_base": 1024} if setup.dry_run else {}
+    small = (
+        {"stylegan2.channel_base": 1024, "stylegan2.latent_dim": 64, "stylegan2.w_dim": 64}
+        if setup.dry_run
+        else {}
+    )
     ops: dict = {}
     nvlabs_ok = (NVLABS / "training" / "networks.py").is_file()
     if nvlabs_ok:
@@ -449,7 +467,8 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
 
 def run_faces(setup: Setup, results: Path) -> None:
     faces_bench = bench_module("faces")
-    count = 8 if setup.dry_run else 1000
+    count = 2 if setup.dry_run else 1000
+    r50_size = 320 if setup.dry_run else 840  # the dry run: minutes less on a CPU
     images = banners(count)
     weights = SHARED / "weights" / "retinaface_mobilenet0.25.pth"
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
@@ -458,10 +477,10 @@ def run_faces(setup: Setup, results: Path) -> None:
                 "retinaface", variant="mobilenet0.25_1mb", weights=weights,
                 confidence=0.9, nms=0.4, max_size=640, device=setup.device,
             ),
-            "retinaface resnet50 @840 (random weights)": lambda: load_detector(
+            f"retinaface resnet50 @{r50_size} (random weights)": lambda: load_detector(
                 "retinaface", variant="resnet50_ternaus",
                 weights=faces_bench.silent_retinaface(Path(tmp)),
-                confidence=0.08, nms=0.01, max_size=840, device=setup.device,
+                confidence=0.08, nms=0.01, max_size=r50_size, device=setup.device,
             ),
         }  # fmt: skip
         for label, make in setups.items():
@@ -472,7 +491,7 @@ def run_faces(setup: Setup, results: Path) -> None:
 
 
 def time_faces(setup: Setup, results: Path, bench: str, detector, images) -> None:
-    detector.detect(images[:32])  # warm-up on a few (a pass over all would double the time)
+    detector.detect(images[:1] if setup.dry_run else images[:32])  # warm-up on a few
     blocks = setup.time_blocks(lambda: detector.detect(images), 1, warmup=0)
     record(results, bench=bench, impl="ours", status="ok", device=device_name(setup),
            batch_size=detector.batch_size, images_per_s=len(images) / statistics.median(blocks),
@@ -480,7 +499,7 @@ def time_faces(setup: Setup, results: Path, bench: str, detector, images) -> Non
 
 
 def run_inception(setup: Setup, results: Path) -> None:
-    batch = 8 if setup.dry_run else 250
+    batch = 4 if setup.dry_run else 250
     timed = 1 if setup.dry_run else 4
     model = inception_for_check(setup.device)
     note = model.source.name
@@ -503,23 +522,25 @@ def run_inception(setup: Setup, results: Path) -> None:
 
 def time_evaluate(setup: Setup, results: Path, model) -> None:
     """``evaluate``'s streamed pass (generate → features → FID and KID) over generated images
-    of a freshly initialised Lightweight GAN at 256 px, against the carried flowers."""
+    of a freshly initialised Lightweight GAN (256 px; 32 in the dry run), against the
+    carried flowers."""
     from pipeline.metrics.evaluation import Reference, evaluate_generator
     from pipeline.metrics.fid import feature_stats
     from pipeline.params import EvaluateParams
 
-    count = 64 if setup.dry_run else 10_000
+    count = 8 if setup.dry_run else 10_000
+    real_count = 8 if setup.dry_run else 128
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         trainer = our_trainer(setup, Path(tmp), "lightweight", 8)
         trainer.save()
         real_sink = FeatureSink(model, "clean")
-        for start in range(0, 128, 64):
-            real_sink.add(flowers(64, start))
+        for start in range(0, real_count, 64):
+            real_sink.add(flowers(min(64, real_count - start), start))
         real = real_sink.result()[0]
         reference = Reference(real, feature_stats(real), key={})
         cfg = EvaluateParams(
             checkpoint=str(trainer.checkpoint_path), metrics=("fid", "kid"), num_images=count,
-            device=setup.device.type, batch_size=8 if setup.dry_run else 250,
+            device=setup.device.type, batch_size=4 if setup.dry_run else 250,
             kid_subset_size=min(1000, count // 2), kid_subsets=10,
         )  # fmt: skip
         setup.sync()
@@ -527,7 +548,7 @@ def time_evaluate(setup: Setup, results: Path, model) -> None:
         metrics = evaluate_generator(cfg, reference, model)
         setup.sync()
         seconds = time.perf_counter() - start
-    record(results, bench=f"evaluate fid+kid on {count} generated 256px", impl="ours",
+    record(results, bench=f"evaluate fid+kid on {count} generated {setup.size}px", impl="ours",
            status="ok", device=device_name(setup), seconds=seconds, network=model.source.name,
            fid=metrics.get("fid"))  # fmt: skip
 
@@ -543,8 +564,11 @@ def summary(results: Path, out: Path) -> None:
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
+    prepared = REPO / ".gpu" / "COMMIT"  # the copy on the GPU machine may have no .git
+    if not commit and prepared.is_file():
+        commit = prepared.read_text().strip() + " (at prepare time)"
     env = {
-        "commit": commit or os.environ.get("GPU_CHECK_COMMIT", "unknown"),
+        "commit": commit or "unknown",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -574,7 +598,7 @@ def summary(results: Path, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", choices=["lightweight", "stylegan2", "faces", "inception", "summary"]
+        "what", choices=["lightweight", "stylegan2", "faces", "inception", "all", "summary"]
     )
     parser.add_argument("--results", type=Path, required=True, help="folder of the records")
     parser.add_argument("--out", type=Path, help="summary: the gpu.json to write")
@@ -590,7 +614,8 @@ def main() -> None:
         "faces": run_faces,
         "inception": run_inception,
     }
-    runs[args.what](setup, args.results)
+    for what in runs if args.what == "all" else [args.what]:
+        runs[what](setup, args.results)
 
 
 if __name__ == "__main__":

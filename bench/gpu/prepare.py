@@ -56,6 +56,8 @@ def copy_shared(flowers: int) -> None:
     (out / "data" / "faces").mkdir(parents=True, exist_ok=True)
     for path in sorted(faces.iterdir()):
         target = out / "data" / "faces" / path.name
+        if target.exists():
+            continue
         if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
             im = Image.open(path).convert("RGB").resize(BANNER, Image.Resampling.LANCZOS)
             im.save(target.with_suffix(".png" if path.suffix == ".png" else ".jpg"), quality=95)
@@ -63,7 +65,8 @@ def copy_shared(flowers: int) -> None:
             shutil.copy2(path, target)  # labels.csv
     (out / "data" / "flowers256").mkdir(parents=True, exist_ok=True)
     for path in sorted(flower_dir.glob("*.jpg"))[:flowers]:
-        shutil.copy2(path, out / "data" / "flowers256" / path.name)
+        if not (out / "data" / "flowers256" / path.name).exists():
+            shutil.copy2(path, out / "data" / "flowers256" / path.name)
 
 
 def inception_graph() -> None:
@@ -118,6 +121,8 @@ def main() -> None:
     if not (CARRY / "inception-graph.pt.xz").is_file():
         inception_graph()
     nvlabs_peer()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    (CARRY / "COMMIT").write_bytes(head.stdout)  # the GPU machine's copy may have no .git
     for path in (CARRY, PEERS):
         print(f"{path.name}: {size_mib(path):.1f} MiB")
 

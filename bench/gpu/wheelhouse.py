@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -200,14 +201,18 @@ def check(dest: Path, python: str) -> None:
 
 
 def same_for(source: Path, dest: Path, python: str) -> None:
-    """The same name==version set for another Python (the rehearsal's local one)."""
+    """The same name==version set for another Python (the rehearsal's local one): pure
+    Python wheels are copied, the others downloaded for that Python."""
     dest.mkdir(exist_ok=True)
+    have = wheels(dest)
     specs = []
     for name, path in wheels(source).items():
-        version = parse_wheel_filename(path.name)[1]
-        if not any(canonicalize_name(parse_wheel_filename(p.name)[0]) == name
-                   for p in dest.glob("*.whl")):  # fmt: skip
-            specs.append(f"{name}=={version}")
+        if name in have:
+            continue
+        if path.name.endswith("-none-any.whl"):
+            shutil.copy2(path, dest / path.name)
+        else:
+            specs.append(f"{name}=={parse_wheel_filename(path.name)[1]}")
     if specs and not download(specs, dest, python):
         sys.exit(f"could not download {dest}'s wheels for Python {python}")
     print(f"{dest}: {len(wheels(dest))} wheels for Python {python}")

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,8 @@ def guarded(results: Path, bench: str, impl: str, run: Callable[[], None]) -> No
     """Run one measurement; a failure becomes a record with its reason, not a lost run."""
     try:
         run()
+    except pytest.skip.Exception as exc:  # tests.cuda_helpers: ../shared absent (CI)
+        record(results, bench=bench, impl=impl, status="skipped", reason=str(exc))
     except Exception as exc:  # a peer's incompatibility must not hide our figures
         reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
         record(results, bench=bench, impl=impl, status="failed", reason=reason)
@@ -434,13 +437,10 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
     )
     ops: dict = {}
     nvlabs_ok = (NVLABS / "training" / "networks.py").is_file()
-    if nvlabs_ok:
-        sys.path.insert(0, str(NVLABS))
-        guarded(results, "stylegan2-ada-pytorch custom ops build", "nvlabs",
-                lambda: ops.update(nvlabs_ops_build(results, setup)))  # fmt: skip
+    benches = {config: f"stylegan2 {setup.size}px batch {batch} {config} ADA" for config in
+               NVLABS_CONFIGS}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
-        for config in NVLABS_CONFIGS:
-            bench = f"stylegan2 {setup.size}px batch {batch} {config} ADA"
+        for config, bench in benches.items():  # ours first: NVlabs' build may run long
             work = Path(tmp) / config
             work.mkdir()
             settings = {
@@ -452,14 +452,19 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
             guarded(results, bench, "ours", lambda w=work, s=settings, b=bench: time_ours(
                 setup, results, b, w, "stylegan2", batch, steps, **s
             ))  # fmt: skip
-            if not nvlabs_ok:
-                record(results, bench=bench, impl="nvlabs", status="skipped",
-                       reason=f"{NVLABS} is absent (python bench/gpu/prepare.py fills it "
-                       "from the fetch tool's mirror; CI has none)")  # fmt: skip
-                continue
-            guarded(results, bench, "nvlabs", lambda bench=bench, config=config: time_nvlabs(
-                setup, results, bench, config, batch, steps, ops
-            ))  # fmt: skip
+    if not nvlabs_ok:
+        for bench in benches.values():
+            record(results, bench=bench, impl="nvlabs", status="skipped",
+                   reason=f"{NVLABS} is absent (python bench/gpu/prepare.py fills it "
+                   "from the fetch tool's mirror; CI has none)")  # fmt: skip
+        return
+    sys.path.insert(0, str(NVLABS))
+    guarded(results, "stylegan2-ada-pytorch custom ops build", "nvlabs",
+            lambda: ops.update(nvlabs_ops_build(results, setup)))  # fmt: skip
+    for config, bench in benches.items():
+        guarded(results, bench, "nvlabs", lambda b=bench, c=config: time_nvlabs(
+            setup, results, b, c, batch, steps, ops
+        ))  # fmt: skip
 
 
 # --- faces and Inception --------------------------------------------------------------------
@@ -556,7 +561,7 @@ def time_evaluate(setup: Setup, results: Path, model) -> None:
 # --- summary --------------------------------------------------------------------------------
 
 
-def summary(results: Path, out: Path) -> None:
+def summary(results: Path, out: Path, strict: bool = False) -> None:
     records = []
     path = results / "records.jsonl"
     if path.is_file():
@@ -593,6 +598,9 @@ def summary(results: Path, out: Path) -> None:
         label = r["impl"] + (f" {r['precision']}" if "precision" in r else "")
         print(f"{r['bench'][:58]:58s} {label[:16]:16s} {r['images_per_s']:10.1f} {kimg} {peak}")
     print(f"written: {out}")
+    failed = [r for r in records if r.get("status") == "failed"]
+    if strict and failed:
+        sys.exit(f"{len(failed)} benchmark(s) failed (see above)")
 
 
 def main() -> None:
@@ -602,10 +610,12 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, required=True, help="folder of the records")
     parser.add_argument("--out", type=Path, help="summary: the gpu.json to write")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, 32 px, 2 steps")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU, 32 px, 2 steps (summary: fail on a failure)"
+    )
     args = parser.parse_args()
     if args.what == "summary":
-        summary(args.results, args.out or args.results / "gpu.json")
+        summary(args.results, args.out or args.results / "gpu.json", strict=args.dry_run)
         return
     setup = Setup(args.dry_run)
     runs = {

@@ -27,7 +27,15 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 exec > >(tee -a "$OUTDIR/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
 START=$(date +%s)
+# the device tool allows 10 minutes a command, the issue 9: every step below gets at most
+# what is left of BUDGET_S (minus 20 s for the summary), so the figures are always written
+BUDGET_S=${BUDGET_S:-530}
 elapsed() { echo "[$(($(date +%s) - START)) s] $*"; }
+limit() {  # the smaller of $1 and what the budget has left
+    local left=$((BUDGET_S - 20 - ($(date +%s) - START)))
+    [ "$left" -lt 5 ] && left=5
+    echo $(($1 < left ? $1 : left))
+}
 
 SITE=/tmp/gpu-check-site
 if [ -n "$DRY" ]; then
@@ -62,25 +70,29 @@ fi
 elapsed "CUDA tests: pytest -m cuda"
 # only this file: the other test modules import imagecodecs, dvc and pytest-httpserver,
 # which the check does not carry
-timeout 300 "$PY" -m pytest tests/test_cuda.py -m cuda -q -rs -p no:cacheprovider -s \
+timeout "$(limit 200)" "$PY" -m pytest tests/test_cuda.py -m cuda -q -rs -p no:cacheprovider -s \
     2>&1 | tee "$OUTDIR/pytest.txt"
 TESTS=${PIPESTATUS[0]}
 
 RESULTS=$(mktemp -d /tmp/gpu-check-results.XXXX)
 # seconds each benchmark may take on the GPU (the whole run must end inside 9 minutes)
 # seconds each benchmark may take on the GPU (the whole run must end inside 9 minutes)
-declare -A LIMIT=([lightweight]=90 [stylegan2]=240 [faces]=60 [inception]=90)
+declare -A LIMIT=([lightweight]=90 [stylegan2]=240 [faces]=60 [inception]=120)
 benchmark() {  # name, time limit
-    elapsed "benchmark: $1"
-    timeout "$2" "$PY" bench/gpu/bench.py "$1" --results "$RESULTS" $DRY
+    local seconds
+    seconds=$(limit "$2")
+    elapsed "benchmark: $1 (at most $seconds s)"
+    timeout "$seconds" "$PY" bench/gpu/bench.py "$1" --results "$RESULTS" $DRY
     local status=$?
     if [ "$status" -ne 0 ]; then
         echo "{\"bench\": \"$1\", \"impl\": \"-\", \"status\": \"failed\"," \
-            "\"reason\": \"exit status $status (124: over its $2 s)\"}" >>"$RESULTS/records.jsonl"
+            "\"reason\": \"exit status $status (124: over its $seconds s)\"}" \
+            >>"$RESULTS/records.jsonl"
     fi
 }
 if [ -n "$DRY" ]; then
-    benchmark all 300  # one process: the CPU's minutes go to the steps, not to imports
+    BUDGET_S=100000  # the rehearsal's time is CI's to judge
+    benchmark all 600  # one process: the CPU's minutes go to the steps, not to imports
 else
     for what in lightweight stylegan2 faces inception; do
         benchmark "$what" "${LIMIT[$what]}"
@@ -88,7 +100,8 @@ else
 fi
 
 elapsed "summary"
-"$PY" bench/gpu/bench.py summary --results "$RESULTS" --out "$OUTDIR/gpu.json" \
+"$PY" bench/gpu/bench.py summary --results "$RESULTS" --out "$OUTDIR/gpu.json" $DRY \
     | tee "$OUTDIR/summary.txt"
+SUMMARY=${PIPESTATUS[0]}
 echo "CUDA tests exit status $TESTS; total $(($(date +%s) - START)) s" | tee -a "$OUTDIR/summary.txt"
-[ "$TESTS" -eq 0 ] || [ "$TESTS" -eq 5 ]  # 5: nothing collected (never expected)
+[ "$TESTS" -eq 0 ] && [ "$SUMMARY" -eq 0 ]

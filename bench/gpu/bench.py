@@ -546,7 +546,7 @@ def time_evaluate(setup: Setup, results: Path, model) -> None:
         cfg = EvaluateParams(
             checkpoint=str(trainer.checkpoint_path), metrics=("fid", "kid"), num_images=count,
             device=setup.device.type, batch_size=4 if setup.dry_run else 250,
-            kid_subset_size=min(1000, count // 2), kid_subsets=10,
+            kid_subset_size=min(1000, real_count, count), kid_subsets=10,
         )  # fmt: skip
         setup.sync()
         start = time.perf_counter()

@@ -60,7 +60,7 @@ def copy_shared(flowers: int) -> None:
             continue
         if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
             im = Image.open(path).convert("RGB").resize(BANNER, Image.Resampling.LANCZOS)
-            im.save(target.with_suffix(".png" if path.suffix == ".png" else ".jpg"), quality=95)
+            im.save(target, quality=95)  # same name: labels.csv lists it
         else:
             shutil.copy2(path, target)  # labels.csv
     (out / "data" / "flowers256").mkdir(parents=True, exist_ok=True)
@@ -125,6 +125,22 @@ def main() -> None:
     (CARRY / "COMMIT").write_bytes(head.stdout)  # the GPU machine's copy may have no .git
     for path in (CARRY, PEERS):
         print(f"{path.name}: {size_mib(path):.1f} MiB")
+    travels = travelling_mib()
+    print(f"what the device call sends (tree + .whl, .gpu, .peers): {travels:.1f} MiB (limit 64)")
+    if travels >= 64:
+        sys.exit("over the device tool's 64 MiB: carry less")
+
+
+def travelling_mib() -> float:
+    """The working tree the device tool sends (tracked and untracked-not-ignored files) plus
+    the three carried folders."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
+    tree = sum((REPO / name).stat().st_size for name in listed if (REPO / name).is_file())
+    return tree / 2**20 + sum(size_mib(REPO / name) for name in (".whl", ".gpu", ".peers"))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """The GPU check's benchmarks, ours and the peers' under the same settings, one per call, each
 appending JSON records to ``--results`` (bench/gpu/run.sh calls each in its own process
-with a time limit, then ``summary``):
+with a time limit, then bench/gpu/summary.py):
 
     python bench/gpu/bench.py lightweight     --results DIR [--dry-run]   ours vs lightweight-gan
     python bench/gpu/bench.py stylegan2       --results DIR [--dry-run]   ours vs NVlabs
     python bench/gpu/bench.py faces           --results DIR [--dry-run]
     python bench/gpu/bench.py inception       --results DIR [--dry-run]
     python bench/gpu/bench.py all             --results DIR [--dry-run]   the four in one process
-    python bench/gpu/bench.py summary         --results DIR --out OUT/gpu.json
 
 Timing: warm-up steps first (allocations, cuDNN autotuning, kernel builds), then
 ``repeats`` blocks of ``steps`` steps, each block timed between device syncs; the figure is
@@ -74,7 +73,7 @@ class Setup:
         self.device = torch.device("cpu" if dry_run or not torch.cuda.is_available() else "cuda")
         self.cuda = self.device.type == "cuda"
         self.size = 32 if dry_run else 256
-        self.warmup = 1 if dry_run else 5
+        self.warmup = 0 if dry_run else 5  # the dry run proves the wiring: no warm-up
         self.repeats = 1 if dry_run else 3
 
     def sync(self) -> None:
@@ -421,7 +420,7 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
     blocks = setup.time_blocks(step, steps)
     params = sum(p.numel() for m in (G, D) for p in m.parameters())
     training_record(
-        results, setup, bench, "nvlabs", blocks, steps, batch, precision="fp16 (4 top res)",
+        results, setup, bench, "nvlabs", blocks, steps, batch, precision="fp16 top4",
         parameters=params, custom_ops=ops.get("built", False),
         gradfix=conv2d_gradfix._should_use_custom_op(torch.empty(1, device=device)),
     )  # fmt: skip
@@ -561,63 +560,33 @@ def time_evaluate(setup: Setup, results: Path, model) -> None:
 # --- summary --------------------------------------------------------------------------------
 
 
-def summary(results: Path, out: Path, strict: bool = False) -> None:
-    records = []
-    path = results / "records.jsonl"
-    if path.is_file():
-        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+def environment(results: Path, setup: Setup) -> None:
+    """What the figures were measured on, and at which commit (the summary reads it)."""
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     prepared = REPO / ".gpu" / "COMMIT"  # the copy on the GPU machine may have no .git
     if not commit and prepared.is_file():
         commit = prepared.read_text().strip() + " (at prepare time)"
+    results.mkdir(parents=True, exist_ok=True)
     env = {
         "commit": commit or "unknown",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": device_name(setup),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"environment": env, "records": records}, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"\ncommit {env['commit']}, torch {env['torch']}, CUDA {env['cuda']}, {env['device']}")
-    print(f"{'benchmark':58s} {'impl':16s} {'images/s':>10s} {'s/kimg':>8s} {'peak GiB':>8s}")
-    for r in records:
-        if r.get("status") != "ok":
-            print(f"{r['bench'][:58]:58s} {r['impl']:16s} {r['status']}: {r.get('reason', '')}")
-            continue
-        if "seconds" in r or "build_s" in r:
-            seconds = r.get("seconds", r.get("build_s"))
-            print(f"{r['bench'][:58]:58s} {r['impl']:16s} {seconds:>10.1f} s")
-            continue
-        kimg = f"{r['s_per_kimg']:8.2f}" if "s_per_kimg" in r else " " * 8
-        peak = f"{r['peak_gib']:8.2f}" if r.get("peak_gib") is not None else " " * 8
-        label = r["impl"] + (f" {r['precision']}" if "precision" in r else "")
-        print(f"{r['bench'][:58]:58s} {label[:16]:16s} {r['images_per_s']:10.1f} {kimg} {peak}")
-    print(f"written: {out}")
-    failed = [r for r in records if r.get("status") == "failed"]
-    if strict and failed:
-        sys.exit(f"{len(failed)} benchmark(s) failed (see above)")
+    (results / "environment.json").write_text(json.dumps(env) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "what", choices=["lightweight", "stylegan2", "faces", "inception", "all", "summary"]
-    )
+    parser.add_argument("what", choices=["lightweight", "stylegan2", "faces", "inception", "all"])
     parser.add_argument("--results", type=Path, required=True, help="folder of the records")
-    parser.add_argument("--out", type=Path, help="summary: the gpu.json to write")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="CPU, 32 px, 2 steps (summary: fail on a failure)"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="CPU, 32 px, 2 steps")
     args = parser.parse_args()
-    if args.what == "summary":
-        summary(args.results, args.out or args.results / "gpu.json", strict=args.dry_run)
-        return
     setup = Setup(args.dry_run)
+    environment(args.results, setup)
     runs = {
         "lightweight": run_lightweight,
         "stylegan2": run_stylegan2,

@@ -100,7 +100,8 @@ else
 fi
 
 elapsed "summary"
-"$PY" bench/gpu/bench.py summary --results "$RESULTS" --out "$OUTDIR/gpu.json" $DRY \
+STRICT=${DRY:+--strict}
+python3 bench/gpu/summary.py --results "$RESULTS" --out "$OUTDIR/gpu.json" $STRICT \
     | tee "$OUTDIR/summary.txt"
 SUMMARY=${PIPESTATUS[0]}
 echo "CUDA tests exit status $TESTS; total $(($(date +%s) - START)) s" | tee -a "$OUTDIR/summary.txt"

@@ -150,6 +150,16 @@ def guarded(results: Path, bench: str, impl: str, run: Callable[[], None]) -> No
             torch.cuda.empty_cache()
 
 
+def shared_absent(results: Path, bench: str, *parts: str) -> bool:
+    """True, with a skip record, when the data the benchmark needs is not in ../shared."""
+    path = SHARED.joinpath(*parts)
+    if path.exists():
+        return False
+    record(results, bench=bench, impl="-", status="skipped",
+           reason=f"{path} is absent (../shared, or .gpu/shared from prepare.py)")  # fmt: skip
+    return True
+
+
 def device_flowers(setup: Setup, count: int) -> torch.Tensor:
     """Flowers resized to the benchmark size, N×3×S×S in [-1, 1], on the device."""
     images = torch.from_numpy(flowers(count)).permute(0, 3, 1, 2).float()
@@ -285,6 +295,8 @@ def run_lightweight(setup: Setup, results: Path) -> None:
     steps = 2 if setup.dry_run else 10
     attn = 16 if setup.dry_run else 32
     bench = f"lightweight {setup.size}px batch {batch} attn {attn}"
+    if shared_absent(results, bench, "data", "flowers256"):
+        return
     amp = setup.cuda  # the package's amp is fp16 autocast + GradScaler, CUDA only
     latent = 32 if setup.dry_run else 256
     # the dry run's networks: narrow, so that 2 CPU steps take seconds
@@ -434,6 +446,8 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
         if setup.dry_run
         else {}
     )
+    if shared_absent(results, f"stylegan2 {setup.size}px", "data", "flowers256"):
+        return
     ops: dict = {}
     nvlabs_ok = (NVLABS / "training" / "networks.py").is_file()
     benches = {config: f"stylegan2 {setup.size}px batch {batch} {config} ADA" for config in
@@ -470,6 +484,8 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
 
 
 def run_faces(setup: Setup, results: Path) -> None:
+    if shared_absent(results, "faces", "weights", "retinaface_mobilenet0.25.pth"):
+        return
     faces_bench = bench_module("faces")
     count = 2 if setup.dry_run else 1000
     r50_size = 320 if setup.dry_run else 840  # the dry run: minutes less on a CPU
@@ -503,6 +519,8 @@ def time_faces(setup: Setup, results: Path, bench: str, detector, images) -> Non
 
 
 def run_inception(setup: Setup, results: Path) -> None:
+    if shared_absent(results, "Inception", "data", "flowers256"):
+        return
     batch = 4 if setup.dry_run else 250
     timed = 1 if setup.dry_run else 4
     model = inception_for_check(setup.device)

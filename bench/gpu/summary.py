@@ -41,7 +41,8 @@ def summary(results: Path, out: Path, strict: bool = False) -> None:
         label = r["impl"] + (f" {r['precision']}" if "precision" in r else "")
         print(f"{r['bench'][:58]:58s} {label[:16]:16s} {r['images_per_s']:10.1f} {kimg} {peak}")
     for line in ratios(records):
-        print(line)
+        print(line + (" (CPU dry run, narrow networks: not a comparison)" if env.get(
+            "device") == "cpu" else ""))  # fmt: skip
     print(f"written: {out}")
     failed = [r for r in records if r.get("status") == "failed"]
     if strict and failed:

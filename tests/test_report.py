@@ -239,7 +239,7 @@ def test_bad_params_stop_with_one_line(curated):
     assert "report.examples" in result.output
 
 
-def test_experiments_sorted_by_fid_with_params_diff():
+def test_experiments_sorted_by_fid_with_params_diff(tmp_path):
     def entry(name, seed, fid, steps=4):
         return {
             "rev": f"{name}000000",
@@ -265,6 +265,10 @@ def test_experiments_sorted_by_fid_with_params_diff():
     assert [r["name"] for r in experiments.rows] == ["exp-c", "exp-a", "main", "exp-b"]
     assert experiments.params == ["train.seed"]  # steps is the same everywhere
     assert experiments.metrics == ["data/evaluate/metrics.json:fid"]
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    page = build_report(report_params(tmp_path), root=tmp_path, experiments=experiments)
+    runs = [a["data-run"] for a in Elements(page.read_text()).having("data-run")]
+    assert runs == ["exp-c", "exp-a", "main", "exp-b"]
 
 
 def synthetic_run(root: Path, rows: int) -> None:

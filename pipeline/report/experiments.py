@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any
 
 FID = "data/evaluate/metrics.json:fid"
+# Metric files in the order their columns come (the rest after them).
+METRIC_ORDER = ("evaluate", "dataset", "dvclive", "render", "faces", "validate", "download")
+
+
+def metric_label(key: str) -> str:
+    """``data/evaluate/metrics.json:fid`` → ``evaluate fid``: the stage (folder) and the key."""
+    file, _, name = key.partition(":")
+    return f"{Path(file).parent.name or Path(file).stem} {name}"
+
+
+def _metric_rank(key: str) -> tuple[int, str]:
+    stage = metric_label(key).split(" ")[0]
+    return (METRIC_ORDER.index(stage) if stage in METRIC_ORDER else len(METRIC_ORDER), key)
 
 
 @dataclass
@@ -66,6 +79,7 @@ def parse_exp_show(listing: list[dict]) -> Experiments:
     metric_keys = [
         k for k in metric_keys if len({json.dumps(r["metrics"].get(k)) for r in rows}) > 1
     ]
+    metric_keys.sort(key=_metric_rank)
     if FID in metric_keys:
         metric_keys.remove(FID)
         metric_keys.insert(0, FID)

@@ -17,7 +17,7 @@ from pipeline import io as pio
 from pipeline.params import Params
 from pipeline.progress import Advance, progress_bar
 from pipeline.report.charts import curves_svg, funnel_svg
-from pipeline.report.experiments import Experiments, exp_show
+from pipeline.report.experiments import Experiments, exp_show, metric_label
 from pipeline.report.funnel import FunnelStep, funnel
 from pipeline.report.sheets import Sheet, contact_sheets
 from pipeline.report.sources import RunOutputs, load_run
@@ -173,7 +173,7 @@ TEMPLATE = Path(__file__).with_name("index.html.j2")
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.globals.update(not_run=not_run, number=_number)
+    env.globals.update(not_run=not_run, number=_number, metric_label=metric_label)
     return env
 
 

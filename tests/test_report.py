@@ -65,7 +65,8 @@ def curated(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def curated_page(curated) -> tuple[Path, Elements]:
-    page = build_report(report_params(curated), root=curated)
+    # beside data/report, which test_report_stage_cli rewrites with other params
+    page = build_report(report_params(curated), root=curated, out_dir=curated / "built")
     return page, Elements(page.read_text())
 
 
@@ -216,7 +217,7 @@ def test_stages_not_run_give_one_line(tmp_path):
 def test_only_curation_ran(curated, tmp_path):
     """A run whose training has not started: the curation sections, then one line each."""
     root = tmp_path / "run"
-    shutil.copytree(curated, root, ignore=shutil.ignore_patterns("report"))
+    shutil.copytree(curated, root, ignore=shutil.ignore_patterns("report", "built"))
     page = build_report(report_params(root), root=root)
     html = page.read_text()
     assert not_run("train", "dvclive/metrics.json") in html

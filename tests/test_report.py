@@ -487,3 +487,36 @@ def test_face_rejections_show_each_resolution(tmp_path):
     pixels = np.asarray(square.convert("RGB")).reshape(-1, 3).astype(int)
     assert ((pixels[:, 0] > 180) & (pixels[:, 1] < 100)).any()
     assert ((pixels[:, 1] > 150) & (pixels[:, 0] < 120) & (pixels[:, 2] < 140)).any()
+
+
+def test_training_and_evaluation_sections(tmp_path):
+    """DVCLive's files as the train stage writes them: the numbers, one chart per group of
+    curves, the latest sample grid; the device read from the log; nulls with their notes."""
+    live = tmp_path / "dvclive"
+    (live / "plots/metrics/loss").mkdir(parents=True)
+    (live / "plots/images/samples").mkdir(parents=True)
+    for name in ("G", "D_real"):
+        (live / f"plots/metrics/loss/{name}.tsv").write_text(f"step\t{name}\n1\t0.5\n2\t0.25\n")
+    (live / "plots/metrics/kimg.tsv").write_text("step\tkimg\n1\t0.008\n2\t0.016\n")
+    for step in (2, 4):
+        Image.new("RGB", (64, 32), (step * 40, 0, 0)).save(
+            live / f"plots/images/samples/{step:07d}.png"
+        )
+    metrics = {"loss": {"G": 0.25}, "kimg": 0.016, "speed": {"images_per_s": 123.4}, "step": 2}
+    pio.write_json(live / "metrics.json", {**metrics, "memory": {"gpu_peak_gib": 3.5}})
+    pio.write_json(tmp_path / "data/evaluate/metrics.json", {"fid": 12.5, "ppl_w": None})
+    pio.write_json(
+        tmp_path / "data/evaluate/notes.json",
+        {"notes": {"ppl_w": "lightweight has no W space"}, "settings": {}},
+    )
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    page = build_report(report_params(tmp_path), root=tmp_path)
+    html = page.read_text()
+    rows = {a["data-key"] for a in Elements(html).having("data-key")}
+    assert {"step", "kimg", "images/s", "precision", "device", "memory/gpu_peak_gib"} <= rows
+    assert '<td class="n">123.4</td>' in html and '<td class="n">cuda</td>' in html
+    sources = [a["src"] for tag, a in Elements(html).tags if tag == "img"]
+    assert sources == ["training/loss.svg", "training/0000004.png"]  # kimg is a number above
+    assert "loss/D_real" in (page.parent / "training/loss.svg").read_text()
+    assert 'data-key="ppl_w"' in html and "lightweight has no W space" in html
+    assert not_run("render", "data/render/render.json") in html

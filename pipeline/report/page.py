@@ -77,11 +77,30 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _device(setting: str, cuda: bool) -> tuple[str, str]:
+    """The device a run used: the setting, or for ``auto`` what the log shows (the train
+    stage does not log the device; it logs peak GPU memory on CUDA and only there)."""
+    if setting != "auto":
+        return setting, "train.device"
+    return ("cuda" if cuda else "cpu"), "train.device auto; peak GPU memory " + (
+        "is logged, so CUDA" if cuda else "is not logged, so not CUDA"
+    )
+
+
+def _precision(setting: str, cuda: bool) -> tuple[str, str]:
+    if setting != "auto":
+        return setting, "train.precision"
+    if cuda:
+        return "bf16 or fp16", "train.precision auto: bf16 where the GPU supports it (not logged)"
+    return "fp32", "train.precision auto, off CUDA"
+
+
 def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Section:
     train = run.train
     if not train.ran:
         return Section(missing=not_run("train", "dvclive/metrics.json"))
     m = train.metrics or {}
+    cuda = "memory" in m  # the train stage logs peak GPU memory on CUDA only
     section = Section()
     speed = (m.get("speed") or {}).get("images_per_s")
     section.rows = [
@@ -89,14 +108,10 @@ def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Secti
         ("step", _number(m.get("step")), f"of train.steps {params.train.steps:,}"),
         ("kimg", _number(m.get("kimg")), "thousands of real images shown to D"),
         ("images/s", _number(speed), "over the last log interval"),
-        (
-            "precision",
-            params.train.precision,
-            "train.precision (auto: bf16/fp16 on a GPU, fp32 on a CPU)",
-        ),
-        ("device", params.train.device, "train.device"),
+        ("precision", *_precision(params.train.precision, cuda)),
+        ("device", *_device(params.train.device, cuda)),
     ]
-    if "memory" in m:
+    if cuda:
         for key, value in (m.get("memory") or {}).items():
             section.rows.append((f"memory/{key}", _number(value), ""))
     groups: dict[str, dict] = {}

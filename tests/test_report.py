@@ -520,3 +520,17 @@ def test_training_and_evaluation_sections(tmp_path):
     assert "loss/D_real" in (page.parent / "training/loss.svg").read_text()
     assert 'data-key="ppl_w"' in html and "lightweight has no W space" in html
     assert not_run("render", "data/render/render.json") in html
+
+
+def test_damaged_files_are_named_not_fatal(curated, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(curated, root, ignore=shutil.ignore_patterns("report", "built"))
+    (root / "data/faces/rejected.parquet").write_bytes(b"not parquet")
+    (root / "data/download/summary.json").write_text("{truncated")
+    page = build_report(report_params(root), root=root)
+    dom = Elements(page.read_text())
+    named = {a["data-damaged"] for a in dom.having("data-damaged")}
+    assert named == {"data/faces/rejected.parquet", "data/download/summary.json"}
+    assert "dvc repro -f faces" in page.read_text()
+    assert "faces-face_count" not in _sheets(dom)  # its table is unreadable: no sheet
+    assert len(dom.having("data-count")) == len(CURATION)  # the rest is all there

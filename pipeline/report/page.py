@@ -186,9 +186,24 @@ def evaluation_section(
 TEMPLATE = Path(__file__).with_name("index.html.j2")
 
 
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def _stage_of(path: str) -> str:
+    """The stage that writes ``path`` (``data/<stage>/…``; DVCLive's files are train's)."""
+    parts = Path(path).parts
+    return parts[1] if len(parts) > 2 and parts[0] == "data" else "train"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.globals.update(not_run=not_run, number=_number, metric_label=metric_label)
+    env.globals.update(
+        not_run=not_run, number=_number, metric_label=metric_label, stage_of=_stage_of
+    )
     return env
 
 
@@ -244,6 +259,7 @@ def render_page(
     template = _environment().from_string(TEMPLATE.read_text())
     return template.render(
         headline=_headline(steps),
+        damaged={_relative(path, run.root): why for path, why in run.damaged.items()},
         funnel=steps,
         funnel_ran=funnel_ran,
         funnel_missing=not_run("appids", "data/appids/appids.parquet"),

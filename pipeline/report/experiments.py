@@ -34,22 +34,22 @@ class Experiments:
     error: str = ""
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one level of dotted keys."""
-    if isinstance(obj, dict) and obj:
+def flatten_keys(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (an empty dict inside keeps its key)."""
+    if isinstance(obj, dict) and (obj or not prefix):
         out: dict[str, Any] = {}
         for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_keys(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): obj}
 
 
 def _row(entry: dict, name: str) -> dict[str, Any]:
     data = entry.get("data") or {}
-    params = _flatten((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+    params = flatten_keys((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
     metrics: dict[str, Any] = {}
     for file, content in (data.get("metrics") or {}).items():
-        for key, value in _flatten((content or {}).get("data") or {}).items():
+        for key, value in flatten_keys((content or {}).get("data") or {}).items():
             metrics[f"{file}:{key}"] = value
     return {
         "name": name,

@@ -1,6 +1,7 @@
-"""The report folder: ``index.html`` (jinja2 template below, no JavaScript framework: a few
-lines of plain JS page and search the traceability table), ``funnel.svg``, ``trace.csv``,
-thumbnails and copies of the training and render pictures, all beside the page."""
+"""The report folder: ``index.html`` (the jinja2 template ``index.html.j2`` beside this file;
+no JavaScript framework: a few lines of plain JS page and search the traceability table),
+``funnel.svg``, ``trace.csv``, thumbnails and copies of the training and render pictures,
+all beside the page."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pipeline import io as pio
 from pipeline.params import Params
 from pipeline.progress import Advance, progress_bar
 from pipeline.report.charts import curves_svg, funnel_svg
-from pipeline.report.experiments import Experiments, exp_show, metric_label
+from pipeline.report.experiments import Experiments, exp_show, flatten_keys, metric_label
 from pipeline.report.funnel import FunnelStep, funnel
 from pipeline.report.sheets import Sheet, contact_sheets
 from pipeline.report.sources import RunOutputs, load_run
@@ -70,6 +71,8 @@ def _copy(src: Path, report_dir: Path, folder: str) -> str:
 def _number(value: Any) -> str:
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"
@@ -152,7 +155,7 @@ def evaluation_section(
         notes = (run.file("evaluate", "notes") or {}).get("notes", {})
         evaluation = Section()
         for key, value in metrics.items():
-            note = notes.get(key) or notes.get(NOTE_OF.get(key, ""), "") if value is None else ""
+            note = (notes.get(key) or notes.get(NOTE_OF.get(key, ""), "")) if value is None else ""
             evaluation.rows.append((key, _number(value), note))
         settings = (run.file("evaluate", "notes") or {}).get("settings", {})
         for key, value in settings.items():
@@ -178,7 +181,7 @@ def evaluation_section(
         renders.rows.append(
             ("not drawn", ", ".join(unsupported), f"{render.get('model')} has no W space")
         )
-    for key, value in (run.file("render", "metrics") or {}).items():
+    for key, value in flatten_keys(run.file("render", "metrics") or {}).items():
         renders.rows.append((key, _number(value), ""))
     return evaluation, renders
 

@@ -25,7 +25,13 @@ THUMBS = "thumbs"
 ORIGINAL = "original"
 VIGNETTE_BOX = re.compile(r"content box \((\d+), (\d+), (\d+), (\d+)\)")
 DUPLICATE_OF = re.compile(r"of (\d+) \(distance (\d+)\)")
-DETECTOR_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00")
+# Box colour per detector (in the order the detections table lists them), and its name.
+DETECTOR_COLOURS = (
+    ("#ff3b30", "red"),
+    ("#34c759", "green"),
+    ("#0a84ff", "blue"),
+    ("#ffcc00", "yellow"),
+)
 # Reasons whose file cannot be shown: a decompression bomb is never decoded.
 NO_PREVIEW = {Reason.too_large.value}
 
@@ -118,7 +124,7 @@ def draw_faces(im: Image.Image, found: list[tuple[int, list, list]], height: int
     draw = ImageDraw.Draw(thumb)
     font = _font(12)
     for index, boxes, scores in found:
-        colour = DETECTOR_COLOURS[index % len(DETECTOR_COLOURS)]
+        colour = DETECTOR_COLOURS[index % len(DETECTOR_COLOURS)][0]
         for box, score in zip(boxes, scores, strict=False):
             x0, y0, x1, y1 = (float(v) * scale for v in box)
             draw.rectangle((x0, y0, x1, y1), outline=colour, width=2)
@@ -232,7 +238,7 @@ def faces_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> list[S
         rows = rejected[rejected["reason"] == reason]
         sheet = Sheet(f"faces-{reason}", "faces", f"faces: {reason}", len(rows))
         sheet.note = "boxes and scores, one picture per resolution: " + ", ".join(
-            f"{name} in {DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)]}"
+            f"{name} in {DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)][1]}"
             for i, name in enumerate(detectors)
         )
         for appid, path, detail in zip(

@@ -247,6 +247,13 @@ class EvaluateParams(Section):
         return FacesParams._device(value)
 
 
+class ReportParams(Section):
+    examples: Annotated[int, Field(ge=0, le=200)] = 24  # thumbnails per contact sheet
+    thumb_height: Annotated[int, Field(ge=32, le=512)] = 120  # thumbnail height in pixels
+    page_size: Annotated[int, Field(ge=10, le=1000)] = 50  # traceability rows per page
+    experiments: bool = True  # list `dvc exp show` runs (a few seconds of dvc)
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -260,6 +267,7 @@ class Params(BaseModel):
     reference: ReferenceParams = ReferenceParams()
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
+    report: ReportParams = ReportParams()
 
     @field_validator("*", mode="before")
     @classmethod

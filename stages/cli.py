@@ -13,6 +13,7 @@ from stages import (
     faces,
     reference,
     render,
+    report,
     resize,
     train,
     validate,
@@ -29,6 +30,7 @@ STAGES = {
     "reference": reference,
     "evaluate": evaluate,
     "render": render,
+    "report": report,
 }
 # Commands that are not stages: compare image sets outside the pipeline.
 COMMANDS = {"fid": compare.fid, "kid": compare.kid}

@@ -149,7 +149,7 @@ def commit(repo: Path, message: str) -> None:
 
 
 STAGES = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "reference",
-          "evaluate", "render")  # fmt: skip
+          "evaluate", "render", "report")  # fmt: skip
 
 
 def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
@@ -250,6 +250,11 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     assert "projection" in summary["unsupported"] and summary["model"] == "lightweight"
     for name in ("fakes.png", "reals.png", "progress.png", "interpolation-z.gif"):
         assert plots[f"data/render/images/{name}"][0]["type"] == "image"
+    # report: the page, with the dataset's count; its funnel chart among dvc's plots
+    page = (repo / "data/report/index.html").read_text()
+    assert f'data-stage="dataset" data-count="{len(no_face)}"' in page
+    assert "The train stage has not run" not in page and (repo / "data/report/trace.csv").exists()
+    assert plots["data/report/funnel.svg"][0]["type"] == "image"
 
     second = dvc("repro", cwd=repo)
     assert "Running stage" not in second

@@ -1,0 +1,305 @@
+"""The report folder: ``index.html`` (the jinja2 template ``index.html.j2`` beside this file;
+no JavaScript framework: a few lines of plain JS page and search the traceability table),
+``funnel.svg``, ``trace.csv``, thumbnails and copies of the training and render pictures,
+all beside the page."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from pipeline import io as pio
+from pipeline.params import Params
+from pipeline.progress import Advance, progress_bar
+from pipeline.report.charts import curves_svg, funnel_svg
+from pipeline.report.experiments import Experiments, exp_show, flatten_keys, metric_label
+from pipeline.report.funnel import FunnelStep, funnel
+from pipeline.report.sheets import Sheet, contact_sheets
+from pipeline.report.sources import RunOutputs, load_run
+from pipeline.report.trace import TRACE_COLUMNS, trace_table
+
+INDEX = "index.html"
+FUNNEL_SVG = "funnel.svg"
+TRACE_CSV = "trace.csv"
+# Render pictures the evaluation section shows, in this order, when the stage drew them.
+RENDER_PICTURES = (
+    "fakes.png",
+    "reals.png",
+    "truncation.png",
+    "average.png",
+    "mixing.png",
+    "ganspace.png",
+    "sefa.png",
+    "projection.png",
+)
+RENDER_GIFS = ("interpolation-w.gif", "interpolation-z.gif", "projection.gif")
+# A metric whose null is explained by another key's note.
+NOTE_OF = {"kid_std": "kid", "inception_score_std": "inception_score"}
+
+
+def not_run(stage: str, what: str) -> str:
+    """The one line a section shows when its stage has not run."""
+    return f"The {stage} stage has not run ({what} is absent): run dvc repro {stage}."
+
+
+@dataclass
+class Picture:
+    src: str
+    caption: str
+
+
+@dataclass
+class Section:
+    missing: str = ""  # the one line shown instead, when the stage has not run
+    rows: list[tuple[str, Any, str]] = field(default_factory=list)  # (name, value, note)
+    charts: list[Picture] = field(default_factory=list)
+    pictures: list[Picture] = field(default_factory=list)
+
+
+def _copy(src: Path, report_dir: Path, folder: str) -> str:
+    (report_dir / folder).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, report_dir / folder / src.name)
+    return f"{folder}/{src.name}"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _device(setting: str, cuda: bool) -> tuple[str, str]:
+    """The device a run used: the setting, or for ``auto`` what the log shows (the train
+    stage does not log the device; it logs peak GPU memory on CUDA and only there)."""
+    if setting != "auto":
+        return setting, "train.device"
+    return ("cuda" if cuda else "cpu"), "train.device auto; peak GPU memory " + (
+        "is logged, so CUDA" if cuda else "is not logged, so not CUDA"
+    )
+
+
+def _precision(setting: str, cuda: bool) -> tuple[str, str]:
+    if setting != "auto":
+        return setting, "train.precision"
+    if cuda:
+        return "bf16 or fp16", "train.precision auto: bf16 where the GPU supports it (not logged)"
+    return "fp32", "train.precision auto, off CUDA"
+
+
+def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Section:
+    train = run.train
+    if not train.ran:
+        return Section(missing=not_run("train", "dvclive/metrics.json"))
+    m = train.metrics or {}
+    cuda = "memory" in m  # the train stage logs peak GPU memory on CUDA only
+    section = Section()
+    speed = (m.get("speed") or {}).get("images_per_s")
+    section.rows = [
+        ("model", params.train.model, ""),
+        ("step", _number(m.get("step")), f"of train.steps {params.train.steps:,}"),
+        ("kimg", _number(m.get("kimg")), "thousands of real images shown to D"),
+        ("images/s", _number(speed), "over the last log interval"),
+        ("precision", *_precision(params.train.precision, cuda)),
+        ("device", *_device(params.train.device, cuda)),
+    ]
+    if cuda:
+        for key, value in (m.get("memory") or {}).items():
+            section.rows.append((f"memory/{key}", _number(value), ""))
+    groups: dict[str, dict] = {}
+    for name, df in train.curves.items():
+        group = name.split("/")[0] if "/" in name else name
+        if group != "kimg":
+            groups.setdefault(group, {})[name] = df
+    for group, curves in groups.items():
+        path = report_dir / "training" / f"{group}.svg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(curves_svg(group, curves))
+        section.charts.append(Picture(f"training/{group}.svg", group))
+    if train.samples:
+        latest = train.samples[-1]
+        section.pictures.append(
+            Picture(
+                _copy(latest, report_dir, "training"),
+                f"latest sample grid (step {int(latest.stem)})",
+            )
+        )
+    progress = run.root / "data" / "render" / "images" / "progress.png"
+    if progress.exists():
+        section.pictures.append(
+            Picture(
+                _copy(progress, report_dir, "training"), "progress strip: one column per snapshot"
+            )
+        )
+    return section
+
+
+def evaluation_section(
+    run: RunOutputs, params: Params, report_dir: Path
+) -> tuple[Section, Section]:
+    metrics = run.file("evaluate", "metrics")
+    if metrics is None:
+        evaluation = Section(missing=not_run("evaluate", "data/evaluate/metrics.json"))
+    else:
+        notes = (run.file("evaluate", "notes") or {}).get("notes", {})
+        evaluation = Section()
+        for key, value in metrics.items():
+            note = (notes.get(key) or notes.get(NOTE_OF.get(key, ""), "")) if value is None else ""
+            evaluation.rows.append((key, _number(value), note))
+        settings = (run.file("evaluate", "notes") or {}).get("settings", {})
+        for key, value in settings.items():
+            if key.endswith("note"):
+                evaluation.rows.append((key, "", str(value)))
+    images = run.root / "data" / "render" / "images"
+    render = run.file("render", "render")
+    if render is None and not images.is_dir():
+        return evaluation, Section(missing=not_run("render", "data/render/render.json"))
+    renders = Section()
+    for name in RENDER_PICTURES:
+        if (images / name).exists():
+            renders.pictures.append(Picture(_copy(images / name, report_dir, "render"), name))
+    renders.pictures.extend(
+        Picture(_copy(p, report_dir, "render"), p.name)
+        for p in sorted(images.glob("mixing-psi*.png"))
+    )
+    gif = next((images / g for g in RENDER_GIFS if (images / g).exists()), None)
+    if gif is not None:
+        renders.pictures.append(Picture(_copy(gif, report_dir, "render"), gif.name))
+    unsupported = (render or {}).get("unsupported") or {}
+    if unsupported:
+        renders.rows.append(
+            ("not drawn", ", ".join(unsupported), f"{render.get('model')} has no W space")
+        )
+    for key, value in flatten_keys(run.file("render", "metrics") or {}).items():
+        renders.rows.append((key, _number(value), ""))
+    return evaluation, renders
+
+
+TEMPLATE = Path(__file__).with_name("index.html.j2")
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def _stage_of(path: str) -> str:
+    """The stage that writes ``path`` (``data/<stage>/…``; DVCLive's files are train's)."""
+    parts = Path(path).parts
+    return parts[1] if len(parts) > 2 and parts[0] == "data" else "train"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.globals.update(
+        not_run=not_run, number=_number, metric_label=metric_label, stage_of=_stage_of
+    )
+    return env
+
+
+def _headline(steps: list[FunnelStep]) -> str:
+    ran = [s for s in steps if s.count is not None]
+    if not ran:
+        return "Nothing has run yet: `dvc repro` runs the pipeline, then this report."
+    first, last = ran[0], ran[-1]
+    return f"{last.count:,} images in the {last.label} from {first.count:,} {first.label}"
+
+
+def _experiments_missing(experiments: Experiments | None) -> str:
+    if experiments is None:
+        return "Not listed (report.experiments: false)."
+    if experiments.error:
+        return experiments.error
+    if len(experiments.rows) < 2:
+        return (
+            "Only one run so far: `dvc exp run -S section.key=value` adds experiments to compare."
+        )
+    return ""
+
+
+SECTIONS = 5  # progress steps of render_page
+
+
+def render_page(
+    run: RunOutputs,
+    params: Params,
+    report_dir: Path,
+    experiments: Experiments | None,
+    advance: Advance = lambda n=1, status=None: None,
+) -> str:
+    """Write the pictures and CSV into ``report_dir`` and return the page's HTML;
+    ``advance`` is called after each of the SECTIONS parts."""
+    steps = funnel(run, params)
+    funnel_ran = any(s.count is not None for s in steps)
+    if funnel_ran:
+        (report_dir / FUNNEL_SVG).write_text(funnel_svg(steps))
+    advance(status="funnel")
+    sheets: list[Sheet] = contact_sheets(run, params, report_dir)
+    advance(status=f"{len(sheets)} contact sheets")
+    trace = trace_table(run)
+    trace.to_csv(report_dir / TRACE_CSV, index=False)
+    advance(status=f"{len(trace):,} traceability rows")
+    training = training_section(run, params, report_dir)
+    advance(status="training")
+    evaluation, renders = evaluation_section(run, params, report_dir)
+    advance(status="evaluation and renders")
+    # no "<" at all inside the <script>: a name holding "</script>" or "<!--" cannot end or
+    # change it (JSON reads the escape back as "<")
+    trace_json = json.dumps(trace.values.tolist(), separators=(",", ":")).replace("<", "\\u003c")
+    template = _environment().from_string(TEMPLATE.read_text())
+    return template.render(
+        headline=_headline(steps),
+        damaged={_relative(path, run.root): why for path, why in run.damaged.items()},
+        funnel=steps,
+        funnel_ran=funnel_ran,
+        funnel_missing=not_run("appids", "data/appids/appids.parquet"),
+        funnel_svg=FUNNEL_SVG,
+        sheets=sheets,
+        sheets_missing=not_run("validate", "data/validate/rejected.parquet"),
+        examples=params.report.examples,
+        trace_rows=len(trace),
+        trace_missing=not_run("download", "data/download/manifest.parquet"),
+        trace_columns=TRACE_COLUMNS,
+        trace_json=jinja2.utils.markupsafe.Markup(trace_json),
+        trace_csv=TRACE_CSV,
+        page_size=params.report.page_size,
+        training=training,
+        evaluation=evaluation,
+        renders=renders,
+        experiments=experiments,
+        experiments_missing=_experiments_missing(experiments),
+    )
+
+
+def build_report(
+    params: Params,
+    root: Path = Path("."),
+    out_dir: Path | None = None,
+    experiments: Experiments | None = None,
+) -> Path:
+    """Build the report folder from the stage outputs under ``root``; return the page's path.
+
+    ``experiments`` defaults to asking ``dvc exp show`` (when ``report.experiments``).
+    The folder is built aside and swapped in whole, so a failure leaves the last report."""
+    root = Path(root)
+    out_dir = Path(out_dir) if out_dir is not None else root / pio.stage_dir("report")
+    if experiments is None and params.report.experiments:
+        experiments = exp_show(root)
+    run = load_run(root)
+    with pio.atomic_dir(out_dir) as tmp, progress_bar(SECTIONS, "report") as advance:
+        html = render_page(run, params, tmp, experiments, advance)
+        (tmp / INDEX).write_text(html)
+    return out_dir / INDEX

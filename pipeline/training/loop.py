@@ -10,7 +10,8 @@ N processes compute what one process with the whole batch would.
 from __future__ import annotations
 
 import copy
-import shutil
+import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -28,11 +29,13 @@ from pipeline.models.base import NoiseSource, StepContext, set_noise_source
 from pipeline.training.checkpoint import (
     all_finite,
     changed_keys,
+    defining_params,
     load_checkpoint,
     params_hash,
+    safe_hash,
     save_checkpoint,
 )
-from pipeline.training.data import ImageDataset, StreamSampler, make_loader
+from pipeline.training.data import ImageDataset, StreamSampler, make_loader, skipped_line
 from pipeline.training.distributed import (
     all_reduce_mean,
     average_gradients,
@@ -48,6 +51,7 @@ from pipeline.training.precision import resolve_precision
 from pipeline.training.sampling import fixed_latents, generate, image_grid
 
 CHECKPOINT_NAME = "latest.pt"
+DATASET_CHECK_NAME = "dataset-check.json"  # which images decode, per dataset content
 GRID_SEED_OFFSET = 10_000  # fixed latents for sample grids: seed + this
 NOISE_SEED_OFFSET = 20_000
 
@@ -62,6 +66,40 @@ class TrainState:
     ada_p: float = 0.0  # adaptive augmentation strength
     ada_sign_sum: float = 0.0  # sum of sign(D(real)) since p was last adjusted
     ada_count: int = 0  # and how many outputs that sum covers
+
+
+def _file_digest(path: Path) -> str:
+    """A folder name for a checkpoint whose own params hash is not a safe one."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"file-{digest.hexdigest()[:16]}"
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name.1``, ``name.2``… if taken: a folder
+    no one else uses, so what is moved into it replaces nothing."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in range(10_000):
+        folder = parent / (name if number == 0 else f"{name}.{number}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise StageError(f"{parent}: no free folder name for {name}; clear out old runs there")
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move a file or folder to a path that does not exist yet, then check it arrived."""
+    if target.exists() or target.is_symlink():
+        raise StageError(f"{target} exists; not replacing it (move it away and run again)")
+    size = source.stat().st_size if source.is_file() else None
+    os.rename(source, target)
+    arrived = target.exists() and not source.exists()
+    if not arrived or (size is not None and target.stat().st_size != size):
+        raise StageError(f"moving {source} to {target} failed; both are left as they are")
 
 
 def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
@@ -89,8 +127,9 @@ class Trainer:
             pio.remove_partials(self.snapshot_dir)
         self.live_dir = live_dir
         self.dataset = ImageDataset(params.data)
-        self.dataset.check(params.image_size)
-        self.hash = params_hash(params, self.dataset.fingerprint())
+        record = Path(out_dir) / DATASET_CHECK_NAME
+        skipped = self.dataset.check(params.image_size, record if self.procs.is_main else None)
+        self.dataset_notice = skipped_line(self.dataset.path, skipped, record) if skipped else ""
 
         micro = params.batch_size // params.accumulate
         if micro % self.procs.world:
@@ -119,6 +158,7 @@ class Trainer:
         self.augment_kind = (
             self.model.default_augment if params.augment == "auto" else params.augment
         )
+        self.hash = params_hash(params, self.dataset.fingerprint(), self.augment_kind)
         ada = params.ada
         self.state = TrainState(ada_p=ada.fixed_p if ada.fixed_p is not None else ada.initial_p)
         # sign(D(real)) sum and count since the last adjustment, on the device (no sync);
@@ -135,36 +175,51 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------
 
     def _restore(self) -> bool:
-        """Continue our own run, start from ``resume_from``'s weights, or start fresh."""
+        """Continue our own run, start from ``resume_from``'s weights, or start fresh.
+
+        Another run's checkpoint is set aside only once ``resume_from`` (if any) has loaded:
+        a bad ``resume_from`` stops the stage with everything where it was."""
         path, resume_from = self.checkpoint_path, self.p.resume_from
         self.notice = ""
+        other = None
         if path.exists():
             checkpoint = load_checkpoint(path)
             if checkpoint.get("params_hash") == self.hash:
                 self._load(checkpoint)
                 return True
             if not (resume_from and Path(resume_from).resolve() == path.resolve()):
-                self._set_aside(checkpoint)
+                other = checkpoint
         if resume_from:
             self._load_weights(load_checkpoint(resume_from), resume_from)
+        if other is not None:
+            self._set_aside(other)
         return False
 
     def _set_aside(self, checkpoint: dict) -> None:
         """Another run's checkpoint (other params or data, as after ``dvc exp run -S
         train.…``, which checks the last one out): move it and its snapshots to
         ``superseded/<its params hash>/`` and start a new run. Nothing is lost, and that
-        folder is no DVC output, so it does not grow the cache."""
-        changed = changed_keys(checkpoint.get("params", {}), self.p.model_dump(mode="json"))
-        what = ", ".join(changed) if changed else "the dataset"
-        old_hash = str(checkpoint.get("params_hash", "unknown"))
-        archive = self.checkpoint_path.parent.parent / "superseded" / old_hash
+        folder is no DVC output, so it does not grow the cache.
+
+        The folder's name comes from the checkpoint only if it is a well-formed hash (else
+        from the file's own digest), and it is always a new folder (``<hash>.1``, … if
+        the name is taken), so nothing there is ever replaced or deleted."""
+        old = checkpoint.get("params", {})
+        old_kind = (checkpoint.get("augment") or {}).get("kind", self.augment_kind)
+        new = self.p.model_dump(mode="json")
+        changed = changed_keys(
+            defining_params(old, old_kind) if isinstance(old, dict) else {},
+            defining_params(new, self.augment_kind),
+        )
+        what = ", ".join(changed)[:300] if changed else "the dataset"
+        name = safe_hash(checkpoint.get("params_hash")) or _file_digest(self.checkpoint_path)
+        superseded = self.checkpoint_path.parent.parent / "superseded"
+        archive = superseded / name
         if self.procs.is_main:
-            archive.mkdir(parents=True, exist_ok=True)
-            self.checkpoint_path.replace(archive / CHECKPOINT_NAME)
+            archive = _new_folder(superseded, name)
+            _move(self.checkpoint_path, archive / CHECKPOINT_NAME)
             if self.snapshot_dir.exists():
-                # an earlier copy of the same run (same hash): the newer one extends it
-                shutil.rmtree(archive / "snapshots", ignore_errors=True)
-                self.snapshot_dir.replace(archive / "snapshots")
+                _move(self.snapshot_dir, archive / "snapshots")
         barrier(self.procs.world)
         self.notice = (
             f"{self.checkpoint_path} was trained with other params or data (changed: {what}); "
@@ -337,6 +392,16 @@ class Trainer:
         self.state.ada_p = min(max(self.state.ada_p + direction * step, 0.0), 1.0)
         logs["augment/r_t"] = r_t
 
+    def _observe_real_logits(self, logits: torch.Tensor) -> None:
+        """Gather sign(D(real)) for ADA's p, from what every model's ``d_loss`` returns (the
+        engine's job, so no model can forget it); summed on the device, no sync."""
+        if self.augment_kind != "ada":
+            return
+        logits = logits.detach().float()
+        self.ada_stats += torch.stack(
+            [logits.sign().sum(), self.ada_stats.new_tensor(logits.numel())]
+        )
+
     def _d_phase(self, batches, augment, logs) -> tuple[bool, list[torch.Tensor]]:
         p, model = self.p, self.model
         losses, reals = [], []
@@ -348,17 +413,12 @@ class Trainer:
             with self.precision.autocast(self.device):
                 with torch.no_grad():
                     fake = model.generate(z, ctx)
-                loss = model.d_loss(real, fake, ctx)
+                outcome = model.d_loss(real, fake, ctx)
+                loss = outcome.loss
             self.scaler_D.scale(loss / p.accumulate).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-            if ctx.real_signs:
-                self.ada_stats += torch.stack(
-                    [
-                        torch.stack(ctx.real_signs).sum().to(self.device),
-                        self.ada_stats.new_tensor(ctx.real_count),
-                    ]
-                )
+            self._observe_real_logits(outcome.real_logits)
         return self._apply(model.D, self.opt_D, self.scaler_D, losses), reals
 
     def _reg_phase(self, module, opt, scaler, loss_fn, rounds, augment, logs) -> bool:
@@ -495,7 +555,9 @@ class Trainer:
                 if logger and (fid := self.cheap_fid()):
                     logger.log(step, fid)
                 if step % p.checkpoint_every == 0 or done or stopping:
-                    self.save()
+                    saved = self.save()
+                    if not saved and (done or stopping):  # never end on a stale checkpoint
+                        raise StageError(self._unsaved_line())
                 if progress:
                     progress(step, last)
                 if stopping:
@@ -504,6 +566,17 @@ class Trainer:
             if logger:
                 logger.close()
         return last
+
+    def _unsaved_line(self) -> str:
+        """Why the run ends without its last checkpoint, and what is on disk instead."""
+        on_disk = "none"
+        if self.checkpoint_path.exists():
+            on_disk = f"step {load_checkpoint(self.checkpoint_path)['state']['step']:,}"
+        return (
+            f"the weights at step {self.state.step:,} are not finite, so {self.checkpoint_path} "
+            f"was not written (it holds {on_disk}); lower the learning rate or "
+            f"train.nan_tolerance and run again"
+        )
 
     def cheap_fid(self) -> dict[str, float]:
         """FID of G_ema when this step crossed a multiple of ``train.eval_every`` kimg (0:

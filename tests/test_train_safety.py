@@ -2,6 +2,7 @@
 and checkpoints, crafted checkpoints, parameters of other models, and honest exits."""
 
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -275,3 +276,74 @@ def test_zip_entry_with_a_bad_crc_is_left_out(data, tmp_path):
     dataset = ImageDataset(archive)
     skipped = dataset.check(32)
     assert list(skipped) == [name] and name not in dataset.names
+
+
+# -- issue 18.2: a CLI run, then dvc exp run -------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_run_then_dvc_exp_run_loses_no_checkpoint(tmp_path):
+    """``steamgan train`` then ``dvc exp run`` with other params: exp run checks outputs out
+    by force, deleting those dvc.lock has no hash for ("No file hash info found … It won't
+    be created"); the CLI run's checkpoint must end in superseded/, and a later run with
+    its params must continue it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.test_pipeline_e2e import commit, dvc
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("pipeline", "stages"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages["stages"] = {"train": stages["stages"]["train"]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    flowers(repo / "data/dataset")
+    params = tiny(Path("data/dataset"), steps=4, checkpoint_every=2, snapshot_every=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    commit(repo, "pipeline")
+
+    def cli(*overrides: str) -> str:
+        args = [arg for o in overrides for arg in ("-S", o)]
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.train", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    def run_of(path: Path) -> tuple[int, int]:
+        checkpoint = load_checkpoint(path)
+        return checkpoint["params"]["seed"], checkpoint["state"]["step"]
+
+    latest = repo / "data/train/checkpoints/latest.pt"
+    cli()  # seed 0, 4 steps, never recorded by DVC
+    out = dvc("exp", "run", "-S", "train.seed=1", cwd=repo)
+    assert "No file hash info found" in out  # DVC deleted the unrecorded outputs …
+    assert "moved to data/train/superseded/" in out
+    [archive] = (repo / "data/train/superseded").iterdir()
+    assert run_of(archive / "latest.pt") == (0, 4)  # … but the CLI run was kept
+    assert sorted(p.name for p in (archive / "snapshots").iterdir()) == [
+        "step-00000002.pt",
+        "step-00000004.pt",
+    ]
+    assert run_of(latest) == (1, 4)
+    commit(repo, "seed 1")  # dvc.lock now records the seed-1 run
+
+    cli("train.seed=2")  # sets the seed-1 run aside, trains seed 2 outside DVC
+    # DVC checks the recorded seed-1 run out over it; the seed-2 run is put back, continued
+    out = dvc("exp", "run", "-S", "train.seed=2", "-S", "train.steps=6", cwd=repo)
+    assert "put back from data/train/current/latest.pt" in out
+    assert "resuming data/train/checkpoints/latest.pt at step 4" in out
+    assert run_of(latest) == (2, 6)
+    kept = sorted(run_of(p) for p in (repo / "data/train/superseded").glob("*/latest.pt"))
+    assert kept[0] == (0, 4) and set(kept[1:]) == {(1, 4)}

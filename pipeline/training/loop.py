@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -51,6 +52,7 @@ from pipeline.training.precision import resolve_precision
 from pipeline.training.sampling import fixed_latents, generate, image_grid
 
 CHECKPOINT_NAME = "latest.pt"
+KEEP_NAME = "current"  # hard links of the run's files, out of DVC's reach
 DATASET_CHECK_NAME = "dataset-check.json"  # which images decode, per dataset content
 GRID_SEED_OFFSET = 10_000  # fixed latents for sample grids: seed + this
 NOISE_SEED_OFFSET = 20_000
@@ -102,6 +104,20 @@ def _move(source: Path, target: Path) -> None:
         raise StageError(f"moving {source} to {target} failed; both are left as they are")
 
 
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no copy of the bytes), or a copy where the file system has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _drop_links_to(link: Path, original: Path) -> None:
+    """Remove ``link`` only if it is another name of ``original`` (nothing is lost)."""
+    if link.exists() and original.exists() and os.path.samefile(link, original):
+        link.unlink()
+
+
 def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
     """Logged values as floats, with one device sync for all the tensors among them."""
     keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
@@ -122,9 +138,11 @@ class Trainer:
         self.device = self.procs.device
         self.checkpoint_path = Path(out_dir) / "checkpoints" / CHECKPOINT_NAME
         self.snapshot_dir = Path(out_dir) / "snapshots"
+        self.keep_dir = Path(out_dir) / KEEP_NAME
         if self.procs.is_main:
             pio.remove_partials(self.checkpoint_path.parent)  # a write a kill interrupted
             pio.remove_partials(self.snapshot_dir)
+            pio.remove_partials(self.keep_dir)
         self.live_dir = live_dir
         self.dataset = ImageDataset(params.data)
         record = Path(out_dir) / DATASET_CHECK_NAME
@@ -180,7 +198,10 @@ class Trainer:
         Another run's checkpoint is set aside only once ``resume_from`` (if any) has loaded:
         a bad ``resume_from`` stops the stage with everything where it was."""
         path, resume_from = self.checkpoint_path, self.p.resume_from
-        self.notice = ""
+        self.notices: list[str] = []
+        if self.procs.is_main:
+            self._recover_displaced()
+        barrier(self.procs.world)
         other = None
         if path.exists():
             checkpoint = load_checkpoint(path)
@@ -192,18 +213,85 @@ class Trainer:
         if resume_from:
             self._load_weights(load_checkpoint(resume_from), resume_from)
         if other is not None:
-            self._set_aside(other)
+            if self.procs.is_main:
+                self._set_aside(other, path, self.snapshot_dir)
+            barrier(self.procs.world)
         return False
 
-    def _set_aside(self, checkpoint: dict) -> None:
+    @property
+    def notice(self) -> str:
+        """What happened to checkpoints found at the start (set aside, put back), one line."""
+        return "; ".join(self.notices)
+
+    def _recover_displaced(self) -> None:
+        """Put back or set aside the run DVC's checkout took away.
+
+        ``dvc exp run`` checks every output out by force before it runs: an output with no
+        hash in dvc.lock (a run of ``steamgan train`` that DVC never recorded) is deleted,
+        any other is replaced by the recorded version; ``persist`` does not prevent it. So
+        every save is also hard-linked into ``current/`` (no DVC output): if the checkpoint
+        there is no longer the one in ``checkpoints/``, it is this run's (put back, after
+        setting aside what DVC checked out) or another's (set aside, like any other)."""
+        kept = self.keep_dir / CHECKPOINT_NAME
+        if not kept.exists():
+            return
+        path = self.checkpoint_path
+        if path.exists() and os.path.samefile(kept, path):
+            return
+        checkpoint = load_checkpoint(kept)
+        present = load_checkpoint(path) if path.exists() else None
+        same_run = present is not None and present.get("params_hash") == checkpoint.get(
+            "params_hash"
+        )
+        if same_run and present["state"]["step"] >= checkpoint["state"]["step"]:
+            # the same run, as far or further (DVC re-linked it, or a kill came between a
+            # save and its link): current/ is behind, and is refreshed
+            self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
+            kept.unlink()
+            self._keep()
+            return
+        if checkpoint.get("params_hash") != self.hash:
+            self._set_aside(checkpoint, kept, self.keep_dir / "snapshots")
+            return
+        if present is not None:
+            self._set_aside(present, path, self.snapshot_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _link(kept, path)
+        self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
+        self.notices.append(f"{path} put back from {kept} (DVC's checkout had replaced it)")
+
+    def _link_snapshots(self, source: Path, target: Path) -> None:
+        """Hard-link every snapshot in ``source`` into ``target`` that is not there yet."""
+        if not source.is_dir():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for snapshot in sorted(source.glob("step-*.pt")):
+            if not (target / snapshot.name).exists():
+                _link(snapshot, target / snapshot.name)
+
+    def _keep(self) -> None:
+        """Hard-link the checkpoint and snapshots into ``current/``, where DVC's checkout
+        cannot take them (see ``_recover_displaced``); costs no disk space."""
+        if not self.procs.is_main or not self.checkpoint_path.exists():
+            return
+        kept = self.keep_dir / CHECKPOINT_NAME
+        if not (kept.exists() and os.path.samefile(kept, self.checkpoint_path)):
+            self.keep_dir.mkdir(parents=True, exist_ok=True)
+            with pio.atomic_path(kept) as tmp:
+                tmp.unlink()
+                _link(self.checkpoint_path, tmp)
+        self._link_snapshots(self.snapshot_dir, self.keep_dir / "snapshots")
+
+    def _set_aside(self, checkpoint: dict, path: Path, snapshots: Path) -> None:
         """Another run's checkpoint (other params or data, as after ``dvc exp run -S
         train.…``, which checks the last one out): move it and its snapshots to
         ``superseded/<its params hash>/`` and start a new run. Nothing is lost, and that
-        folder is no DVC output, so it does not grow the cache.
+        folder is no DVC output, so it does not grow the cache. Main process only.
 
         The folder's name comes from the checkpoint only if it is a well-formed hash (else
         from the file's own digest), and it is always a new folder (``<hash>.1``, … if
-        the name is taken), so nothing there is ever replaced or deleted."""
+        the name is taken), so nothing there is ever replaced or deleted. Links in
+        ``current/`` to what was moved are dropped (the files live on in the archive)."""
         old = checkpoint.get("params", {})
         old_kind = (checkpoint.get("augment") or {}).get("kind", self.augment_kind)
         new = self.p.model_dump(mode="json")
@@ -212,17 +300,16 @@ class Trainer:
             defining_params(new, self.augment_kind),
         )
         what = ", ".join(changed)[:300] if changed else "the dataset"
-        name = safe_hash(checkpoint.get("params_hash")) or _file_digest(self.checkpoint_path)
-        superseded = self.checkpoint_path.parent.parent / "superseded"
-        archive = superseded / name
-        if self.procs.is_main:
-            archive = _new_folder(superseded, name)
-            _move(self.checkpoint_path, archive / CHECKPOINT_NAME)
-            if self.snapshot_dir.exists():
-                _move(self.snapshot_dir, archive / "snapshots")
-        barrier(self.procs.world)
-        self.notice = (
-            f"{self.checkpoint_path} was trained with other params or data (changed: {what}); "
+        name = safe_hash(checkpoint.get("params_hash")) or _file_digest(path)
+        archive = _new_folder(self.checkpoint_path.parent.parent / "superseded", name)
+        _move(path, archive / CHECKPOINT_NAME)
+        if snapshots.exists():
+            _move(snapshots, archive / "snapshots")
+        _drop_links_to(self.keep_dir / CHECKPOINT_NAME, archive / CHECKPOINT_NAME)
+        for snapshot in sorted((self.keep_dir / "snapshots").glob("step-*.pt")):
+            _drop_links_to(snapshot, archive / "snapshots" / snapshot.name)
+        self.notices.append(
+            f"{path} was trained with other params or data (changed: {what}); "
             f"moved to {archive}, starting a new run (train.resume_from="
             f"{archive / CHECKPOINT_NAME} starts from its weights)"
         )
@@ -304,6 +391,7 @@ class Trainer:
                         },
                     },
                 )
+                self._keep()
         barrier(self.procs.world)
         return saved
 

@@ -134,8 +134,13 @@ def test_crafted_params_hash_moves_nothing_outside_the_run(data, tmp_path, kind)
     assert (victim / "snapshots/precious.txt").read_text() == "keep me"
     assert (victim / "latest.pt").read_text() == "keep me too"
     assert sorted(p.name for p in victim.rglob("*")) == ["latest.pt", "precious.txt", "snapshots"]
-    [archive] = (out / "superseded").iterdir()
-    assert archive.name.startswith("file-") and str(archive) in trainer.notice
+    # the crafted file goes to a folder named after its bytes; the original it replaced
+    # (still linked in current/) to its own hash's folder
+    names = sorted(p.name for p in (out / "superseded").iterdir())
+    crafted_into = [name for name in names if name.startswith("file-")]
+    assert len(crafted_into) == 1 and sorted([*crafted_into, first.hash]) == names
+    archive = out / "superseded" / crafted_into[0]
+    assert str(archive) in trainer.notice
     assert load_checkpoint(archive / "latest.pt")["state"]["step"] == 1
     assert [p.name for p in (archive / "snapshots").iterdir()] == ["step-00000001.pt"]
     assert first.hash != trainer.hash

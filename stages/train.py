@@ -27,8 +27,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         if not trainer.procs.is_main:
             trainer.run()
             return
-        if trainer.notice:
-            say(f"train: {trainer.notice}")
+        for notice in (trainer.dataset_notice, trainer.notice):
+            if notice:
+                say(f"train: {notice}")
         if trainer.resumed:
             say(f"train: resuming {trainer.checkpoint_path} at step {trainer.state.step:,}")
         with progress_bar(cfg.steps, f"train {cfg.model} {cfg.image_size}px") as advance:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -25,8 +26,6 @@ class StepContext:
     augment: Callable[[torch.Tensor], torch.Tensor]  # D's augmentation for this step
     # values to log: detached tensors (read only at log time: no GPU sync per step) or floats
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    real_signs: list[torch.Tensor] = field(default_factory=list)  # see observe_real_logits
-    real_count: int = 0
 
     def draw(self, *shape: int) -> torch.Tensor:
         """Uniform numbers for the global batch, this rank's rows (on the CPU)."""
@@ -47,10 +46,13 @@ class StepContext:
         values = device_normal(self.generator, (self.part.total, *shape), device)
         return values[self.part.start : self.part.start + self.rows]
 
-    def observe_real_logits(self, logits: torch.Tensor) -> None:
-        """D's raw outputs on real images: their signs drive adaptive augmentation."""
-        self.real_signs.append(logits.detach().sign().sum().float())
-        self.real_count += logits.numel()
+
+class DLoss(NamedTuple):
+    """What ``d_loss`` returns: the loss, and D's raw outputs on this rank's real images,
+    which the engine watches for adaptive augmentation (sign(D(real)) drives ADA's p)."""
+
+    loss: torch.Tensor
+    real_logits: torch.Tensor
 
 
 def device_normal(
@@ -140,8 +142,9 @@ def has_mapping(G: nn.Module) -> bool:
 class GANModel(nn.Module):
     """A generator ``G``, a discriminator ``D`` and their losses.
 
-    ``d_loss`` and ``g_loss`` return a scalar loss (mean over this rank's rows) and fill
-    ``ctx.logs``; the engine does backward, gradient sync, steps and everything else.
+    ``g_loss`` returns a scalar loss (mean over this rank's rows), ``d_loss`` a ``DLoss``
+    (that loss and D's logits on the reals), and both fill ``ctx.logs``; the engine does
+    backward, gradient sync, steps, augmentation statistics and everything else.
     """
 
     name: str = ""
@@ -157,7 +160,7 @@ class GANModel(nn.Module):
     def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> DLoss:
         raise NotImplementedError
 
     def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.lpips import load_lpips, lpips_recon_loss
-from pipeline.models.base import GANModel, NoiseInjection, StepContext
+from pipeline.models.base import DLoss, GANModel, NoiseInjection, StepContext
 from pipeline.training.params import LightweightParams
 
 # Feature-map width per resolution, as a multiple of ``channels`` (the paper's table).
@@ -259,7 +259,7 @@ class LightweightGAN(GANModel):
             torch.optim.Adam(self.D.parameters(), lr=self.cfg.lr, betas=betas),
         )
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> DLoss:
         part = int(ctx.draw_shared(1).item() * 4)  # one quadrant for the whole batch
         real = ctx.augment(real)
         logits_real, whole, piece = self.D(real, part=part)
@@ -277,7 +277,7 @@ class LightweightGAN(GANModel):
                 "loss/D_recon": recon.detach(),
             }
         )
-        return hinge_real + hinge_fake + recon
+        return DLoss(hinge_real + hinge_fake + recon, logits_real)
 
     def recon_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.lpips is not None:

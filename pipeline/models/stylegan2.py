@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.base import GANModel, NoiseInjection, StepContext
+from pipeline.models.base import DLoss, GANModel, NoiseInjection, StepContext
 from pipeline.training.params import StyleGAN2Params
 
 SQRT2 = math.sqrt(2)
@@ -554,10 +554,9 @@ class StyleGAN2(GANModel):
             ws[:, first:] = G.mapping(other, update_w_avg=False)[:, first:]
         return ws
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> DLoss:
         logits_fake = self.D(ctx.augment(fake)).float()
         logits_real = self.D(ctx.augment(real)).float()
-        ctx.observe_real_logits(logits_real)
         loss_fake = F.softplus(logits_fake).mean()
         loss_real = F.softplus(-logits_real).mean()
         ctx.logs.update(
@@ -568,7 +567,7 @@ class StyleGAN2(GANModel):
                 "scores/fake": logits_fake.detach().mean(),
             }
         )
-        return loss_real + loss_fake
+        return DLoss(loss_real + loss_fake, logits_real)
 
     def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         loss = F.softplus(-self.D(ctx.augment(fake)).float()).mean()

@@ -1,7 +1,8 @@
 """Checkpoints: everything a run needs to continue bit for bit, written atomically.
 
 Loaded with ``weights_only=True`` only: a checkpoint is tensors, numbers, strings, lists and
-dicts, never pickled code.
+dicts, never pickled code. Each carries a checksum of its contents, verified on load: torch's
+zip format does not check its tensors' bytes, so a bit flip on disk would load silently.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -19,7 +21,11 @@ from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.training.params import TrainParams
 
-FORMAT = 1
+# 2: with a checksum (format 1, without one, still loads, unverified)
+FORMAT = 2
+FORMATS = (1, 2)
+CHECKSUM_KEY = "checksum"
+HASH_LENGTH = 16  # hex digits of params_hash
 # Keys that change how long a run is, how it is logged or where it runs, not what it computes:
 # a run may be continued with other values of these.
 RUN_KEYS = {
@@ -38,26 +44,58 @@ RUN_KEYS = {
     "compile",
     "grid",
 }
+# One section per model (train.model's choices) and per augmentation (train.augment's
+# resolved kind → its section): only the chosen ones shape a run.
+MODEL_SECTIONS = get_args(TrainParams.model_fields["model"].annotation)
+AUGMENT_SECTIONS = {"diffaugment": "aug", "ada": "ada"}
 
 
-def params_hash(params: TrainParams, data_fingerprint: str) -> str:
-    """What a checkpoint's training depends on: the params that shape the math, and the data."""
-    defining = {k: v for k, v in params.model_dump(mode="json").items() if k not in RUN_KEYS}
+def defining_params(params: dict, augment_kind: str) -> dict:
+    """The part of a ``train`` params dump that a run's math depends on: the engine's keys
+    (less RUN_KEYS), the chosen model's section and the active augmentation's section. A
+    change to another model's section (``lightweight.lr`` under ``model: stylegan2``) or to
+    an unused augmentation does not make another run."""
+    sections = {*MODEL_SECTIONS, *AUGMENT_SECTIONS.values(), "augment"}
+    defining = {k: v for k, v in params.items() if k not in RUN_KEYS and k not in sections}
+    defining["augment"] = augment_kind  # resolved: auto and its explicit value are one run
+    model = params.get("model")
+    if model in MODEL_SECTIONS:
+        defining[model] = params.get(model)
+    section = AUGMENT_SECTIONS.get(augment_kind)
+    if section:
+        defining[section] = params.get(section)
+    return defining
+
+
+def params_hash(params: TrainParams, data_fingerprint: str, augment_kind: str) -> str:
+    """What a checkpoint's training depends on: the defining params, and the data."""
+    defining = defining_params(params.model_dump(mode="json"), augment_kind)
     text = json.dumps({"params": defining, "data": data_fingerprint}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def safe_hash(value: Any) -> str | None:
+    """``value`` if it is a params hash (hex, HASH_LENGTH digits), else None: a value read
+    from a checkpoint may name a folder only after this check (a crafted checkpoint could
+    hold ``../../x`` or an absolute path)."""
+    if isinstance(value, str) and re.fullmatch(f"[0-9a-f]{{{HASH_LENGTH}}}", value):
+        return value
+    return None
 
 
 def changed_keys(old: dict, new: dict) -> list[str]:
     """Dotted keys whose values differ between two params dumps (for the refusal message)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return []
     keys = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=str):
         if key in RUN_KEYS:
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             keys += [f"{key}.{k}" for k in changed_keys(a, b)]
         elif a != b:
-            keys.append(key)
+            keys.append(str(key))
     return keys
 
 
@@ -65,12 +103,44 @@ def all_finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state.values() if torch.is_floating_point(t))
 
 
+def checksum(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 over every value of a checkpoint but the checksum itself: tensors by dtype,
+    shape and bytes, other values by ``repr``, dict keys in sorted order."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, list | tuple):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    contents = {"format": FORMAT, **checkpoint}
+    contents[CHECKSUM_KEY] = checksum(contents)
     with pio.atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **checkpoint}, tmp)
+        torch.save(contents, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint, verified against its checksum (format 1 ones, from before checksums,
+    load unverified); anything else stops with one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"{path}: checkpoint not found")
@@ -79,8 +149,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
         raise StageError(f"{path}: not a loadable checkpoint ({first}); delete it") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in FORMATS:
         raise StageError(f"{path}: not a steam-gan checkpoint (format {FORMAT})")
+    if checkpoint["format"] >= 2 and checkpoint.get(CHECKSUM_KEY) != checksum(checkpoint):
+        raise StageError(
+            f"{path}: damaged checkpoint (its contents do not match its checksum); "
+            "delete it or restore it from a copy (dvc checkout, or data/train/superseded/)"
+        )
     return checkpoint
 
 

@@ -8,17 +8,19 @@ same images in the same order as an uninterrupted run would.
 from __future__ import annotations
 
 import hashlib
-import io
+import json
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.images import decode_image
+from pipeline.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -40,6 +42,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.path = resolve_dataset(path)
         self.is_zip = self.path.suffix == ".zip"
         self._zip: zipfile.ZipFile | None = None
+        self._zip_pid = 0  # the process that opened self._zip
         if self.is_zip:
             try:
                 with zipfile.ZipFile(self.path) as archive:
@@ -55,41 +58,106 @@ class ImageDataset(torch.utils.data.Dataset):
             ]
         self.entries = sorted(e for e in entries if e[0].lower().endswith(IMAGE_SUFFIXES))
         self.names = [name for name, _ in self.entries]
+        self.skipped: dict[str, str] = {}  # images that cannot be decoded → why (see check)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_zip": None}  # each loader worker opens its own handle
+        return {**self.__dict__, "_zip": None}  # spawned loader workers open their own handle
+
+    def _archive(self) -> zipfile.ZipFile:
+        """The zip, opened by this process. A forked DataLoader worker inherits the parent's
+        ZipFile and with it one shared file offset: reads from several processes interleave
+        and fail with ``BadZipFile: Bad CRC-32``. So each process opens its own."""
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)  # an inherited one is left to its owner
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def close(self) -> None:
+        """Close this process's handle on the zip (workers forked later open their own)."""
+        if self._zip is not None and self._zip_pid == os.getpid():
+            self._zip.close()
+        self._zip, self._zip_pid = None, 0
 
     def read_bytes(self, index: int) -> bytes:
         name = self.names[index]
         if not self.is_zip:
             return (self.path / name).read_bytes()
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path)
-        return self._zip.read(name)
+        return self._archive().read(name)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         with decode_image(self.read_bytes(index)) as im:  # upright (EXIF orientation)
             arr = np.asarray(im.convert("RGB"))
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
-    def check(self, image_size: int) -> None:
-        """Stop with one line if the dataset is empty or any image is not image_size²."""
+    def check(self, image_size: int, record: str | Path | None = None) -> dict[str, str]:
+        """Decode every image once; set aside those that cannot be decoded, stop with one line
+        if none is left or an image is not image_size².
+
+        A header check is not enough: a truncated PNG opens, then fails in the middle of
+        training at the step that reads it, and again at the same step after every resume.
+        Unreadable images are left out of ``names`` and returned (name → why). ``record`` is
+        a JSON file that keeps the result for this exact content (``content_key``), so the
+        decoding is paid once per dataset, not once per run.
+        """
         if not self.names:
             raise StageError(f"{self.path}: no images; run the dataset stage (dvc repro dataset)")
-        for index, name in enumerate(self.names):
-            try:
-                with Image.open(io.BytesIO(self.read_bytes(index))) as im:
-                    size = im.size
-            except Exception as exc:
-                raise StageError(f"{self.path}: {name} is unreadable ({exc})") from None
-            if size != (image_size, image_size):
-                raise StageError(
-                    f"{self.path}: {name} is {size[0]}x{size[1]} but train.image_size is "
-                    f"{image_size}; set train.image_size={size[0]} or resize.size={image_size}"
-                )
+        key = self.content_key()
+        cached = _read_record(record, key, image_size)
+        if cached is not None:
+            bad = cached
+        else:
+            bad = {}
+            with progress_bar(len(self.names), f"check {self.path.name}") as advance:
+                for index, name in enumerate(self.names):
+                    size = self._decoded_size(index, bad)
+                    if size is not None and size != (image_size, image_size):
+                        raise StageError(
+                            f"{self.path}: {name} is {size[0]}x{size[1]} but train.image_size "
+                            f"is {image_size}; set train.image_size={size[0]} or "
+                            f"resize.size={image_size}"
+                        )
+                    advance()
+            if record is not None:
+                pio.write_json(record, {"key": key, "image_size": image_size, "unreadable": bad})
+        self.close()  # forked loader workers must not share this process's zip handle
+        self.skipped = {name: why for name, why in bad.items() if name in self.names}
+        self.names = [name for name in self.names if name not in bad]
+        if not self.names:
+            raise StageError(
+                f"{self.path}: none of its {len(self.skipped)} images can be decoded "
+                f"(e.g. {next(iter(self.skipped))}); re-run the dataset stage"
+            )
+        return self.skipped
+
+    def _decoded_size(self, index: int, bad: dict[str, str]) -> tuple[int, int] | None:
+        """The image's size after decoding it completely; None (and a reason in ``bad``) if
+        it cannot be read (a zip entry's CRC is checked by reading it whole)."""
+        name = self.names[index]
+        try:
+            with decode_image(self.read_bytes(index)) as im:
+                return im.size
+        except Exception as exc:  # Pillow and zipfile raise many types for damaged data
+            bad[name] = (str(exc).splitlines() or [exc.__class__.__name__])[0][:200]
+            return None
+
+    def content_key(self) -> str:
+        """Names, sizes and CRC-32s (zip) or modification times (folder): changes whenever
+        an image is rewritten, so a recorded check is never trusted for other bytes."""
+        digest = hashlib.sha256(str(self.path.resolve()).encode())
+        if self.is_zip:
+            with zipfile.ZipFile(self.path) as archive:
+                stamps = {i.filename: (i.file_size, i.CRC) for i in archive.infolist()}
+        else:
+            stamps = {}
+            for name in self.names:
+                stat = (self.path / name).stat()
+                stamps[name] = (stat.st_size, stat.st_mtime_ns)
+        for name in self.names:
+            digest.update(f"{name}\0{stamps.get(name)}\n".encode())
+        return digest.hexdigest()[:32]
 
     def fingerprint(self) -> str:
         """Names and sizes of the images: which dataset a checkpoint was trained on."""
@@ -97,6 +165,33 @@ class ImageDataset(torch.utils.data.Dataset):
         for name, size in self.entries:
             digest.update(f"{name}\0{size}\n".encode())
         return digest.hexdigest()[:16]
+
+
+def _read_record(record: str | Path | None, key: str, image_size: int) -> dict[str, str] | None:
+    """The unreadable images a previous check of this very content found, or None."""
+    if record is None or not Path(record).is_file():
+        return None
+    try:
+        data = json.loads(Path(record).read_text())
+    except (OSError, ValueError):
+        return None  # a damaged record: check again
+    if not isinstance(data, dict) or data.get("key") != key or data.get("image_size") != image_size:
+        return None
+    bad = data.get("unreadable")
+    if not isinstance(bad, dict):
+        return None
+    return {str(k): str(v) for k, v in bad.items()}
+
+
+def skipped_line(path: Path, skipped: dict[str, str], record: Path | None = None) -> str:
+    """One line naming the images left out of training and where the full list is."""
+    shown = ", ".join(f"{name} ({why})" for name, why in list(skipped.items())[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    where = f"; listed in {record}" if record else ""
+    return (
+        f"{path}: left out {len(skipped)} image(s) that cannot be decoded: {shown}{more}"
+        f"{where}; re-run the dataset stage (dvc repro -f dataset) to rebuild it"
+    )
 
 
 class StreamSampler(torch.utils.data.Sampler):

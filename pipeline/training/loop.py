@@ -10,6 +10,8 @@ N processes compute what one process with the whole batch would.
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -28,11 +30,13 @@ from pipeline.models.base import NoiseSource, StepContext, set_noise_source
 from pipeline.training.checkpoint import (
     all_finite,
     changed_keys,
+    defining_params,
     load_checkpoint,
     params_hash,
+    safe_hash,
     save_checkpoint,
 )
-from pipeline.training.data import ImageDataset, StreamSampler, make_loader
+from pipeline.training.data import ImageDataset, StreamSampler, make_loader, skipped_line
 from pipeline.training.distributed import (
     all_reduce_mean,
     average_gradients,
@@ -48,6 +52,8 @@ from pipeline.training.precision import resolve_precision
 from pipeline.training.sampling import fixed_latents, generate, image_grid
 
 CHECKPOINT_NAME = "latest.pt"
+KEEP_NAME = "current"  # hard links of the run's files, out of DVC's reach
+DATASET_CHECK_NAME = "dataset-check.json"  # which images decode, per dataset content
 GRID_SEED_OFFSET = 10_000  # fixed latents for sample grids: seed + this
 NOISE_SEED_OFFSET = 20_000
 
@@ -62,6 +68,54 @@ class TrainState:
     ada_p: float = 0.0  # adaptive augmentation strength
     ada_sign_sum: float = 0.0  # sum of sign(D(real)) since p was last adjusted
     ada_count: int = 0  # and how many outputs that sum covers
+
+
+def _file_digest(path: Path) -> str:
+    """A folder name for a checkpoint whose own params hash is not a safe one."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f"file-{digest.hexdigest()[:16]}"
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name.1``, ``name.2``… if taken: a folder
+    no one else uses, so what is moved into it replaces nothing."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for number in range(10_000):
+        folder = parent / (name if number == 0 else f"{name}.{number}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise StageError(f"{parent}: no free folder name for {name}; clear out old runs there")
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move a file or folder to a path that does not exist yet, then check it arrived."""
+    if target.exists() or target.is_symlink():
+        raise StageError(f"{target} exists; not replacing it (move it away and run again)")
+    size = source.stat().st_size if source.is_file() else None
+    os.rename(source, target)
+    arrived = target.exists() and not source.exists()
+    if not arrived or (size is not None and target.stat().st_size != size):
+        raise StageError(f"moving {source} to {target} failed; both are left as they are")
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link (no copy of the bytes), or a copy where the file system has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _drop_links_to(link: Path, original: Path) -> None:
+    """Remove ``link`` only if it is another name of ``original`` (nothing is lost)."""
+    if link.exists() and original.exists() and os.path.samefile(link, original):
+        link.unlink()
 
 
 def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
@@ -84,13 +138,16 @@ class Trainer:
         self.device = self.procs.device
         self.checkpoint_path = Path(out_dir) / "checkpoints" / CHECKPOINT_NAME
         self.snapshot_dir = Path(out_dir) / "snapshots"
+        self.keep_dir = Path(out_dir) / KEEP_NAME
         if self.procs.is_main:
             pio.remove_partials(self.checkpoint_path.parent)  # a write a kill interrupted
             pio.remove_partials(self.snapshot_dir)
+            pio.remove_partials(self.keep_dir)
         self.live_dir = live_dir
         self.dataset = ImageDataset(params.data)
-        self.dataset.check(params.image_size)
-        self.hash = params_hash(params, self.dataset.fingerprint())
+        record = Path(out_dir) / DATASET_CHECK_NAME
+        skipped = self.dataset.check(params.image_size, record if self.procs.is_main else None)
+        self.dataset_notice = skipped_line(self.dataset.path, skipped, record) if skipped else ""
 
         micro = params.batch_size // params.accumulate
         if micro % self.procs.world:
@@ -119,6 +176,7 @@ class Trainer:
         self.augment_kind = (
             self.model.default_augment if params.augment == "auto" else params.augment
         )
+        self.hash = params_hash(params, self.dataset.fingerprint(), self.augment_kind)
         ada = params.ada
         self.state = TrainState(ada_p=ada.fixed_p if ada.fixed_p is not None else ada.initial_p)
         # sign(D(real)) sum and count since the last adjustment, on the device (no sync);
@@ -135,39 +193,123 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------
 
     def _restore(self) -> bool:
-        """Continue our own run, start from ``resume_from``'s weights, or start fresh."""
+        """Continue our own run, start from ``resume_from``'s weights, or start fresh.
+
+        Another run's checkpoint is set aside only once ``resume_from`` (if any) has loaded:
+        a bad ``resume_from`` stops the stage with everything where it was."""
         path, resume_from = self.checkpoint_path, self.p.resume_from
-        self.notice = ""
+        self.notices: list[str] = []
+        if self.procs.is_main:
+            self._recover_displaced()
+        barrier(self.procs.world)
+        other = None
         if path.exists():
             checkpoint = load_checkpoint(path)
             if checkpoint.get("params_hash") == self.hash:
                 self._load(checkpoint)
                 return True
             if not (resume_from and Path(resume_from).resolve() == path.resolve()):
-                self._set_aside(checkpoint)
+                other = checkpoint
         if resume_from:
             self._load_weights(load_checkpoint(resume_from), resume_from)
+        if other is not None:
+            if self.procs.is_main:
+                self._set_aside(other, path, self.snapshot_dir)
+            barrier(self.procs.world)
         return False
 
-    def _set_aside(self, checkpoint: dict) -> None:
+    @property
+    def notice(self) -> str:
+        """What happened to checkpoints found at the start (set aside, put back), one line."""
+        return "; ".join(self.notices)
+
+    def _recover_displaced(self) -> None:
+        """Put back or set aside the run DVC's checkout took away.
+
+        ``dvc exp run`` checks every output out by force before it runs: an output with no
+        hash in dvc.lock (a run of ``steamgan train`` that DVC never recorded) is deleted,
+        any other is replaced by the recorded version; ``persist`` does not prevent it. So
+        every save is also hard-linked into ``current/`` (no DVC output): if the checkpoint
+        there is no longer the one in ``checkpoints/``, it is this run's (put back, after
+        setting aside what DVC checked out) or another's (set aside, like any other)."""
+        kept = self.keep_dir / CHECKPOINT_NAME
+        if not kept.exists():
+            return
+        path = self.checkpoint_path
+        if path.exists() and os.path.samefile(kept, path):
+            return
+        checkpoint = load_checkpoint(kept)
+        present = load_checkpoint(path) if path.exists() else None
+        same_run = present is not None and present.get("params_hash") == checkpoint.get(
+            "params_hash"
+        )
+        if same_run and present["state"]["step"] >= checkpoint["state"]["step"]:
+            # the same run, as far or further (DVC re-linked it, or a kill came between a
+            # save and its link): current/ is behind, and is refreshed
+            self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
+            kept.unlink()
+            self._keep()
+            return
+        if checkpoint.get("params_hash") != self.hash:
+            self._set_aside(checkpoint, kept, self.keep_dir / "snapshots")
+            return
+        if present is not None:
+            self._set_aside(present, path, self.snapshot_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _link(kept, path)
+        self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
+        self.notices.append(f"{path} put back from {kept} (DVC's checkout had replaced it)")
+
+    def _link_snapshots(self, source: Path, target: Path) -> None:
+        """Hard-link every snapshot in ``source`` into ``target`` that is not there yet."""
+        if not source.is_dir():
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        for snapshot in sorted(source.glob("step-*.pt")):
+            if not (target / snapshot.name).exists():
+                _link(snapshot, target / snapshot.name)
+
+    def _keep(self) -> None:
+        """Hard-link the checkpoint and snapshots into ``current/``, where DVC's checkout
+        cannot take them (see ``_recover_displaced``); costs no disk space."""
+        if not self.procs.is_main or not self.checkpoint_path.exists():
+            return
+        kept = self.keep_dir / CHECKPOINT_NAME
+        if not (kept.exists() and os.path.samefile(kept, self.checkpoint_path)):
+            self.keep_dir.mkdir(parents=True, exist_ok=True)
+            with pio.atomic_path(kept) as tmp:
+                tmp.unlink()
+                _link(self.checkpoint_path, tmp)
+        self._link_snapshots(self.snapshot_dir, self.keep_dir / "snapshots")
+
+    def _set_aside(self, checkpoint: dict, path: Path, snapshots: Path) -> None:
         """Another run's checkpoint (other params or data, as after ``dvc exp run -S
         train.…``, which checks the last one out): move it and its snapshots to
         ``superseded/<its params hash>/`` and start a new run. Nothing is lost, and that
-        folder is no DVC output, so it does not grow the cache."""
-        changed = changed_keys(checkpoint.get("params", {}), self.p.model_dump(mode="json"))
-        what = ", ".join(changed) if changed else "the dataset"
-        old_hash = str(checkpoint.get("params_hash", "unknown"))
-        archive = self.checkpoint_path.parent.parent / "superseded" / old_hash
-        if self.procs.is_main:
-            archive.mkdir(parents=True, exist_ok=True)
-            self.checkpoint_path.replace(archive / CHECKPOINT_NAME)
-            if self.snapshot_dir.exists():
-                # an earlier copy of the same run (same hash): the newer one extends it
-                shutil.rmtree(archive / "snapshots", ignore_errors=True)
-                self.snapshot_dir.replace(archive / "snapshots")
-        barrier(self.procs.world)
-        self.notice = (
-            f"{self.checkpoint_path} was trained with other params or data (changed: {what}); "
+        folder is no DVC output, so it does not grow the cache. Main process only.
+
+        The folder's name comes from the checkpoint only if it is a well-formed hash (else
+        from the file's own digest), and it is always a new folder (``<hash>.1``, … if
+        the name is taken), so nothing there is ever replaced or deleted. Links in
+        ``current/`` to what was moved are dropped (the files live on in the archive)."""
+        old = checkpoint.get("params", {})
+        old_kind = (checkpoint.get("augment") or {}).get("kind", self.augment_kind)
+        new = self.p.model_dump(mode="json")
+        changed = changed_keys(
+            defining_params(old, old_kind) if isinstance(old, dict) else {},
+            defining_params(new, self.augment_kind),
+        )
+        what = ", ".join(changed)[:300] if changed else "the dataset"
+        name = safe_hash(checkpoint.get("params_hash")) or _file_digest(path)
+        archive = _new_folder(self.checkpoint_path.parent.parent / "superseded", name)
+        _move(path, archive / CHECKPOINT_NAME)
+        if snapshots.exists():
+            _move(snapshots, archive / "snapshots")
+        _drop_links_to(self.keep_dir / CHECKPOINT_NAME, archive / CHECKPOINT_NAME)
+        for snapshot in sorted((self.keep_dir / "snapshots").glob("step-*.pt")):
+            _drop_links_to(snapshot, archive / "snapshots" / snapshot.name)
+        self.notices.append(
+            f"{path} was trained with other params or data (changed: {what}); "
             f"moved to {archive}, starting a new run (train.resume_from="
             f"{archive / CHECKPOINT_NAME} starts from its weights)"
         )
@@ -249,6 +391,7 @@ class Trainer:
                         },
                     },
                 )
+                self._keep()
         barrier(self.procs.world)
         return saved
 
@@ -337,6 +480,16 @@ class Trainer:
         self.state.ada_p = min(max(self.state.ada_p + direction * step, 0.0), 1.0)
         logs["augment/r_t"] = r_t
 
+    def _observe_real_logits(self, logits: torch.Tensor) -> None:
+        """Gather sign(D(real)) for ADA's p, from what every model's ``d_loss`` returns (the
+        engine's job, so no model can forget it); summed on the device, no sync."""
+        if self.augment_kind != "ada":
+            return
+        logits = logits.detach().float()
+        self.ada_stats += torch.stack(
+            [logits.sign().sum(), self.ada_stats.new_tensor(logits.numel())]
+        )
+
     def _d_phase(self, batches, augment, logs) -> tuple[bool, list[torch.Tensor]]:
         p, model = self.p, self.model
         losses, reals = [], []
@@ -348,17 +501,12 @@ class Trainer:
             with self.precision.autocast(self.device):
                 with torch.no_grad():
                     fake = model.generate(z, ctx)
-                loss = model.d_loss(real, fake, ctx)
+                outcome = model.d_loss(real, fake, ctx)
+                loss = outcome.loss
             self.scaler_D.scale(loss / p.accumulate).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-            if ctx.real_signs:
-                self.ada_stats += torch.stack(
-                    [
-                        torch.stack(ctx.real_signs).sum().to(self.device),
-                        self.ada_stats.new_tensor(ctx.real_count),
-                    ]
-                )
+            self._observe_real_logits(outcome.real_logits)
         return self._apply(model.D, self.opt_D, self.scaler_D, losses), reals
 
     def _reg_phase(self, module, opt, scaler, loss_fn, rounds, augment, logs) -> bool:
@@ -495,7 +643,9 @@ class Trainer:
                 if logger and (fid := self.cheap_fid()):
                     logger.log(step, fid)
                 if step % p.checkpoint_every == 0 or done or stopping:
-                    self.save()
+                    saved = self.save()
+                    if not saved and (done or stopping):  # never end on a stale checkpoint
+                        raise StageError(self._unsaved_line())
                 if progress:
                     progress(step, last)
                 if stopping:
@@ -504,6 +654,17 @@ class Trainer:
             if logger:
                 logger.close()
         return last
+
+    def _unsaved_line(self) -> str:
+        """Why the run ends without its last checkpoint, and what is on disk instead."""
+        on_disk = "none"
+        if self.checkpoint_path.exists():
+            on_disk = f"step {load_checkpoint(self.checkpoint_path)['state']['step']:,}"
+        return (
+            f"the weights at step {self.state.step:,} are not finite, so {self.checkpoint_path} "
+            f"was not written (it holds {on_disk}); lower the learning rate or "
+            f"train.nan_tolerance and run again"
+        )
 
     def cheap_fid(self) -> dict[str, float]:
         """FID of G_ema when this step crossed a multiple of ``train.eval_every`` kimg (0:

@@ -182,6 +182,25 @@ def test_bf16_autocast_trains_on_cpu(data, tmp_path):
     assert trainer.state.step == 2 and trainer.last_logs["loss/finite"] == 1.0
 
 
+def test_a_step_the_grad_scaler_skips_is_not_counted_as_good(data, tmp_path):
+    """fp16's GradScaler skips a step whose scaled gradients overflowed and halves its scale;
+    the engine must see that as a step that did not happen (run on the CPU with a real,
+    enabled GradScaler: only fp16 autocast itself needs CUDA)."""
+    trainer = Trainer(tiny(data, steps=1), tmp_path, live_dir=None)
+    G, scaler = trainer.model.G, torch.amp.GradScaler("cpu", init_scale=1024.0)
+    zero = [torch.zeros(())]
+    scaler.scale(zero[0])  # as a backward pass through the scaler starts it
+    for p in G.parameters():
+        p.grad = torch.ones_like(p)
+    assert trainer._apply(G, trainer.opt_G, scaler, zero)  # a normal step
+    before = [p.detach().clone() for p in G.parameters()]
+    for p in G.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    assert not trainer._apply(G, trainer.opt_G, scaler, zero)
+    assert all(torch.equal(a, b) for a, b in zip(before, G.parameters(), strict=True))
+    assert scaler.get_scale() == 1024.0 * scaler.get_backoff_factor()
+
+
 def test_ema_half_life_and_rampup():
     cfg = EmaParams(half_life_kimg=10, rampup=None)
     assert ema_beta(cfg, 64, 10**6) ** (10_000 / 64) == pytest.approx(0.5)

@@ -436,8 +436,12 @@ class Trainer:
             # one sync for all gradients (a GradScaler checks them itself)
             ok = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if ok:
+            scale = scaler.get_scale() if scaler.is_enabled() else None
             scaler.step(opt)  # with fp16, skips by itself on overflowed gradients
             scaler.update()
+            # A GradScaler that skipped lowered its scale: that step did not happen, so it
+            # is not counted as good (no EMA update, a bad step towards nan_tolerance).
+            ok = scale is None or scaler.get_scale() >= scale
         opt.zero_grad(set_to_none=True)
         return ok
 

@@ -320,8 +320,21 @@ def _describe(error: dict, source: str) -> str:
     return f"{source}: {key}: {error.get('input')!r} is not allowed: {message}"
 
 
-def validate_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a parsed params mapping; raise StageError with one line naming section.key."""
+def _blame(key: list[str], source: str, overrides: Iterable[str]) -> str:
+    """The ``-S`` option that set ``key`` (or a section holding it), else ``source``: the user
+    fixes the option they typed, not the file."""
+    for text in reversed(list(overrides)):
+        parts, _ = parse_override(text)
+        if key[: len(parts)] == parts or parts[: len(key)] == key:
+            return f"-S {text}"
+    return source
+
+
+def validate_params(
+    raw: Any, source: str = "params.yaml", overrides: Iterable[str] = ()
+) -> Params:
+    """Validate a parsed params mapping; raise StageError with one line naming section.key
+    and where it was set (``source``, or the ``-S`` option of ``overrides`` that set it)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -332,7 +345,11 @@ def validate_params(raw: Any, source: str = "params.yaml") -> Params:
         errors = exc.errors()
         # A union reports one error per member; report the key once.
         keys = {".".join(_walk(e["loc"])[0]) for e in errors}
-        line = _describe(errors[0], source)
+        first = errors[0]
+        names = _walk(first["loc"][:-1] if first["type"] == "extra_forbidden" else first["loc"])[0]
+        if first["type"] == "extra_forbidden":
+            names = [*names, str(first["loc"][-1])]
+        line = _describe(first, _blame(names, source, overrides))
         if len(keys) > 1:
             line += f" (and {len(keys) - 1} more)"
         raise StageError(line) from None
@@ -347,5 +364,6 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise StageError(f"{path}: not valid YAML: {exc}") from None
     if not path.exists():
         raise StageError(f"{path}: no such params file (pass --params PATH)")
+    overrides = list(overrides)
     raw = apply_overrides(raw or {}, overrides, path.name)
-    return validate_params(raw, str(path))
+    return validate_params(raw, str(path), overrides)

@@ -27,6 +27,21 @@ WeightsOption = Annotated[
 ]
 
 
+def check_input(path: Path) -> None:
+    """Stop with one line if ``path`` is missing, or an image set with fewer than 2 images
+    (no covariance, no distance)."""
+    from pipeline.errors import StageError
+    from pipeline.training.data import ImageDataset
+
+    if not path.exists():
+        raise StageError(f"{path}: no such folder or file")
+    if path.suffix == ".npz":
+        return
+    count = len(ImageDataset(path, param=None))
+    if count < 2:
+        raise StageError(f"{path}: {count} image(s) (.png, .jpg, .jpeg, .webp); need at least 2")
+
+
 def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, need_features):
     """(features or None, GaussianStats) of each path, with one Inception model for both."""
     import numpy as np
@@ -37,6 +52,8 @@ def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, ne
     from pipeline.metrics.inception import check_resize, inception_features, load_inception
 
     check_resize(resize)
+    for path in paths:  # every input checked before minutes of features are computed
+        check_input(path)
     model = None
     out = []
     for path in paths:
@@ -57,8 +74,6 @@ def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, ne
                     raise StageError(f"{path}: needs features (a reference .npz of steamgan)")
                 out.append((None, GaussianStats(data["mu"], data["sigma"], 0)))
             continue
-        if not path.exists():
-            raise StageError(f"{path}: no such folder or file")
         if model is None:
             model = load_inception(extractor, device, weights_dir)
         features = inception_features(

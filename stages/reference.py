@@ -27,7 +27,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             save_reference,
         )
         from pipeline.metrics.inception import load_inception
+        from pipeline.training.data import resolve_dataset
 
+        resolve_dataset(p.reference.data, "reference.data")  # before seconds of model loading
         cfg = p.evaluate
         model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
         detector, note = load_one_face_detector(cfg)

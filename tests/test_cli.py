@@ -49,7 +49,7 @@ def test_bad_override_is_one_line(params_file):
     result = run_cli("resize", "-S", "resize.mode=squash")
     assert result.exit_code == 1
     assert result.output.strip() == (
-        "steamgan resize: error: params.yaml: resize.mode: 'squash' is not allowed: "
+        "steamgan resize: error: -S resize.mode=squash: resize.mode: 'squash' is not allowed: "
         "Input should be 'stretch', 'crop' or 'pad'"
     )
 
@@ -60,3 +60,25 @@ def test_typo_in_params_file_is_one_line(params_file):
     assert result.exit_code == 1
     assert result.output.startswith("steamgan dataset: error: params.yaml: dataset.mirorr: unknown")
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["fid", "kid"])
+def test_compare_checks_both_inputs_before_computing(command, tmp_path):
+    """B empty or missing is reported at once, before A's features are computed (which would
+    load Inception: its weights are not in this empty weights folder)."""
+    from PIL import Image
+
+    a, empty = tmp_path / "a", tmp_path / "empty"
+    a.mkdir()
+    empty.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(a / f"{i}.png")
+    weights = ["--weights-dir", str(tmp_path / "no-weights")]
+    result = run_cli(command, str(a), str(empty), *weights)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"steamgan {command}: error: {empty}: 0 image(s) (.png, .jpg, .jpeg, .webp); "
+        "need at least 2"
+    )
+    result = run_cli(command, str(a), str(tmp_path / "nope"), *weights)
+    assert result.exit_code == 1 and f"{tmp_path / 'nope'}: no such folder or file" in result.output

@@ -247,3 +247,12 @@ def test_training_logs_a_cheap_fid_every_eval_every_kimg(tmp_path):
     assert all(float(value) > 0 for _, value in rows)
     live = json.loads((tmp_path / "live/metrics.json").read_text())
     assert live["eval"]["fid_4"] == float(rows[-1][1])
+
+
+def test_reference_names_reference_data_when_it_is_missing(params_file):
+    result = run_cli("reference", "-S", "reference.data=data/nope")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "steamgan reference: error: reference.data: data/nope not found; "
+        "run the dataset stage (dvc repro dataset) or set it"
+    )

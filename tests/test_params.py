@@ -194,3 +194,18 @@ def test_params_model_is_the_single_source_of_sections():
         "evaluate", "render",
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()
+
+
+def test_a_bad_key_or_value_from_s_is_blamed_on_the_s_option(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("resize:\n  size: 64\n")
+    with pytest.raises(StageError) as err:
+        load_params(path, ["resize.mode=crop", "resize.sise=32"])
+    assert str(err.value).startswith("-S resize.sise=32: resize.sise: unknown key (allowed: size")
+    with pytest.raises(StageError) as err:
+        load_params(path, ["faces.retinaface={nms: 2}"])  # a section set whole
+    assert str(err.value).startswith("-S faces.retinaface={nms: 2}: faces.retinaface.nms: 2 is")
+    path.write_text("resize:\n  sise: 64\n")  # the file's own mistake stays the file's
+    with pytest.raises(StageError) as err:
+        load_params(path, ["resize.mode=crop"])
+    assert str(err.value).startswith(f"{path}: resize.sise: unknown key")

@@ -111,7 +111,7 @@ def subset_indices(count: int, max_images: int | None, seed: int) -> list[int] |
 def dataset_fingerprint(path: str | Path) -> str:
     from pipeline.training.data import ImageDataset
 
-    return ImageDataset(path).fingerprint()
+    return ImageDataset(path, "reference.data").fingerprint()
 
 
 def reference_key(
@@ -144,7 +144,7 @@ def compute_reference(
     one-face rate), streamed."""
     from pipeline.training.data import ImageDataset
 
-    total = len(ImageDataset(ref.data))
+    total = len(ImageDataset(ref.data, "reference.data"))
     if total < 2:
         raise StageError(f"reference.data: {ref.data} has {total} image(s); need at least 2")
     indices = subset_indices(total, ref.max_images, ref.seed)

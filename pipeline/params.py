@@ -268,6 +268,33 @@ def parse_override(text: str, params_file: str = "params.yaml") -> tuple[list[st
     return parts, value
 
 
+def overlay_overrides(path: str | Path) -> list[str]:
+    """A partial params file (such as ``params.offline.yaml``) as ``section.key=value``
+    overrides, one per leaf, values as compact JSON (valid YAML, no spaces for the shell)."""
+    import json
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise StageError(f"{path}: not valid YAML: {exc}") from None
+
+    def text(value: Any) -> str:
+        plain = isinstance(value, str) and " " not in value and yaml.safe_load(value) == value
+        return value if plain else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [item for k, v in node.items() for item in leaves(v, f"{prefix}{k}.")]
+        return [f"{prefix[:-1]}={text(node)}"]
+
+    overrides = leaves(raw or {}, "")
+    validate_params(raw or {}, str(path))  # a typo in the overlay is its own, not params.yaml's
+    return overrides
+
+
 def apply_overrides(raw: dict, overrides: Iterable[str], params_file: str = "params.yaml") -> dict:
     """Return a copy of ``raw`` with each ``section.key=value`` set (nested keys allowed)."""
     import copy
@@ -330,9 +357,7 @@ def _blame(key: list[str], source: str, overrides: Iterable[str]) -> str:
     return source
 
 
-def validate_params(
-    raw: Any, source: str = "params.yaml", overrides: Iterable[str] = ()
-) -> Params:
+def validate_params(raw: Any, source: str = "params.yaml", overrides: Iterable[str] = ()) -> Params:
     """Validate a parsed params mapping; raise StageError with one line naming section.key
     and where it was set (``source``, or the ``-S`` option of ``overrides`` that set it)."""
     if raw is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from stages import (
@@ -17,6 +19,7 @@ from stages import (
     train,
     validate,
 )
+from stages.common import one_line_errors
 
 STAGES = {
     "appids": appids,
@@ -30,8 +33,19 @@ STAGES = {
     "evaluate": evaluate,
     "render": render,
 }
-# Commands that are not stages: compare image sets outside the pipeline.
-COMMANDS = {"fid": compare.fid, "kid": compare.kid}
+
+
+def set_args(path: Path) -> None:
+    """Print a partial params file (params.offline.yaml) as -S options, for
+    `dvc exp run $(steamgan set-args params.offline.yaml)` or a stage."""
+    from pipeline.params import overlay_overrides
+
+    with one_line_errors("set-args"):
+        typer.echo(" ".join(f"-S {item}" for item in overlay_overrides(path)))
+
+
+# Commands that are not stages: compare image sets outside the pipeline; a params overlay.
+COMMANDS = {"fid": compare.fid, "kid": compare.kid, "set-args": set_args}
 
 app = typer.Typer(
     add_completion=False,

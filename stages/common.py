@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,3 +71,26 @@ def one_line_errors(command: str) -> Iterator[None]:
 def say(message: str) -> None:
     """A summary line for people, on stderr next to the progress bars."""
     print(message, file=sys.stderr)
+
+
+# A missing weights file, in pipeline.weights' messages ("x.pth: missing (...)", "x.pth: not
+# in DIR and the download failed (...)").
+MISSING_WEIGHTS = re.compile(r"([\w.\-]+\.(?:pth|pt|zip)): (?:missing|not in )")
+
+
+def say_reasons(stage: str, reasons: dict[str, str], details: Path | str) -> None:
+    """One short line per cause for what a stage could not do (``reasons``: what → why).
+
+    Several metrics missing one weights file (VGG16 serves precision/recall and PPL's LPIPS)
+    get one line naming the file; the full fix (path, URL) is in ``details`` (notes.json)."""
+    by_cause: dict[str, list[str]] = {}
+    for what, why in reasons.items():
+        missing = MISSING_WEIGHTS.search(why)
+        cause = (
+            f'{missing.group(1)} missing (where to get it: {details}; README "Run it offline")'
+            if missing
+            else why
+        )
+        by_cause.setdefault(cause, []).append(what)
+    for cause, whats in by_cause.items():
+        say(f"{stage}: {', '.join(whats)}: {cause}")

@@ -27,6 +27,16 @@ WeightsOption = Annotated[
 ]
 
 
+def warn_small(metric: str, counts: list[int]) -> None:
+    """On stderr, the number printed above means little: a set is below MIN_SAMPLES."""
+    from pipeline.metrics.evaluation import sample_warning
+
+    known = [n for n in counts if n]  # a pytorch-fid statistics file does not say its count
+    warning = sample_warning(metric, min(known), "images in the smaller set") if known else None
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 def check_input(path: Path) -> None:
     """Stop with one line if ``path`` is missing, or an image set with fewer than 2 images
     (no covariance, no distance)."""
@@ -105,6 +115,7 @@ def fid(
         else:  # a pytorch-fid statistics file
             value = frechet_distance_from_stats(a, b)
         typer.echo(f"FID: {value:.6f}")
+        warn_small("fid", [a.count, b.count])
 
 
 def kid(
@@ -129,3 +140,4 @@ def kid(
         )
         mean, std = kernel_inception_distance(a, b, subsets, subset_size, seed)
         typer.echo(f"KID: {mean:.6f} ± {std:.6f}")
+        warn_small("kid", [len(a), len(b)])

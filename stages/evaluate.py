@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io as pio
-from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
 from stages.reference import REFERENCE
 
 OUT_DIR = pio.stage_dir("evaluate")
@@ -79,13 +79,15 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             "pr_features": pr["pr_features"] if "precision_recall" in cfg.metrics else None,
             "reference": str(REFERENCE),
         }
+        warnings = results.pop("warnings", {})
+        reasons = {f"{name} is null": why for name, why in notes.items()}
         if vgg_note and cfg.pr_features == "auto":
             settings["pr_features_note"] = vgg_note  # the fallback; a null has its own note
-            say(f"evaluate: {vgg_note}")
+            reasons = {"precision/recall on Inception features": vgg_note, **reasons}
         pio.write_json(METRICS, results)
-        pio.write_json(NOTES, {"notes": notes, "settings": settings})
-        for name, why in notes.items():
-            say(f"evaluate: {name} is null: {why}")
+        pio.write_json(NOTES, {"notes": notes, "warnings": warnings, "settings": settings})
+        say_reasons("evaluate", reasons, NOTES)
+        say_reasons("evaluate", {f"warning: {k}": why for k, why in warnings.items()}, NOTES)
         say(f"evaluate: {summary_line(results, notes)} → {METRICS}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io as pio
-from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
 
 OUT_DIR = pio.stage_dir("reference")
 REFERENCE = OUT_DIR / "reference.npz"
@@ -34,16 +34,19 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
         detector, note = load_one_face_detector(cfg)
         vgg, vgg_note = load_pr_network(cfg)
-        if vgg_note:
-            say(f"reference: {vgg_note}")
         reference = compute_reference(p.reference, cfg, model, detector, note, vgg, vgg_note)
         save_reference(REFERENCE, reference)
         numbers = ("num_images", "dataset_images", "one_face_rate")
         pio.write_json(SUMMARY, {name: reference.summary[name] for name in numbers})
         details = {k: v for k, v in reference.summary.items() if k not in numbers}
         pio.write_json(DETAILS, {"key": reference.key, **details})
+        why = reference.summary.get("notes", {})
+        reasons = {"precision/recall on Inception features": vgg_note} if vgg_note else {}
+        if "one_face_rate" in why:
+            reasons["one-face rate null"] = why["one_face_rate"]
+        say_reasons("reference", reasons, DETAILS)
         rate = reference.summary["one_face_rate"]
-        faces = f"one-face rate {rate:.3f}" if rate is not None else f"one-face rate null ({note})"
+        faces = f"one-face rate {rate:.3f}" if rate is not None else "one-face rate null"
         say(
             f"reference: {reference.summary['num_images']:,} images of {p.reference.data} "
             f"({model.source.name}, resize {cfg.resize}; precision/recall on "

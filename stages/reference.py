@@ -20,6 +20,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Features and statistics of reference.data with evaluate's extractor and resize."""
     with run_stage("reference", params, overrides) as p:
         # imported here: torch and the networks take seconds, `steamgan --help` should not
+        from pipeline.devices import use_threads
         from pipeline.metrics.evaluation import (
             compute_reference,
             load_one_face_detector,
@@ -31,6 +32,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
 
         resolve_dataset(p.reference.data, "reference.data")  # before seconds of model loading
         cfg = p.evaluate
+        threads = use_threads(cfg.threads, p.reference.workers)
         model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
         detector, note = load_one_face_detector(cfg)
         vgg, vgg_note = load_pr_network(cfg)
@@ -50,7 +52,8 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         say(
             f"reference: {reference.summary['num_images']:,} images of {p.reference.data} "
             f"({model.source.name}, resize {cfg.resize}; precision/recall on "
-            f"{reference.key['pr_features'] or 'nothing'}); {faces} → {REFERENCE}"
+            f"{reference.key['pr_features'] or 'nothing'}); {faces}; {threads} CPU thread(s) "
+            f"→ {REFERENCE}"
         )
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section
+from pipeline.param_types import NonNegativeInt, PositiveInt, Probability, Section, Threads
 
 AugType = Literal["translation", "color", "cutout", "offset"]
 
@@ -136,6 +136,7 @@ class TrainParams(Section):
     seed: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: NonNegativeInt = 2  # data-loading processes
+    threads: Threads = "auto"  # torch CPU threads (pipeline.devices.cpu_threads), CPU runs
     checkpoint_every: PositiveInt = 1000
     sample_every: PositiveInt = 1000
     # steps between G_ema snapshots (data/train/snapshots/step-NNNNNNNN.pt, for render's

@@ -19,7 +19,7 @@ from stages import (
     train,
     validate,
 )
-from stages.common import one_line_errors
+from stages.common import one_line_errors, params_help
 
 STAGES = {
     "appids": appids,
@@ -55,7 +55,8 @@ app = typer.Typer(
 )
 for name, module in STAGES.items():
     # Mount each stage app's one command under the stage's name, with its own help text.
-    app.command(name=name, help=module.main.__doc__)(module.main)
+    epilog = params_help(module.app.sections)  # the params section(s) the stage reads
+    app.command(name=name, help=module.main.__doc__, epilog=epilog)(module.main)
 for name, command in COMMANDS.items():
     app.command(name=name, help=command.__doc__)(command)
 

@@ -15,7 +15,7 @@ OUT_DIR = pio.stage_dir("download")
 IMAGES = OUT_DIR / "images"
 MANIFEST = pio.accepted_table("download")
 SUMMARY = OUT_DIR / "summary.json"
-app = stage_app(__doc__)
+app = stage_app(__doc__, "download")
 
 
 @app.command()

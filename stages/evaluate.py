@@ -12,7 +12,7 @@ from stages.reference import REFERENCE
 OUT_DIR = pio.stage_dir("evaluate")
 METRICS = OUT_DIR / "metrics.json"  # numbers only (null where not computed): a DVC metric
 NOTES = OUT_DIR / "notes.json"  # why a metric is null, and the settings the numbers depend on
-app = stage_app(__doc__)
+app = stage_app(__doc__, "evaluate", "reference")
 
 
 SHOWN = ("fid", "kid", "precision", "recall", "inception_score", "ppl_z", "ppl_w",

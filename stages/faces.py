@@ -14,7 +14,7 @@ REJECTED = OUT_DIR / "rejected.parquet"
 DETECTIONS = OUT_DIR / "detections.parquet"
 SUMMARY = OUT_DIR / "summary.json"
 CACHE = OUT_DIR / "cache" / "results.sqlite"  # not a DVC output: see dvc.yaml
-app = stage_app(__doc__)
+app = stage_app(__doc__, "faces")
 
 
 @app.command()

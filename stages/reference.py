@@ -12,7 +12,7 @@ OUT_DIR = pio.stage_dir("reference")
 REFERENCE = OUT_DIR / "reference.npz"
 SUMMARY = OUT_DIR / "summary.json"  # counts and the real one-face rate: a DVC metric
 DETAILS = OUT_DIR / "reference.json"  # the key (dataset, network, resize) and detector config
-app = stage_app(__doc__)
+app = stage_app(__doc__, "reference", "evaluate")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("render")
-app = stage_app(__doc__)
+app = stage_app(__doc__, "render")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("train")
 LIVE_DIR = Path("dvclive")
-app = stage_app(__doc__)
+app = stage_app(__doc__, "train")
 
 
 @app.command()

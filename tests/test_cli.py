@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -32,6 +33,29 @@ def test_stage_help_shows_params_and_set(stage):
     result = run_cli(stage, "--help")
     assert result.exit_code == 0
     assert "--params" in result.output and "-S" in result.output
+    assert "Params (params.yaml, or -S key=value):" in result.output
+
+
+def test_stage_help_lists_every_key_of_its_section_with_default_and_meaning():
+    from pipeline.params import FacesParams
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.faces", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for key in FacesParams.model_fields:
+        assert f"faces.{key}" in text
+    assert "faces.retinaface.variant = resnet50_ternaus # resnet50_ternaus (seeds)" in text
+    assert "faces.threads = auto # torch CPU threads" in text
+    assert "faces.resolutions = ['original', 256]" in text
+    reference = run_cli("reference", "--help").output
+    assert "reference.max_images" in reference and "evaluate.one_face.weights" in reference
 
 
 def test_python_dash_m_runs_a_stage():

@@ -30,7 +30,9 @@ def pick_device(setting: str | torch.device = "auto", local_rank: int = 0) -> to
 def cpu_threads(setting: int | str = "auto", workers: int = 0, load_aware: bool = True) -> int:
     """torch's intra-op threads for a CPU stage (``threads`` params).
 
-    ``auto``: the cores this process may use, shared with its ``workers`` processes, and
+    ``auto``: ``OMP_NUM_THREADS`` when the environment sets it (the user's explicit choice,
+    which torch's own default honours too); else the cores this process may use, shared
+    with its ``workers`` processes, and
     (``load_aware``) less the cores other jobs keep busy (the 1-minute load average). torch's
     own default, one thread per core, oversubscribes a busy machine: on a loaded 2-core
     machine the face detector ran several times slower with 2 threads than with 1 (README,
@@ -38,6 +40,9 @@ def cpu_threads(setting: int | str = "auto", workers: int = 0, load_aware: bool 
     count of the run it resumes (the float reductions, hence the weights, depend on it)."""
     if setting != "auto":
         return int(setting)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows

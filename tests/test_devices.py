@@ -12,6 +12,7 @@ from pipeline.params import validate_params
 @pytest.fixture
 def machine(monkeypatch):
     """A 4-core machine whose load average the test sets."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     load = {"value": 0.0}
     monkeypatch.setattr(os, "getloadavg", lambda: (load["value"], 0.0, 0.0))
@@ -28,6 +29,13 @@ def test_auto_shares_the_idle_cores_with_the_workers(machine):
     assert cpu_threads("auto", load_aware=False) == 4  # training: the same on every run
     machine["value"] = 40.0
     assert cpu_threads("auto") == 1
+
+
+def test_auto_honours_omp_num_threads(machine, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads("auto", workers=8) == 3 and cpu_threads(2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # empty: not set
+    assert cpu_threads("auto") == 4
 
 
 def test_a_count_is_taken_as_given_and_set(machine):

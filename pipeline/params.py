@@ -352,8 +352,8 @@ def _describe(error: dict, source: str) -> str:
 def _blame(key: list[str], source: str, overrides: Iterable[str]) -> str:
     """The ``-S`` option that set ``key`` (or a section holding it), else ``source``: the user
     fixes the option they typed, not the file."""
-    for text in reversed(list(overrides)):
-        parts, _ = parse_override(text)
+    for text in reversed(list(overrides)):  # the last one set wins, as in apply_overrides
+        parts = text.partition("=")[0].rpartition(":")[2].strip().split(".")
         if key[: len(parts)] == parts or parts[: len(key)] == key:
             return f"-S {text}"
     return source

@@ -4,6 +4,10 @@ Inputs are banner-sized (300×450) copies of the real photos in ../shared/data/f
 stage's two default resolutions: ``original`` (300×450) and ``256`` (256×256, stretched).
 
     python bench/faces.py [--images 32] [--heavy-images 8] [--batch-sizes 16,2] [--device auto]
+                          [--threads auto,1,2]
+
+``--threads``: each torch CPU thread setting in turn (``faces.threads``: ``auto`` is what
+``pipeline.devices.cpu_threads`` picks now, given the cores and the load of other jobs).
 
 Detectors timed (each with the seeds' or its README settings):
 
@@ -39,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import weights  # noqa: E402
-from pipeline.devices import pick_device  # noqa: E402
+from pipeline.devices import cpu_threads, pick_device  # noqa: E402
 from pipeline.faces import load_detector  # noqa: E402
 from pipeline.faces.retinaface import RetinaFaceNet  # noqa: E402
 
@@ -112,6 +116,7 @@ def main() -> None:
     parser.add_argument("--heavy-images", type=int, default=8)
     parser.add_argument("--batch-sizes", default="16,2", help="comma-separated")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", default="auto", help="comma-separated: auto and/or counts")
     args = parser.parse_args()
     device = pick_device(args.device)
     data = banners(args.images)
@@ -149,11 +154,13 @@ def main() -> None:
     ]  # fmt: skip
     cores = len(os.sched_getaffinity(0))
     print(
-        f"device {device}, {cores} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); images/s"
+        f"device {device}, {cores} cores, load {os.getloadavg()[0]:.1f}, torch {torch.__version__} "
+        f"(default {torch.get_num_threads()} threads); images/s"
     )
     columns = "".join(f"{f'batch {n}':>10s}" for n in sizes)
-    print(f"{'detector':52s} {'resolution':>10s} {'images':>6s}{columns}{'single':>10s}")
+    head = f"{'detector':52s} {'threads':>9s} {'resolution':>10s} {'images':>6s}"
+    print(f"{head}{columns}{'single':>10s}")
+    settings = [s if s == "auto" else int(s) for s in args.threads.split(",")]
     for label, heavy, make in setups:
         try:
             detector = make()
@@ -161,10 +168,14 @@ def main() -> None:
             print(f"{label:52s} skipped: {str(exc).splitlines()[0]}")
             continue
         count = min(args.images, args.heavy_images) if heavy else args.images
-        for resolution, images in data.items():
-            rates = [images_per_s(detector, images[:count], n) for n in [*sizes, None]]
-            cells = "".join(f"{rate:10.1f}" for rate in rates)
-            print(f"{label:52s} {resolution:>10s} {count:6d}{cells}")
+        for setting in settings:
+            threads = cpu_threads(setting)
+            torch.set_num_threads(threads)
+            shown = f"{setting}={threads}" if setting == "auto" else str(threads)
+            for resolution, images in data.items():
+                rates = [images_per_s(detector, images[:count], n) for n in [*sizes, None]]
+                cells = "".join(f"{rate:10.1f}" for rate in rates)
+                print(f"{label:52s} {shown:>9s} {resolution:>10s} {count:6d}{cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pandas as pd
 import requests
 
 from pipeline.errors import StageError
-from pipeline.http import short_error
+from pipeline.http import offline_hint, short_error
 from pipeline.params import AppidsParams
 from pipeline.steam import parse_appid
 
@@ -23,7 +23,8 @@ def _get_json(session: requests.Session, url: str, timeout: float, **query) -> o
     try:
         response = session.get(url, params=query or None, timeout=timeout)
     except requests.RequestException as exc:
-        raise StageError(f"GET {url}: {short_error(exc)}") from None
+        hint = offline_hint("appids.source=file and appids.file=<a CSV of appids>")
+        raise StageError(f"GET {url}: {short_error(exc)}; {hint}") from None
     if response.status_code != 200:
         raise StageError(f"GET {response.url}: HTTP {response.status_code}")
     try:

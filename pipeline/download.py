@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline import io as pio
 from pipeline.errors import StageError
-from pipeline.http import RateLimiter, make_session, short_error
+from pipeline.http import RateLimiter, make_session, offline_hint, short_error
 from pipeline.params import DownloadParams
 from pipeline.steam import BannerKind, image_filename, image_url
 
@@ -384,6 +384,22 @@ def download_images(
         keep = {Path(p).name for p in manifest.loc[manifest["status"] == Status.ok, "path"]}
         pio.prune_dir(out_dir, keep)
     return manifest
+
+
+def check_any_ok(manifest: pd.DataFrame) -> None:
+    """Stop with one line naming the commonest failure when no image at all was fetched: a
+    download that failed everywhere (offline, a wrong cdn_url or kind) must not pass as a
+    success and surface stages later as an empty dataset. The manifest is written first."""
+    if manifest.empty or (manifest["status"] == Status.ok.value).any():
+        return
+    failed = manifest["error"].fillna(manifest["status"]).value_counts()
+    cause, count = failed.index[0], int(failed.iloc[0])
+    line = f"no image downloaded: all {len(manifest):,} failed, {count:,} with {cause}"
+    if manifest["http_status"].isna().all():  # never reached a server
+        line += "; " + offline_hint("download.cdn_url=http://127.0.0.1:PORT (a local mirror)")
+    else:
+        line += "; check download.cdn_url and download.kind"
+    raise StageError(line)
 
 
 def summarize(manifest: pd.DataFrame) -> dict:

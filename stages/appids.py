@@ -11,7 +11,7 @@ from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUTPUT = pio.stage_dir("appids") / "appids.parquet"
-app = stage_app(__doc__)
+app = stage_app(__doc__, "appids")
 
 
 @app.command()

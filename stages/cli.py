@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from stages import (
@@ -18,6 +20,7 @@ from stages import (
     train,
     validate,
 )
+from stages.common import one_line_errors, params_help
 
 STAGES = {
     "appids": appids,
@@ -32,8 +35,19 @@ STAGES = {
     "render": render,
     "report": report,
 }
-# Commands that are not stages: compare image sets outside the pipeline.
-COMMANDS = {"fid": compare.fid, "kid": compare.kid}
+
+
+def set_args(path: Path) -> None:
+    """Print a partial params file (params.offline.yaml) as -S options, for
+    `dvc exp run $(steamgan set-args params.offline.yaml)` or a stage."""
+    from pipeline.params import overlay_overrides
+
+    with one_line_errors("set-args"):
+        typer.echo(" ".join(f"-S {item}" for item in overlay_overrides(path)))
+
+
+# Commands that are not stages: compare image sets outside the pipeline; a params overlay.
+COMMANDS = {"fid": compare.fid, "kid": compare.kid, "set-args": set_args}
 
 app = typer.Typer(
     add_completion=False,
@@ -43,7 +57,8 @@ app = typer.Typer(
 )
 for name, module in STAGES.items():
     # Mount each stage app's one command under the stage's name, with its own help text.
-    app.command(name=name, help=module.main.__doc__)(module.main)
+    epilog = params_help(module.app.sections)  # the params section(s) the stage reads
+    app.command(name=name, help=module.main.__doc__, epilog=epilog)(module.main)
 for name, command in COMMANDS.items():
     app.command(name=name, help=command.__doc__)(command)
 

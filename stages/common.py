@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +30,69 @@ SetOption = Annotated[
 ]
 
 
-def stage_app(help_text: str) -> typer.Typer:
-    return typer.Typer(add_completion=False, help=help_text, pretty_exceptions_enable=False)
+class StageApp(typer.Typer):
+    """A stage's typer app whose command's ``--help`` ends with the params it reads."""
+
+    def __init__(self, help_text: str, sections: tuple[str, ...]):
+        super().__init__(add_completion=False, help=help_text, pretty_exceptions_enable=False)
+        self.sections = sections
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("epilog", params_help(self.sections))
+        return super().command(*args, **kwargs)
+
+
+def stage_app(help_text: str, *sections: str) -> typer.Typer:
+    """The app of a stage reading ``sections`` of params.yaml (listed by ``--help``)."""
+    return StageApp(help_text, sections)
+
+
+def yaml_comments(path: Path) -> dict[str, str]:
+    """``section.key`` → the comment on its line in a params file (its one-line meaning)."""
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        match = re.match(r"^(\s*)([A-Za-z_]\w*):(.*)$", line)
+        if not match:
+            continue
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+        if "#" in rest:
+            comments[".".join(k for _, k in stack)] = rest.split("#", 1)[1].strip()
+    return comments
+
+
+def params_help(sections: tuple[str, ...]) -> str:
+    """Every key of ``sections`` with its default (from the pydantic models) and its meaning
+    (the comment beside it in the repository's params.yaml), one per line."""
+    from pydantic import BaseModel
+
+    from pipeline.params import Params
+
+    comments = yaml_comments(Path(__file__).resolve().parents[1] / "params.yaml")
+    defaults = Params()
+    lines = []
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name, field in type(model).model_fields.items():
+            key = f"{prefix}.{field.alias or name}"
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                walk(value, key)
+                continue
+            shown = value.value if hasattr(value, "value") else value
+            shown = list(shown) if isinstance(shown, tuple) else shown
+            meaning = comments.get(key, "")
+            lines.append(
+                f"{key} = {'null' if shown is None else shown}"
+                + (f"  # {meaning}" if meaning else "")
+            )
+
+    for section in sections:
+        walk(defaults.section(section), section)
+    return "Params (params.yaml, or -S key=value):\n\n" + "\n".join(lines)
 
 
 def fail(stage: str, message: str, code: int = 1) -> typer.Exit:
@@ -77,3 +139,26 @@ def one_line_errors(command: str) -> Iterator[None]:
 def say(message: str) -> None:
     """A summary line for people, on stderr next to the progress bars."""
     print(message, file=sys.stderr)
+
+
+# A missing weights file, in pipeline.weights' messages ("x.pth: missing (...)", "x.pth: not
+# in DIR and the download failed (...)").
+MISSING_WEIGHTS = re.compile(r"([\w.\-]+\.(?:pth|pt|zip)): (?:missing|not in )")
+
+
+def say_reasons(stage: str, reasons: dict[str, str], details: Path | str) -> None:
+    """One short line per cause for what a stage could not do (``reasons``: what → why).
+
+    Several metrics missing one weights file (VGG16 serves precision/recall and PPL's LPIPS)
+    get one line naming the file; the full fix (path, URL) is in ``details`` (notes.json)."""
+    by_cause: dict[str, list[str]] = {}
+    for what, why in reasons.items():
+        missing = MISSING_WEIGHTS.search(why)
+        cause = (
+            f'{missing.group(1)} missing (where to get it: {details}; README "Run it offline")'
+            if missing
+            else why
+        )
+        by_cause.setdefault(cause, []).append(what)
+    for cause, whats in by_cause.items():
+        say(f"{stage}: {', '.join(whats)}: {cause}")

@@ -27,6 +27,31 @@ WeightsOption = Annotated[
 ]
 
 
+def warn_small(metric: str, counts: list[int]) -> None:
+    """On stderr, the number printed above means little: a set is below MIN_SAMPLES."""
+    from pipeline.metrics.evaluation import sample_warning
+
+    known = [n for n in counts if n]  # a pytorch-fid statistics file does not say its count
+    warning = sample_warning(metric, min(known), "images in the smaller set") if known else None
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+def check_input(path: Path) -> None:
+    """Stop with one line if ``path`` is missing, or an image set with fewer than 2 images
+    (no covariance, no distance)."""
+    from pipeline.errors import StageError
+    from pipeline.training.data import ImageDataset
+
+    if not path.exists():
+        raise StageError(f"{path}: no such folder or file")
+    if path.suffix == ".npz":
+        return
+    count = len(ImageDataset(path, param=None))
+    if count < 2:
+        raise StageError(f"{path}: {count} image(s) (.png, .jpg, .jpeg, .webp); need at least 2")
+
+
 def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, need_features):
     """(features or None, GaussianStats) of each path, with one Inception model for both."""
     import numpy as np
@@ -37,6 +62,8 @@ def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, ne
     from pipeline.metrics.inception import check_resize, inception_features, load_inception
 
     check_resize(resize)
+    for path in paths:  # every input checked before minutes of features are computed
+        check_input(path)
     model = None
     out = []
     for path in paths:
@@ -57,8 +84,6 @@ def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, ne
                     raise StageError(f"{path}: needs features (a reference .npz of steamgan)")
                 out.append((None, GaussianStats(data["mu"], data["sigma"], 0)))
             continue
-        if not path.exists():
-            raise StageError(f"{path}: no such folder or file")
         if model is None:
             model = load_inception(extractor, device, weights_dir)
         features = inception_features(
@@ -90,6 +115,7 @@ def fid(
         else:  # a pytorch-fid statistics file
             value = frechet_distance_from_stats(a, b)
         typer.echo(f"FID: {value:.6f}")
+        warn_small("fid", [a.count, b.count])
 
 
 def kid(
@@ -114,3 +140,4 @@ def kid(
         )
         mean, std = kernel_inception_distance(a, b, subsets, subset_size, seed)
         typer.echo(f"KID: {mean:.6f} ± {std:.6f}")
+        warn_small("kid", [len(a), len(b)])

@@ -11,7 +11,7 @@ from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("dataset")
 STATS = "stats.json"
-app = stage_app(__doc__)
+app = stage_app(__doc__, "dataset")
 
 
 @app.command()

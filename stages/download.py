@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline import io as pio
-from pipeline.download import download_images, plan_downloads, summarize
+from pipeline.download import check_any_ok, download_images, plan_downloads, summarize
 from pipeline.progress import progress_bar
 from stages.appids import OUTPUT as APPIDS
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
@@ -15,7 +15,7 @@ OUT_DIR = pio.stage_dir("download")
 IMAGES = OUT_DIR / "images"
 MANIFEST = pio.accepted_table("download")
 SUMMARY = OUT_DIR / "summary.json"
-app = stage_app(__doc__)
+app = stage_app(__doc__, "download")
 
 
 @app.command()
@@ -36,6 +36,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         summary = summarize(manifest)
         pio.write_json(SUMMARY, summary)
         say("download: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+        check_any_ok(manifest)
 
 
 if __name__ == "__main__":

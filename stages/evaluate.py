@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io as pio
-from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
 from stages.reference import REFERENCE
 
 OUT_DIR = pio.stage_dir("evaluate")
 METRICS = OUT_DIR / "metrics.json"  # numbers only (null where not computed): a DVC metric
 NOTES = OUT_DIR / "notes.json"  # why a metric is null, and the settings the numbers depend on
-app = stage_app(__doc__)
+app = stage_app(__doc__, "evaluate", "reference")
 
 
 SHOWN = ("fid", "kid", "precision", "recall", "inception_score", "ppl_z", "ppl_w",
@@ -35,7 +35,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Generate evaluate.num_images images and measure evaluate.metrics against the reference."""
     with run_stage("evaluate", params, overrides) as p:
         # imported here: torch and the networks take seconds, `steamgan --help` should not
-        from pipeline.devices import pick_device
+        from pipeline.devices import pick_device, use_threads
         from pipeline.metrics.evaluation import (
             FEATURE_METRICS,
             check_reference,
@@ -50,6 +50,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         from pipeline.metrics.inception import load_inception
 
         cfg = p.evaluate
+        use_threads(cfg.threads)
         reference = load_reference(REFERENCE)
         model, vgg, vgg_note, pr = None, None, None, {"pr_features": None}
         if set(cfg.metrics) & set(FEATURE_METRICS):
@@ -79,13 +80,15 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             "pr_features": pr["pr_features"] if "precision_recall" in cfg.metrics else None,
             "reference": str(REFERENCE),
         }
+        warnings = results.pop("warnings", {})
+        reasons = {f"{name} is null": why for name, why in notes.items()}
         if vgg_note and cfg.pr_features == "auto":
             settings["pr_features_note"] = vgg_note  # the fallback; a null has its own note
-            say(f"evaluate: {vgg_note}")
+            reasons = {"precision/recall on Inception features": vgg_note, **reasons}
         pio.write_json(METRICS, results)
-        pio.write_json(NOTES, {"notes": notes, "settings": settings})
-        for name, why in notes.items():
-            say(f"evaluate: {name} is null: {why}")
+        pio.write_json(NOTES, {"notes": notes, "warnings": warnings, "settings": settings})
+        say_reasons("evaluate", reasons, NOTES)
+        say_reasons("evaluate", {f"warning: {k}": why for k, why in warnings.items()}, NOTES)
         say(f"evaluate: {summary_line(results, notes)} → {METRICS}")
 
 

@@ -14,7 +14,7 @@ REJECTED = OUT_DIR / "rejected.parquet"
 DETECTIONS = OUT_DIR / "detections.parquet"
 SUMMARY = OUT_DIR / "summary.json"
 CACHE = OUT_DIR / "cache" / "results.sqlite"  # not a DVC output: see dvc.yaml
-app = stage_app(__doc__)
+app = stage_app(__doc__, "faces")
 
 
 @app.command()
@@ -22,10 +22,12 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Count faces per detector and resolution; keep the images the rule accepts."""
     with run_stage("faces", params, overrides) as p:
         # imported here: torch and the detectors take seconds, `steamgan --help` should not
+        from pipeline.devices import use_threads
         from pipeline.faces.cache import ResultCache
         from pipeline.faces.curate import detect_faces, load_detectors, split_tables, summarize
 
         cfg = p.faces
+        threads = use_threads(cfg.threads)
         table = pio.read_table(pio.upstream_table("faces"))
         detectors = load_detectors(cfg)
         label = "+".join(cfg.detectors) + " @ " + ", ".join(map(str, cfg.resolutions))
@@ -41,7 +43,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         say(
             f"faces: {summary['accepted']:,} of {summary['input']:,} kept "
             f"({cfg.combine} of {alone}); {run.computed:,} detections computed, "
-            f"{run.cached:,} from the cache"
+            f"{run.cached:,} from the cache; {threads} CPU thread(s)"
         )
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import io as pio
-from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
 
 OUT_DIR = pio.stage_dir("reference")
 REFERENCE = OUT_DIR / "reference.npz"
 SUMMARY = OUT_DIR / "summary.json"  # counts and the real one-face rate: a DVC metric
 DETAILS = OUT_DIR / "reference.json"  # the key (dataset, network, resize) and detector config
-app = stage_app(__doc__)
+app = stage_app(__doc__, "reference", "evaluate")
 
 
 @app.command()
@@ -20,6 +20,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Features and statistics of reference.data with evaluate's extractor and resize."""
     with run_stage("reference", params, overrides) as p:
         # imported here: torch and the networks take seconds, `steamgan --help` should not
+        from pipeline.devices import use_threads
         from pipeline.metrics.evaluation import (
             compute_reference,
             load_one_face_detector,
@@ -27,25 +28,32 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             save_reference,
         )
         from pipeline.metrics.inception import load_inception
+        from pipeline.training.data import resolve_dataset
 
+        resolve_dataset(p.reference.data, "reference.data")  # before seconds of model loading
         cfg = p.evaluate
+        threads = use_threads(cfg.threads, p.reference.workers)
         model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
         detector, note = load_one_face_detector(cfg)
         vgg, vgg_note = load_pr_network(cfg)
-        if vgg_note:
-            say(f"reference: {vgg_note}")
         reference = compute_reference(p.reference, cfg, model, detector, note, vgg, vgg_note)
         save_reference(REFERENCE, reference)
         numbers = ("num_images", "dataset_images", "one_face_rate")
         pio.write_json(SUMMARY, {name: reference.summary[name] for name in numbers})
         details = {k: v for k, v in reference.summary.items() if k not in numbers}
         pio.write_json(DETAILS, {"key": reference.key, **details})
+        why = reference.summary.get("notes", {})
+        reasons = {"precision/recall on Inception features": vgg_note} if vgg_note else {}
+        if "one_face_rate" in why:
+            reasons["one-face rate null"] = why["one_face_rate"]
+        say_reasons("reference", reasons, DETAILS)
         rate = reference.summary["one_face_rate"]
-        faces = f"one-face rate {rate:.3f}" if rate is not None else f"one-face rate null ({note})"
+        faces = f"one-face rate {rate:.3f}" if rate is not None else "one-face rate null"
         say(
             f"reference: {reference.summary['num_images']:,} images of {p.reference.data} "
             f"({model.source.name}, resize {cfg.resize}; precision/recall on "
-            f"{reference.key['pr_features'] or 'nothing'}); {faces} → {REFERENCE}"
+            f"{reference.key['pr_features'] or 'nothing'}); {faces}; {threads} CPU thread(s) "
+            f"→ {REFERENCE}"
         )
 
 

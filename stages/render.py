@@ -12,10 +12,10 @@ from pathlib import Path
 from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.progress import progress_bar
-from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
 
 OUT_DIR = pio.stage_dir("render")
-app = stage_app(__doc__)
+app = stage_app(__doc__, "render")
 
 
 @app.command()
@@ -78,8 +78,10 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         say(f"render: {drawn} from {cfg.checkpoint} ({trained.kimg:,g} kimg) → {OUT_DIR}/")
         projected = summary["rendered"].get("projection")
         if projected:
-            note = f" ({projected['loss_note']})" if projected["loss_note"] else ""
-            say(f"render: projection loss {projected['loss']}{note}")
+            say(f"render: projection loss {projected['loss']}")
+            if projected["loss_note"]:  # a missing weights file: one short line, fix in the json
+                reasons = {f"projection on {projected['loss']}": projected["loss_note"]}
+                say_reasons("render", reasons, OUT_DIR / "render.json")
         for name, reason in summary["unsupported"].items():
             if name not in skipped:
                 say(f"render: no {name}: {reason}")

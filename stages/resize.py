@@ -14,7 +14,7 @@ OUT_DIR = pio.stage_dir("resize")
 IMAGES = OUT_DIR / "images"
 ACCEPTED = pio.accepted_table("resize")
 REJECTED = OUT_DIR / "rejected.parquet"
-app = stage_app(__doc__)
+app = stage_app(__doc__, "resize")
 
 
 @app.command()

@@ -13,16 +13,19 @@ from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("train")
 LIVE_DIR = Path("dvclive")
-app = stage_app(__doc__)
+app = stage_app(__doc__, "train")
 
 
 @app.command()
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Train train.model; resumes from data/train/checkpoints after an interruption."""
     with run_stage("train", params, overrides) as p:
+        from pipeline.devices import use_threads
         from pipeline.training.loop import Trainer  # torch: imported only when training
 
         cfg = p.train
+        # deterministic (not load-aware): a resumed run reduces floats as the run it resumes
+        threads = use_threads(cfg.threads, cfg.workers, load_aware=False)
         trainer = Trainer(cfg, OUT_DIR, LIVE_DIR)
         if not trainer.procs.is_main:
             trainer.run()
@@ -30,6 +33,8 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         for notice in (trainer.dataset_notice, trainer.notice):
             if notice:
                 say(f"train: {notice}")
+        if trainer.device.type == "cpu":
+            say(f"train: {threads} CPU thread(s) (train.threads {cfg.threads})")
         if trainer.resumed:
             say(f"train: resuming {trainer.checkpoint_path} at step {trainer.state.step:,}")
         with progress_bar(cfg.steps, f"train {cfg.model} {cfg.image_size}px") as advance:

@@ -15,7 +15,7 @@ CONVERTED = OUT_DIR / "images"
 ACCEPTED = pio.accepted_table("validate")
 REJECTED = OUT_DIR / "rejected.parquet"
 SUMMARY = OUT_DIR / "summary.json"
-app = stage_app(__doc__)
+app = stage_app(__doc__, "validate")
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,35 @@ from typer.testing import CliRunner
 from tests.fake_steam import CAPSULES, SHARED, FakeSteam
 
 REPO = Path(__file__).resolve().parents[1]
+# The repository's own outputs: a test writes only under its tmp folder, never here (a
+# stray write makes `dvc status` report the user's pipeline as modified).
+GUARDED_OUTPUTS = ("data", "dvclive", "dvc_plots")
+
+
+def output_state(root: Path = REPO) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under the guarded output folders of ``root``."""
+    state = {}
+    for name in GUARDED_OUTPUTS:
+        for dirpath, _, files in os.walk(root / name):
+            for file in files:
+                path = os.path.join(dirpath, file)
+                with contextlib.suppress(FileNotFoundError):
+                    info = os.stat(path)
+                    state[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+@pytest.fixture(autouse=True)
+def repo_outputs_untouched():
+    """Fail the test that created, changed or removed a file in the work tree's outputs."""
+    before = output_state()
+    yield
+    after = output_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        shown = ", ".join(changed[:5]) + more
+        pytest.fail(f"the test wrote into the repository's own outputs: {shown}", pytrace=False)
 
 
 def needs_shared(*parts: str) -> Path:

@@ -87,7 +87,8 @@ def test_stage_without_network_fails_in_one_line(params_file):
     last = result.output.strip().splitlines()[-1]
     assert last == (
         "steamgan appids: error: GET http://127.0.0.1:9/x: "
-        "ConnectionError: [Errno 111] Connection refused"
+        "ConnectionError: [Errno 111] Connection refused; offline? set appids.source=file and "
+        'appids.file=<a CSV of appids>, or use params.offline.yaml (README "Run it offline")'
     )
 
 

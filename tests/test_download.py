@@ -159,6 +159,28 @@ def test_stage_writes_manifest_images_and_summary(steam, params_file):
     assert len(os.listdir("data/download/images")) == 12
 
 
+def test_stage_where_every_download_failed_exits_non_zero_naming_the_cause(steam, params_file):
+    overrides = set_args(steam_overrides(steam))
+    assert run_cli("appids", *overrides, "-S", "appids.limit=5").exit_code == 0
+    unreachable = ["-S", "download.cdn_url=http://127.0.0.1:9/steam", "-S", "download.retries=0"]
+    result = run_cli("download", *overrides, *unreachable)
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(
+        "steamgan download: error: no image downloaded: all 5 failed, 5 with ConnectionError: "
+    )
+    assert "offline? set download.cdn_url=" in last and "Run it offline" in last
+    manifest = pd.read_parquet("data/download/manifest.parquet")  # recorded, not lost
+    assert len(manifest) == 5 and (manifest["status"] == "error").all()
+    # a server that answers, with nothing under that kind: the same, with what to check
+    result = run_cli("download", *overrides, "-S", f"download.cdn_url={steam.url}/nowhere")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "steamgan download: error: no image downloaded: all 5 failed, 5 with missing; "
+        "check download.cdn_url and download.kind"
+    )
+
+
 def test_stage_without_appids_says_what_to_run(params_file):
     result = run_cli("download")
     assert result.exit_code == 1

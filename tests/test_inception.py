@@ -95,6 +95,7 @@ def test_steamgan_fid_and_kid_print_the_number(model, flower_folder, flower_feat
     expected = frechet_distance(flower_features, flower_features[:2])
     assert result.stdout.startswith("FID: ")
     assert float(result.stdout.split()[1]) == pytest.approx(expected, rel=1e-3)
+    assert "warning: 2 images in the smaller set, below the 2,049" in result.output
     result = run_cli("kid", str(reference), str(reference), "--subsets", "3")
     assert result.exit_code == 0 and result.stdout.startswith("KID: ")
     result = run_cli("fid", str(reference), str(few), "--resize", "legacy_tensorflow")

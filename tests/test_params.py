@@ -246,3 +246,46 @@ def test_workers_bound_follows_the_cores():
     assert load_params(REPO / "params.yaml", [f"validate.workers={limit}"]).validate_.workers
     with pytest.raises(StageError, match=f"{limit} on this machine's {available_cores()} cores"):
         load_params(REPO / "params.yaml", [f"validate.workers={limit + 1}"])
+def test_a_bad_key_or_value_from_s_is_blamed_on_the_s_option(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("resize:\n  size: 64\n")
+    with pytest.raises(StageError) as err:
+        load_params(path, ["resize.mode=crop", "resize.sise=32"])
+    assert str(err.value).startswith("-S resize.sise=32: resize.sise: unknown key (allowed: size")
+    with pytest.raises(StageError) as err:
+        load_params(path, ["faces.retinaface={nms: 2}"])  # a section set whole
+    assert str(err.value).startswith("-S faces.retinaface={nms: 2}: faces.retinaface.nms: 2 is")
+    path.write_text("resize:\n  sise: 64\n")  # the file's own mistake stays the file's
+    with pytest.raises(StageError) as err:
+        load_params(path, ["resize.mode=crop"])
+    assert str(err.value).startswith(f"{path}: resize.sise: unknown key")
+
+
+def test_offline_overlay_switches_every_network_source_to_a_local_one():
+    """params.offline.yaml as `steamgan set-args` prints it, applied over params.yaml."""
+    from pipeline.params import overlay_overrides
+    from tests.conftest import REPO, needs_shared, run_cli
+
+    overrides = overlay_overrides(REPO / "params.offline.yaml")
+    printed = run_cli("set-args", str(REPO / "params.offline.yaml"))
+    assert printed.exit_code == 0
+    assert printed.stdout.split() == [word for o in overrides for word in ("-S", o)]
+    p = load_params(REPO / "params.yaml", overrides)
+    assert p.appids.source == "file" and p.download.cdn_url.startswith("http://127.0.0.1:")
+    flags = [p.faces.download_weights, p.evaluate.download_weights,
+             p.train.lightweight.download_weights, p.render.project.download_weights]  # fmt: skip
+    assert not any(flags)
+    assert p.faces.detectors == ("retinaface",)
+    shared = needs_shared("weights", "retinaface_mobilenet0.25.pth")
+    for path in (p.faces.retinaface.weights, p.evaluate.one_face.weights, p.appids.file):
+        assert (REPO / path).resolve().exists(), path  # ../shared beside the repository
+    assert (REPO / p.evaluate.one_face.weights).resolve() == shared.resolve()
+
+
+def test_overlay_with_a_typo_names_the_overlay_file(tmp_path):
+    from pipeline.params import overlay_overrides
+
+    path = tmp_path / "params.offline.yaml"
+    path.write_text("faces:\n  retinaface:\n    wieghts: x.pth\n")
+    with pytest.raises(StageError, match=r"params.offline.yaml: faces.retinaface.wieghts: unknown"):
+        overlay_overrides(path)

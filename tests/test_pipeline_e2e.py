@@ -307,3 +307,87 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
     assert (repo / "data/render/images/mixing.png").exists()
     assert (repo / "data/render/videos/projection.mp4").exists()
     assert "projection.final_loss" in dvc("metrics", "show", cwd=repo).replace("\n", " ")
+
+
+# README "Experiments": the columns that make `dvc exp show` readable (deps' hashes, rejection
+# reasons, losses and settings dropped). DVC matches each pattern at the start of a name.
+README_DROP = (
+    "Created|(data|pipeline|stages)/[^:]*$|reasons\\.|bytes|.*_std|loss\\.|lr\\.|speed\\."
+    "|detectors\\.|augment\\.|step|.*kimg|.*num_images|truncation"
+)
+
+
+def exp_records(shown: list[dict]) -> dict[str, dict]:
+    """`dvc exp show --json` flattened: experiment name → its metrics by file."""
+    records = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict):
+                metrics = node["data"].get("metrics") or {}
+                records[node["name"]] = {path: m.get("data", {}) for path, m in metrics.items()}
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(shown)
+    return records
+
+
+def json_out(text: str):
+    start = min(i for i in (text.find("{"), text.find("[")) if i >= 0)
+    return json.JSONDecoder().raw_decode(text[start:])[0]
+
+
+def test_dvc_exp_show_compares_the_metrics_of_two_experiments(steam, tmp_path):
+    """Two experiments on different data: `dvc exp show` reads every metric of each from its
+    commit (DVC's cache), not only the workspace's, and `dvc plots diff` compares curves."""
+    overrides = [
+        *steam_overrides(steam),
+        *faces_overrides(tmp_path),
+        *train_overrides(),
+        *evaluate_overrides(tmp_path),
+    ]
+    repo = scratch_repo(tmp_path, overrides)
+    for name, limit in (("small", 24), ("large", 40)):
+        dvc("exp", "run", "-n", name, "-S", f"appids.limit={limit}", "evaluate", cwd=repo)
+
+    records = exp_records(json_out(dvc("exp", "show", "--json", cwd=repo)))
+    small, large = records["small"], records["large"]
+    for path, key in (
+        ("data/evaluate/metrics.json", "fid"),
+        ("data/download/summary.json", "ok"),
+        ("data/validate/summary.json", "accepted"),
+        ("data/faces/summary.json", "accepted"),
+        ("data/faces/summary.json", "input"),
+        ("data/dataset/stats.json", "count"),
+        ("data/reference/summary.json", "dataset_images"),
+    ):
+        a, b = small[path][key], large[path][key]
+        assert isinstance(a, int | float) and isinstance(b, int | float) and a != b, (path, key)
+    assert small["dvclive/metrics.json"]["step"] == large["dvclive/metrics.json"]["step"] == 4
+
+    # the README's readable table: changed params and the metrics, and no "!" (unreadable)
+    # cell in an experiment's row (the base commit never ran: its row is all "!")
+    table = dvc("exp", "show", "--md", "--only-changed", "--drop", README_DROP, cwd=repo)
+    header, *rows = [line for line in table.splitlines() if line.startswith("|")]
+    for column in ("fid", "data/validate/summary.json:accepted", "data/faces/summary.json:accepted",
+                   "appids.limit"):  # fmt: skip
+        assert column in header
+    assert "pipeline/" not in header and "reasons." not in header  # the deps and details
+    experiments = [row for row in rows if "[small]" in row or "[large]" in row]
+    assert len(experiments) == 2 and not any("!" in row for row in experiments)
+
+    diff = json_out(dvc("plots", "diff", "small", "large", "--json", cwd=repo))
+    curve = diff["data"]["dvclive/plots/metrics/loss/G.tsv"][0]
+    points = curve["content"]["data"]["values"]
+    assert sorted((p["rev"], int(p["step"])) for p in points) == sorted(
+        (rev, step) for rev in ("small", "large") for step in range(1, 5)
+    )
+    grids = diff["data"]["dvclive/plots/images/samples/0000004.png"]
+    assert {rev for grid in grids for rev in grid["revisions"]} == {"small", "large"}
+    assert all(Path(grid["url"]).is_file() for grid in grids)
+    # render did not run in these experiments: its folder is the only plot without data
+    assert {e["name"] for e in diff.get("errors") or []} <= {"data/render/images"}

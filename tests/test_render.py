@@ -336,10 +336,13 @@ def test_stylegan2_checkpoint_gets_every_render(trained_run, stylegan2_run, monk
     result = run_cli("render", *set_args(overrides))
     assert result.exit_code == 0, result.output
     # no LPIPS weights: the real FID Inception network gives the feature half of the loss
+    assert "render: projection loss pixel_mse+inception_features\n" in result.output
+    # why not LPIPS: the missing file once, in one short line; the full fix in render.json
     assert (
-        "render: projection loss pixel_mse+inception_features (LPIPS-VGG16 unavailable"
-        in result.output
+        "render: projection on pixel_mse+inception_features: vgg16-397923af.pth missing "
+        "(where to get it: data/render/render.json" in result.output
     )
+    assert result.output.count("vgg16-397923af.pth") == 1
     out = trained_run / "data/render"
     summary = json.loads((out / "render.json").read_text())
     assert summary["model"] == "stylegan2" and summary["unsupported"] == {}

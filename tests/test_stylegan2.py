@@ -192,7 +192,8 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise(data, tmp_path):
 
 
 def test_ada_fixed_p_never_moves(data, tmp_path):
-    trainer = train(tiny_stylegan2(data, steps=2, ada=dict(fixed_p=0.4, interval=1)), tmp_path)
+    params = tiny_stylegan2(data, steps=2, ada=dict(fixed_p=0.4, interval=1))
+    trainer = train(params, tmp_path, live_dir=None)
     assert trainer.state.ada_p == 0.4 and trainer.last_logs["augment/prob"] == 0.4
 
 

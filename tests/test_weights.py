@@ -138,3 +138,16 @@ def test_verified_digests_are_remembered_until_the_file_changes(tmp_path, monkey
     assert len(calls) == 2
     (tmp_path / "cache" / weights.DIGEST_CACHE).write_text("not json")  # a damaged memo
     assert weights.cached_sha256(path, tmp_path / "cache") == sha(b"b" * 1000)
+
+
+def test_unreachable_server_says_which_params_work_offline(tmp_path):
+    spec = WeightFile("u", "u.pth", "http://127.0.0.1:9/u.pth", None, "a file")
+    with pytest.raises(StageError) as err:
+        fetch_weights(spec, tmp_path)
+    message = str(err.value)
+    assert message.startswith("u.pth: not in ") and "ConnectionError" in message
+    assert message.endswith(
+        "offline? set the stage's weights_dir or weights to a local file, or use "
+        'params.offline.yaml (README "Run it offline")'
+    )
+    assert "\n" not in message

@@ -31,6 +31,35 @@ from pipeline.metrics.vgg16 import VGG16FC2, VGG16Sink, load_vgg16
 from pipeline.params import EvaluateParams, ReferenceParams
 from pipeline.progress import progress_bar
 
+# Sample sizes below which a metric's number is noise rather than a measurement. Below them
+# the number is still reported (it is what was asked for) with a warning in notes.json and the
+# stage's output; null is kept for what cannot be computed at all (README, "Numbers that
+# mean little"). FID: Inception's 2048×2048 covariance has full rank only from 2049 images
+# per set (the published figures use 50k generated). KID: the default kid_subset_size.
+# Precision/recall: k-NN manifolds of 1k points (the papers use 50k; NVlabs 10k).
+# Inception Score: 10 splits of 500 (the papers use 50k). PPL: 1k pairs before its 1%/99%
+# trimming (the papers use 100k). One-face rate: 100 images give a standard error <= 0.05.
+MIN_SAMPLES = {
+    "fid": 2049,
+    "kid": 1000,
+    "precision_recall": 1000,
+    "inception_score": 5000,
+    "ppl": 1000,
+    "one_face": 100,
+}
+
+
+def sample_warning(metric: str, count: int, what: str) -> str | None:
+    """The warning for ``metric`` computed on ``count`` ``what``, or None when enough."""
+    need = MIN_SAMPLES[metric]
+    if count >= need:
+        return None
+    return (
+        f"{count:,} {what}, below the {need:,} this metric needs to mean much; "
+        "compare only runs of equal sizes"
+    )
+
+
 REFERENCE_FORMAT = 2  # 2: the precision/recall network in the key, VGG16 features
 FEATURE_METRICS = ("fid", "kid", "precision_recall", "inception_score")
 
@@ -111,7 +140,7 @@ def subset_indices(count: int, max_images: int | None, seed: int) -> list[int] |
 def dataset_fingerprint(path: str | Path) -> str:
     from pipeline.training.data import ImageDataset
 
-    return ImageDataset(path).fingerprint()
+    return ImageDataset(path, "reference.data").fingerprint()
 
 
 def reference_key(
@@ -144,7 +173,7 @@ def compute_reference(
     one-face rate), streamed."""
     from pipeline.training.data import ImageDataset
 
-    total = len(ImageDataset(ref.data))
+    total = len(ImageDataset(ref.data, "reference.data"))
     if total < 2:
         raise StageError(f"reference.data: {ref.data} has {total} image(s); need at least 2")
     indices = subset_indices(total, ref.max_images, ref.seed)
@@ -174,7 +203,8 @@ def compute_reference(
         "one_face_detector": detector_key(detector),
         "pr_features": pr["pr_features"],
     }
-    notes = {"one_face_rate": detector_note, "precision_recall": vgg_note}
+    face_note = faces.note if faces is not None else None
+    notes = {"one_face_rate": detector_note or face_note, "precision_recall": vgg_note}
     if any(notes.values()):
         summary["notes"] = {name: why for name, why in notes.items() if why}
     key = reference_key(ref.data, ref, model, cfg.resize, pr)
@@ -228,9 +258,9 @@ def _metric(results: dict, notes: dict, names: tuple[str, ...], compute) -> None
     try:
         values = compute()
     except (ValueError, StageError) as exc:
-        for name in names:
+        for name in names:  # each null explains itself (recall beside precision, kid_std…)
             results[name] = None
-        notes[names[0]] = first_line(exc)
+            notes[name] = first_line(exc)
         return
     for name, value in zip(names, values, strict=True):
         results[name] = value
@@ -371,9 +401,40 @@ def evaluate_generator(
         results["one_face_rate_real"] = reference.summary.get("one_face_rate")
         if faces is None:
             notes["one_face_rate"] = detector_note or "no face detector"
-        elif results["one_face_rate_real"] is None:
+        elif faces.note:
+            notes["one_face_rate"] = faces.note
+        if faces is not None and results["one_face_rate_real"] is None:
             real_note = reference.summary.get("notes", {}).get("one_face_rate")
             notes["one_face_rate_real"] = real_note or "the reference has no one-face rate"
     if notes:
         results["notes"] = notes
+    warnings = small_sample_warnings(results, cfg, len(real), metrics)
+    if warnings:
+        results["warnings"] = warnings
     return results
+
+
+def small_sample_warnings(
+    results: dict[str, Any], cfg: EvaluateParams, real: int, metrics: set[str]
+) -> dict[str, str]:
+    """A warning per computed metric whose sample is below ``MIN_SAMPLES``."""
+    fake = cfg.num_images
+    both = f"images per set ({fake:,} generated, {real:,} real)"
+    checks = {
+        "fid": ("fid", min(fake, real), both),
+        "kid": ("kid", min(fake, real), both),
+        "precision": ("precision_recall", min(fake, real), both),
+        "recall": ("precision_recall", min(fake, real), both),
+        "inception_score": ("inception_score", fake, "generated images"),
+        "ppl_z": ("ppl", cfg.ppl_samples, "pairs (evaluate.ppl_samples)"),
+        "ppl_w": ("ppl", cfg.ppl_samples, "pairs (evaluate.ppl_samples)"),
+        "one_face_rate": ("one_face", fake, "generated images"),
+        "one_face_rate_real": ("one_face", real, "real images"),
+    }
+    warnings = {}
+    for name, (metric, count, what) in checks.items():
+        if results.get(name) is not None:
+            warning = sample_warning(metric, count, what)
+            if warning:
+                warnings[name] = warning
+    return warnings

@@ -338,7 +338,7 @@ def iter_dataset(
     or image folder, decoded and resized by ``workers`` processes."""
     from pipeline.training.data import ImageDataset
 
-    dataset: torch.utils.data.Dataset = ImageDataset(path)
+    dataset: torch.utils.data.Dataset = ImageDataset(path, param=None)
     if len(dataset) == 0:
         raise StageError(f"{path}: no images (.png, .jpg, .jpeg, .webp)")
     if indices is not None:

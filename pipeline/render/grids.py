@@ -49,7 +49,7 @@ def real_images(data: str | Path, count: int, size: int) -> tuple[torch.Tensor, 
     path = Path(data)
     if not path.exists():
         raise StageError(f"render.data: {path} not found; run the dataset stage or set it")
-    dataset = ImageDataset(path)
+    dataset = ImageDataset(path, "render.data")
     if not dataset.names:
         raise StageError(f"render.data: {dataset.path} holds no images")
     picks = evenly_spaced(count, len(dataset))

@@ -37,6 +37,7 @@ RUN_KEYS = {
     "eval_every",
     "eval_images",
     "workers",
+    "threads",
     "resume_from",
     "nan_tolerance",
     "nan_lr_factor",

@@ -25,21 +25,23 @@ from pipeline.progress import progress_bar
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def resolve_dataset(path: str | Path) -> Path:
-    """A dataset zip, a folder of images, or a folder holding ``dataset.zip``."""
+def resolve_dataset(path: str | Path, param: str | None = "train.data") -> Path:
+    """A dataset zip, a folder of images, or a folder holding ``dataset.zip``. ``param``
+    names the setting the path came from, for the message when it is not there."""
     path = Path(path)
     if path.is_dir() and (path / "dataset.zip").is_file():
         return path / "dataset.zip"
     if path.is_dir() or (path.is_file() and path.suffix == ".zip"):
         return path
-    raise StageError(f"train.data: {path} not found; run the dataset stage (dvc repro dataset)")
+    where = f"{param}: {path}" if param else str(path)
+    raise StageError(f"{where} not found; run the dataset stage (dvc repro dataset) or set it")
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """RGB images of one size as uint8 C×H×W tensors, from a folder or a zip (NVlabs layout)."""
 
-    def __init__(self, path: str | Path):
-        self.path = resolve_dataset(path)
+    def __init__(self, path: str | Path, param: str | None = "train.data"):
+        self.path = resolve_dataset(path, param)
         self.is_zip = self.path.suffix == ".zip"
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid = 0  # the process that opened self._zip

@@ -130,7 +130,7 @@ class Trainer:
         self,
         params: TrainParams,
         out_dir: str | Path = "data/train",
-        live_dir: str | Path | None = "dvclive",
+        live_dir: str | Path | None = None,
         model_factory: Callable[[TrainParams], GANModel] = build_model,
     ):
         self.p = params
@@ -698,7 +698,7 @@ class Trainer:
 def train(
     params: TrainParams,
     out_dir: str | Path = "data/train",
-    live_dir: str | Path | None = "dvclive",
+    live_dir: str | Path | None = None,
     stop_at: int | None = None,
     model_factory: Callable[[TrainParams], GANModel] = build_model,
     progress: Callable | None = None,

@@ -14,6 +14,7 @@ from pipeline.param_types import (
     Probability,
     Section,
     StepCount,
+    Threads,
     Workers,
 )
 
@@ -145,6 +146,7 @@ class TrainParams(Section):
     seed: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: Workers = 2  # data-loading processes
+    threads: Threads = "auto"  # torch CPU threads (pipeline.devices.cpu_threads), CPU runs
     checkpoint_every: PositiveInt = 1000
     sample_every: PositiveInt = 1000
     # steps between G_ema snapshots (data/train/snapshots/step-NNNNNNNN.pt, for render's

@@ -246,6 +246,8 @@ def test_workers_bound_follows_the_cores():
     assert load_params(REPO / "params.yaml", [f"validate.workers={limit}"]).validate_.workers
     with pytest.raises(StageError, match=f"{limit} on this machine's {available_cores()} cores"):
         load_params(REPO / "params.yaml", [f"validate.workers={limit + 1}"])
+
+
 def test_a_bad_key_or_value_from_s_is_blamed_on_the_s_option(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("resize:\n  size: 64\n")

@@ -235,7 +235,7 @@ def test_a_yaml_alias_bomb_gives_a_short_error_line(tmp_path):
     ],
 )
 def test_work_counts_are_bounded(override, expected):
-    with pytest.raises(StageError, match=re.escape(f"params.yaml: {expected}")):
+    with pytest.raises(StageError, match=re.escape(f"-S {override}: {expected}")):
         load_params(REPO / "params.yaml", [override])
 
 

@@ -58,7 +58,10 @@ class DownloadParams(Section):
 class ValidateParams(Section):
     # "auto": the nominal size of the manifest's kind (any size for logos); null: any size.
     expected_size: Literal["auto"] | tuple[PositiveInt, PositiveInt] | None = "auto"
-    convert_mode: bool = False
+    # Pixels either dimension may differ from expected_size (Steam serves some capsules one
+    # pixel narrower; resize stretches anyway); 0: exact.
+    size_tolerance: NonNegativeInt = 2
+    convert_mode: bool = True
     # Background that transparent images are flattened onto when convert_mode is on.
     matte: RGB = (0, 0, 0)
     min_std: Annotated[float, Field(ge=0)] = 2.0
@@ -66,6 +69,8 @@ class ValidateParams(Section):
     vignette_tolerance: Annotated[int, Field(ge=0, le=255)] = 16
     vignette_min_border: NonNegativeInt = 2
     dedup_max_distance: Annotated[int, Field(ge=0, le=64)] | None = 10
+    # A pHash match is a duplicate only if the dHash is within this too (null: pHash alone).
+    dedup_confirm_distance: Annotated[int, Field(ge=0, le=64)] | None = 8
     max_pixels: PositiveInt = 50_000_000
     workers: NonNegativeInt = 0
 

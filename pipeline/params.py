@@ -99,16 +99,20 @@ Resolution = Literal["original"] | Annotated[int, Field(ge=8, le=4096)]
 # Which released RetinaFace (network + the input handling its weights expect):
 # resnet50_ternaus (seeds), resnet50, mobilenet0.25 (biubug6), mobilenet0.25_1mb.
 RetinaFaceVariant = Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"]
-MaxSize = Annotated[int, Field(ge=32, le=8192)] | None
+# RetinaFace's cap on the long side: null takes the variant's, 0 runs images at their size.
+MaxSize = Literal[0] | Annotated[int, Field(ge=32, le=8192)] | None
+# Containment suppression (pipeline.faces.base.suppress_contained); null: off.
+Containment = Annotated[float, Field(gt=0, le=1)] | None
 
 
 class RetinaFaceParams(Section):
     variant: RetinaFaceVariant = "resnet50_ternaus"
-    confidence: Probability = 0.08  # the seeds' confidence_threshold
-    nms: Probability = 0.01  # the seeds' nms_threshold
-    # Long side resized to this before detection, up or down (the seeds: 840; the 1mb
-    # variant is meant for 320 or 640); null keeps each image's own size.
-    max_size: MaxSize = 840
+    # null: the variant's own (resnet50_ternaus: the seeds' 0.08 / 0.01 / 840; the biubug6
+    # variants 0.9 / 0.4, mobilenet0.25_1mb with max_size 640, the others at input size).
+    confidence: Probability | None = None
+    nms: Probability | None = None
+    # Cap on the long side: larger images are shrunk to it, smaller ones never enlarged.
+    max_size: MaxSize = None
     weights: str | None = None  # a checkpoint file; null: the variant's file in weights_dir
 
 
@@ -128,6 +132,9 @@ class FacesParams(Section):
     resolutions: tuple[Resolution, ...] = ("original", 256)
     resize_mode: Literal["stretch", "crop", "pad"] = "stretch"
     require_exactly: NonNegativeInt = 1
+    # Drop a box more than this share of which lies inside a higher-scoring box (every
+    # detector); null: off.
+    containment: Containment = 0.6
     device: str = "auto"
     # Images per forward pass. auto: 16 on CUDA, 2 on a CPU, where bigger batches are slower
     # (their activations fall out of the caches; see bench/faces.py).
@@ -183,13 +190,12 @@ ALL_METRICS: tuple[str, ...] = MetricName.__args__
 
 
 class OneFaceParams(RetinaFaceParams):
-    """RetinaFace as in faces.retinaface, with the shared Face-Detector-1MB checkpoint's
-    settings as defaults (right on 43/46 labelled photos; see README "faces")."""
+    """RetinaFace as in faces.retinaface, with the shared Face-Detector-1MB checkpoint as the
+    default variant (its thresholds: confidence 0.9, NMS 0.4, long side capped at 640) and
+    the faces stage's containment suppression (see README "faces")."""
 
     variant: RetinaFaceVariant = "mobilenet0.25_1mb"
-    confidence: Probability = 0.9
-    nms: Probability = 0.4
-    max_size: MaxSize = 640
+    containment: Containment = 0.6  # as faces.containment
 
 
 class EvaluateParams(Section):

@@ -23,11 +23,19 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     with run_stage("faces", params, overrides) as p:
         # imported here: torch and the detectors take seconds, `steamgan --help` should not
         from pipeline.faces.cache import ResultCache
-        from pipeline.faces.curate import detect_faces, load_detectors, split_tables, summarize
+        from pipeline.faces.curate import (
+            describe_thresholds,
+            detect_faces,
+            load_detectors,
+            split_tables,
+            summarize,
+        )
 
         cfg = p.faces
         table = pio.read_table(pio.upstream_table("faces"))
         detectors = load_detectors(cfg)
+        for detector in detectors.values():
+            say(f"faces: {describe_thresholds(detector)}")
         label = "+".join(cfg.detectors) + " @ " + ", ".join(map(str, cfg.resolutions))
         with ResultCache(CACHE) as cache, progress_bar(len(table), f"faces {label}") as advance:
             run = detect_faces(table, cfg, detectors, cache, lambda n, s: advance(n, status=s))

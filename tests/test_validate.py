@@ -10,11 +10,10 @@ from pipeline.params import ValidateParams
 from pipeline.validate import (
     Duplicate,
     ValidateTask,
-    dhash_int,
     find_near_duplicates,
+    image_hashes,
     inspect_image,
     measure_frame,
-    phash_int,
     split_verdicts,
 )
 from tests.conftest import run_cli
@@ -157,7 +156,8 @@ def test_vignette_catches_every_letterbox_pillarbox_and_frame(capsules, tmp_path
             assert inspect(path, tmp_path, expected=None, vignette=False).reason is None
     letterbox = inspect(tmp_path / "letterbox0.jpg", tmp_path, expected=None)
     frame = measure_frame(Image.open(tmp_path / "letterbox0.jpg").convert("RGB"), 16)
-    assert abs(frame.top - 168) <= 2 and abs(frame.bottom - 169) <= 2
+    # JPEG blocks (8 px, 16 for subsampled colour) ring next to the picture's edge
+    assert 168 - 8 <= frame.top <= 168 and 169 - 8 <= frame.bottom <= 169
     assert frame.left == frame.right == 0 and letterbox.detail == str(frame)
 
 
@@ -179,11 +179,11 @@ def test_vignette_keeps_art_with_one_plain_side_or_non_uniform_bands(capsules, t
 
 def test_vignette_rejects_far_fewer_real_capsules(capsules, tmp_path):
     """The old top-left-pixel rule rejected 18% of the shared capsules (71 of 398), mostly
-    full-bleed art with one dark side; what is left is logos on plain backgrounds (see
-    README, validate)."""
+    full-bleed art with one dark side; the new one 34, nearly all logos on plain
+    backgrounds (see README, validate)."""
     files = sorted(capsules.glob("*.jpg"))
     framed = [f for f in files if measure_frame(Image.open(f).convert("RGB"), 16).framed(2)]
-    assert len(files) == 398 and len(framed) <= 45
+    assert len(files) == 398 and len(framed) <= 36
 
 
 def test_near_duplicates_keep_lowest_appid_and_compare_with_kept_only():
@@ -196,9 +196,8 @@ def test_real_near_duplicate_found_and_distinct_images_kept(capsules):
     original = capsule(1)
     brighter = ImageEnhance.Brightness(original).enhance(1.03)
     images = [original, brighter, capsule(2)]
-    dups = find_near_duplicates(
-        [5, 3, 9], [phash_int(i) for i in images], 10, [dhash_int(i) for i in images], 8
-    )
+    phashes, dhashes = zip(*(image_hashes(im) for im in images), strict=True)
+    dups = find_near_duplicates([5, 3, 9], list(phashes), 10, list(dhashes), 8)
     assert list(dups) == [5] and dups[5].of == 3 and dups[5].phash_distance <= 10
 
 
@@ -212,16 +211,16 @@ def demo_ribbon(im: Image.Image) -> Image.Image:
 
 
 def test_different_games_colliding_in_phash_are_not_duplicates(capsules):
-    """Two real banners of different games whose pHashes are 10 bits apart (found among the
-    benchmark's 2,400 banners): the dHash (29 bits apart) does not confirm the match, while a
-    DEMO-ribbon copy and a re-encoded brighter copy of a banner are confirmed."""
+    """Two real banners of different games whose pHashes are 8 bits apart (the closest such
+    pair among the benchmark's 2,400 banners): the dHash (11 bits apart) does not confirm the
+    match, while a DEMO-ribbon copy and a brighter copy of a banner are confirmed."""
     files = capsule_files()
-    one, other = library_banner(files, 308), library_banner(files, 2046)
-    assert files[308 % 398] != files[2046 % 398]
+    one, other = library_banner(files, 1744), library_banner(files, 1745)
+    assert files[1744 % 398] != files[1745 % 398]
     copies = [demo_ribbon(one), ImageEnhance.Brightness(one).enhance(1.05)]
     images = [one, other, *copies]
-    appids, phashes = [1, 2, 3, 4], [phash_int(im) for im in images]
-    dhashes = [dhash_int(im) for im in images]
+    appids = [1, 2, 3, 4]
+    phashes, dhashes = (list(h) for h in zip(*(image_hashes(im) for im in images), strict=True))
     assert bin(phashes[0] ^ phashes[1]).count("1") <= 10  # pHash alone calls it a duplicate
     assert 2 in find_near_duplicates(appids, phashes, 10)
     dups = find_near_duplicates(appids, phashes, 10, dhashes, 8)

@@ -9,7 +9,7 @@ import pandas as pd
 from pipeline import io as pio
 from pipeline.parallel import parallel_map
 from pipeline.progress import progress_bar
-from pipeline.resize import plan_resize, resize_one
+from pipeline.resize import RESULT_COLUMNS, plan_resize, resize_one
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("resize")
@@ -32,7 +32,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             for row in parallel_map(resize_one, tasks, cfg.workers):
                 results.append(row)
                 advance()
-        df = pd.DataFrame(results)
+        df = pd.DataFrame(results, columns=RESULT_COLUMNS)
         failed = df["error"].notna()
         accepted = df[~failed].drop(columns="error").astype({"pixels": "int64"})
         rejected = df.loc[failed, ["appid", "source", "error"]]

@@ -90,3 +90,18 @@ def test_stage_resizes_records_failures_and_resumes(capsules, params_file):
     # other settings redo everything
     assert run_cli("resize", "-S", "resize.size=16").exit_code == 0
     assert Image.open(table["path"].iloc[0]).size == (16, 16)
+
+
+def test_stage_with_nothing_to_resize_writes_empty_tables(params_file):
+    """faces may keep no banner (a set of logos has no faces): resize writes empty tables
+    instead of stopping with KeyError: 'error'."""
+    root = params_file.parent
+    (root / "data/faces").mkdir(parents=True)
+    pd.DataFrame(
+        {"appid": pd.Series([], dtype="int64"), "path": pd.Series([], dtype=str)}
+    ).to_parquet(root / "data/faces/accepted.parquet")
+    result = run_cli("resize")
+    assert result.exit_code == 0, result.output
+    assert "resize: 0 images" in result.output
+    assert len(pd.read_parquet("data/resize/accepted.parquet")) == 0
+    assert len(pd.read_parquet("data/resize/rejected.parquet")) == 0

@@ -202,8 +202,9 @@ def test_registry_weights_missing_offline_is_one_line(tmp_path):
 
 
 def test_real_mobilenet_one_face_decision_on_shared_faces(shared_weights, capsys):
-    """Face-Detector-1MB weights, long side 640, confidence 0.9, NMS 0.4: the "exactly one
-    face" decision must be right on at least 90% of the labelled images."""
+    """Face-Detector-1MB weights, long side 640, confidence 0.9, NMS 0.4 and containment
+    suppression 0.6: the "exactly one face" decision is right on 45 of the 46 labelled
+    images (43 without the suppression: nested second boxes)."""
     images, truth = shared_photos(640)  # the long side the detector resizes to anyway
     names = pd.read_csv(needs_shared("data", "faces", "labels.csv"))["file"]
     det = load_detector(
@@ -220,7 +221,7 @@ def test_real_mobilenet_one_face_decision_on_shared_faces(shared_weights, capsys
         for name, t, c in zip(names, truth, counts, strict=True):
             if (t == 1) != (c == 1):
                 print(f"  wrong: {name}: {t} faces, detected {c}")
-    assert right / len(truth) >= 0.9
+    assert right >= 45
 
 
 def test_max_size_is_a_cap_a_smaller_image_runs_at_its_own_size(shared_weights):

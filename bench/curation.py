@@ -39,25 +39,34 @@ ORIENTATIONS = [
 WINDOWS = [(0.0, 1.0), (0.0, 0.7), (0.3, 1.0)]  # horizontal crops of the capsule
 
 
+def capsule_files() -> list[Path]:
+    return sorted(CAPSULES.glob("*.jpg"))
+
+
+def library_banner(files: list[Path], index: int) -> Image.Image:
+    """Banner number ``index``: capsule ``index % len(files)`` cropped to one of ``WINDOWS``,
+    scaled to 300×450 and turned by one of ``ORIENTATIONS`` (the variant ``index //
+    len(files)`` picks which), so up to 12 × 398 banners differ from each other."""
+    variant = index // len(files)
+    turn = ORIENTATIONS[variant % len(ORIENTATIONS)]
+    left, right = WINDOWS[(variant // len(ORIENTATIONS)) % len(WINDOWS)]
+    im = Image.open(files[index % len(files)]).convert("RGB")
+    im = im.crop((round(left * im.width), 0, round(right * im.width), im.height))
+    im = im.resize((300, 450), Image.Resampling.BICUBIC)
+    return im.transpose(turn) if turn is not None else im
+
+
 def make_images(out: Path, count: int) -> pd.DataFrame:
     """Write ``count`` 300×450 JPEGs and the download manifest that would list them."""
-    files = sorted(CAPSULES.glob("*.jpg"))
+    files = capsule_files()
     if not files:
         sys.exit(f"no capsules in {CAPSULES}: the benchmark needs ../shared beside the repo")
     (out / "data/download/images").mkdir(parents=True)
     rows = []
     for index in range(count):
-        source = files[index % len(files)]
-        variant = index // len(files)
-        turn = ORIENTATIONS[variant % len(ORIENTATIONS)]
-        left, right = WINDOWS[(variant // len(ORIENTATIONS)) % len(WINDOWS)]
-        im = Image.open(source).convert("RGB")
-        im = im.crop((round(left * im.width), 0, round(right * im.width), im.height))
-        im = im.resize((300, 450), Image.Resampling.BICUBIC)
-        im = im.transpose(turn) if turn is not None else im
         appid = 1_000_000 + index
         path = f"data/download/images/{appid}.jpg"
-        im.save(out / path, quality=90)
+        library_banner(files, index).save(out / path, quality=90)
         data = (out / path).read_bytes()
         rows.append(
             dict(

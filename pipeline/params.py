@@ -81,7 +81,10 @@ class DownloadParams(Section):
 class ValidateParams(Section):
     # "auto": the nominal size of the manifest's kind (any size for logos); null: any size.
     expected_size: Literal["auto"] | tuple[PositiveInt, PositiveInt] | None = "auto"
-    convert_mode: bool = False
+    # Pixels either dimension may differ from expected_size (Steam serves some capsules one
+    # pixel narrower; resize stretches anyway); 0: exact.
+    size_tolerance: NonNegativeInt = 2
+    convert_mode: bool = True
     # Background that transparent images are flattened onto when convert_mode is on.
     matte: RGB = (0, 0, 0)
     min_std: Annotated[float, Field(ge=0)] = 2.0
@@ -89,6 +92,8 @@ class ValidateParams(Section):
     vignette_tolerance: Annotated[int, Field(ge=0, le=255)] = 16
     vignette_min_border: NonNegativeInt = 2
     dedup_max_distance: Annotated[int, Field(ge=0, le=64)] | None = 10
+    # A pHash match is a duplicate only if the dHash is within this too (null: pHash alone).
+    dedup_confirm_distance: Annotated[int, Field(ge=0, le=64)] | None = 8
     max_pixels: Annotated[int, Field(ge=1, le=1_000_000_000)] = 50_000_000
     workers: Workers = 0
 
@@ -117,16 +122,20 @@ Resolution = Literal["original"] | Annotated[int, Field(ge=8, le=4096)]
 # Which released RetinaFace (network + the input handling its weights expect):
 # resnet50_ternaus (seeds), resnet50, mobilenet0.25 (biubug6), mobilenet0.25_1mb.
 RetinaFaceVariant = Literal["resnet50_ternaus", "resnet50", "mobilenet0.25", "mobilenet0.25_1mb"]
-MaxSize = Annotated[int, Field(ge=32, le=8192)] | None
+# RetinaFace's cap on the long side: null takes the variant's, 0 runs images at their size.
+MaxSize = Literal[0] | Annotated[int, Field(ge=32, le=8192)] | None
+# Containment suppression (pipeline.faces.base.suppress_contained); null: off.
+Containment = Annotated[float, Field(gt=0, le=1)] | None
 
 
 class RetinaFaceParams(Section):
     variant: RetinaFaceVariant = "resnet50_ternaus"
-    confidence: Probability = 0.08  # the seeds' confidence_threshold
-    nms: Probability = 0.01  # the seeds' nms_threshold
-    # Long side resized to this before detection, up or down (the seeds: 840; the 1mb
-    # variant is meant for 320 or 640); null keeps each image's own size.
-    max_size: MaxSize = 840
+    # null: the variant's own (resnet50_ternaus: the seeds' 0.08 / 0.01 / 840; the biubug6
+    # variants 0.9 / 0.4, mobilenet0.25_1mb with max_size 640, the others at input size).
+    confidence: Probability | None = None
+    nms: Probability | None = None
+    # Cap on the long side: larger images are shrunk to it, smaller ones never enlarged.
+    max_size: MaxSize = None
     weights: str | None = None  # a checkpoint file; null: the variant's file in weights_dir
 
 
@@ -146,6 +155,9 @@ class FacesParams(Section):
     resolutions: tuple[Resolution, ...] = ("original", 256)
     resize_mode: Literal["stretch", "crop", "pad"] = "stretch"
     require_exactly: NonNegativeInt = 1
+    # Drop a box more than this share of which lies inside a higher-scoring box (every
+    # detector); null: off.
+    containment: Containment = 0.6
     device: str = "auto"
     # Images per forward pass. auto: 16 on CUDA, 2 on a CPU, where bigger batches are slower
     # (their activations fall out of the caches; see bench/faces.py).
@@ -203,13 +215,12 @@ ALL_METRICS: tuple[str, ...] = MetricName.__args__
 
 
 class OneFaceParams(RetinaFaceParams):
-    """RetinaFace as in faces.retinaface, with the shared Face-Detector-1MB checkpoint's
-    settings as defaults (right on 43/46 labelled photos; see README "faces")."""
+    """RetinaFace as in faces.retinaface, with the shared Face-Detector-1MB checkpoint as the
+    default variant (its thresholds: confidence 0.9, NMS 0.4, long side capped at 640) and
+    the faces stage's containment suppression (see README "faces")."""
 
     variant: RetinaFaceVariant = "mobilenet0.25_1mb"
-    confidence: Probability = 0.9
-    nms: Probability = 0.4
-    max_size: MaxSize = 640
+    containment: Containment = 0.6  # as faces.containment
 
 
 class EvaluateParams(Section):

@@ -52,6 +52,13 @@ class ResizeTask:
     reuse: bool  # the output exists from an interrupted run with the same settings
 
 
+# The columns of resize_one's rows, so a table of no rows (faces kept nothing) has them too.
+RESULT_COLUMNS = [
+    "appid", "path", "source", "error",
+    *(f"{stat}_{c}" for stat in ("sum", "sumsq") for c in "rgb"), "pixels",
+]  # fmt: skip
+
+
 def resize_one(task: ResizeTask) -> dict:
     """Resize one image to ``task.dst``; return its table row (with pixel sums for stats)."""
     row = {"appid": task.appid, "path": task.path, "source": task.src, "error": None}

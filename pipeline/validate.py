@@ -15,7 +15,7 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageChops, ImageStat
+from PIL import Image, ImageStat
 
 from pipeline.images import ImageProblem, open_image, save_png, to_rgb
 from pipeline.params import ValidateParams
@@ -53,35 +53,100 @@ class Verdict:
     mode: str | None = None
     converted: bool = False
     phash: int | None = field(default=None, repr=False)
+    dhash: int | None = field(default=None, repr=False)
 
 
-def content_bbox(im: Image.Image, tolerance: int) -> tuple[int, int, int, int] | None:
-    """Bounding box (left, top, right, bottom) of pixels that differ from the border colour.
+@dataclass(frozen=True)
+class Frame:
+    """Width in pixels of the uniform band on each side of an image (0: none)."""
 
-    The border colour is the top-left pixel, as in the usual Pillow "trim" recipe; a pixel
-    counts as content when any channel differs from it by more than ``tolerance`` (JPEG noise).
-    None when the whole image is the border colour. All in Pillow's C code (~0.5 ms at 300×450).
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    def framed(self, min_border: int) -> bool:
+        """A picture inside a real frame: bands wider than ``min_border`` on two opposite
+        sides (letterbox, pillarbox), which includes a frame on all four. One dark or sky-
+        coloured side alone is ordinary full-bleed art, not a frame."""
+        return min(self.top, self.bottom) > min_border or min(self.left, self.right) > min_border
+
+    def __str__(self) -> str:
+        sides = (self.left, self.top, self.right, self.bottom)
+        return "bands left {}, top {}, right {}, bottom {} px".format(*sides)
+
+
+def band_width(im: Image.Image, side: str, tolerance: int) -> int:
+    """How many lines from one side of an RGB image form one uniform colour band: over all
+    of them, each channel's range (max - min) is at most ``tolerance``, so a band is uniform
+    along its whole length and across its width (a gradient sky is not a band), with room
+    for JPEG noise. At most half the image.
+
+    Written here because no image library measures a frame this way. It runs on Pillow's
+    C code (crop + getextrema, no copy of the image), galloping then bisecting on the width:
+    full-bleed art, whose outer line is already not uniform, costs one line.
     """
-    background = Image.new(im.mode, im.size, im.getpixel((0, 0)))
-    difference = ImageChops.difference(im, background)
-    lut = [0] * (tolerance + 1) + [255] * (255 - tolerance)
-    return difference.point(lut * len(im.getbands())).getbbox()
+    width, height = im.size
+    limit = ((height if side in ("top", "bottom") else width) + 1) // 2
+    boxes = {
+        "top": lambda n: (0, 0, width, n),
+        "bottom": lambda n: (0, height - n, width, height),
+        "left": lambda n: (0, 0, n, height),
+        "right": lambda n: (width - n, 0, width, height),
+    }
+
+    def uniform(lines: int) -> bool:
+        extrema = im.crop(boxes[side](lines)).getextrema()
+        return all(high - low <= tolerance for low, high in extrema)
+
+    if not uniform(1):
+        return 0
+    good, bad = 1, None  # widths known to be uniform / not
+    while bad is None:
+        trial = min(good * 4, limit)
+        if uniform(trial):
+            good = trial
+            if trial == limit:
+                return limit
+        else:
+            bad = trial
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if uniform(middle) else (good, middle)
+    return good
 
 
-def vignette_box(im: Image.Image, tolerance: int, min_border: int):
-    """The content box if the picture sits inside a uniform frame wider than ``min_border``
-    pixels on some side, else None."""
-    bbox = content_bbox(im, tolerance)
-    if bbox is None:
-        return None
-    left, top, right, bottom = bbox
-    framed = max(left, top, im.width - right, im.height - bottom) > min_border
-    return bbox if framed else None
+def find_frame(im: Image.Image, tolerance: int, min_border: int) -> Frame | None:
+    """The frame around the picture (see ``Frame.framed``), or None. A side's opposite is
+    measured only when the side itself has a band, so full-bleed art costs a few lines."""
+
+    def banded(side: str) -> bool:
+        return band_width(im, side, tolerance) > min_border
+
+    if (banded("top") and banded("bottom")) or (banded("left") and banded("right")):
+        return measure_frame(im, tolerance)
+    return None
 
 
-def phash_int(im) -> int:
-    """64-bit perceptual hash (imagehash's pHash) as an unsigned integer."""
-    return int(str(imagehash.phash(im)), 16)
+def measure_frame(im: Image.Image, tolerance: int) -> Frame:
+    """The uniform band on each side of an RGB image."""
+    sides = ("left", "top", "right", "bottom")
+    return Frame(*(band_width(im, side, tolerance) for side in sides))
+
+
+def image_hashes(im: Image.Image) -> tuple[int, int]:
+    """64-bit pHash and dHash (imagehash's) as unsigned integers: the near-duplicate key and
+    the second, independent measure that confirms a match (DCT signs vs gradients between
+    neighbours). Both are computed on one greyscale 64×64 box-filtered thumbnail: imagehash
+    shrinks to 32×32 and 9×8 anyway, and one cheap box pass instead of two Lanczos passes
+    over the full image keeps the second hash free (see bench/curation.py)."""
+    thumbnail = im.convert("L").resize((64, 64), Image.Resampling.BOX)
+    phash, dhash = imagehash.phash(thumbnail), imagehash.dhash(thumbnail)
+    return int(str(phash), 16), int(str(dhash), 16)
+
+
+def size_matches(size: tuple[int, int], expected: tuple[int, int], tolerance: int) -> bool:
+    return all(abs(got - want) <= tolerance for got, want in zip(size, expected, strict=True))
 
 
 def inspect_image(task: ValidateTask) -> Verdict:
@@ -94,26 +159,33 @@ def inspect_image(task: ValidateTask) -> Verdict:
         verdict.reason, verdict.detail = problem.reason, problem.detail
         return verdict
     verdict.width, verdict.height, verdict.mode = im.width, im.height, im.mode
-    if task.expected_size and im.size != tuple(task.expected_size):
-        want = "x".join(map(str, task.expected_size))
-        verdict.reason, verdict.detail = Reason.wrong_size, f"{im.width}x{im.height}, want {want}"
+    expected = task.expected_size
+    if expected and not size_matches(im.size, expected, params.size_tolerance):
+        want = "x".join(map(str, expected))
+        within = f" ± {params.size_tolerance} px" if params.size_tolerance else ""
+        verdict.reason = Reason.wrong_size
+        verdict.detail = f"{im.width}x{im.height}, want {want}{within}"
         return verdict
     if im.mode != "RGB":
         if not params.convert_mode:
             verdict.reason, verdict.detail = Reason.mode, f"{im.mode} (set convert_mode to keep)"
             return verdict
-        im = to_rgb(im, params.matte)
+        try:
+            im = to_rgb(im, params.matte)
+        except (ValueError, OSError) as exc:  # a mode Pillow cannot convert (e.g. "La")
+            verdict.reason, verdict.detail = Reason.mode, f"{im.mode} cannot be converted: {exc}"
+            return verdict
         verdict.converted = True
     std = max(ImageStat.Stat(im).stddev)  # from the histogram: exact and fast
     if std < params.min_std:
         verdict.reason, verdict.detail = Reason.blank, f"channel std {std:.2f}"
         return verdict
     if params.vignette:
-        box = vignette_box(im, params.vignette_tolerance, params.vignette_min_border)
-        if box is not None:
-            verdict.reason, verdict.detail = Reason.vignette, f"content box {box}"
+        frame = find_frame(im, params.vignette_tolerance, params.vignette_min_border)
+        if frame is not None:
+            verdict.reason, verdict.detail = Reason.vignette, str(frame)
             return verdict
-    verdict.phash = phash_int(im)
+    verdict.phash, verdict.dhash = image_hashes(im)
     if verdict.converted:
         converted = Path(task.converted_dir) / f"{task.appid}.png"
         save_png(im, converted)
@@ -126,26 +198,57 @@ def hamming(a: np.ndarray, b: int) -> np.ndarray:
     return np.bitwise_count(a ^ np.uint64(b))
 
 
-def find_near_duplicates(appids: list[int], hashes: list[int], max_distance: int) -> dict:
-    """Map each near-duplicate appid to (the kept appid it duplicates, distance).
+@dataclass(frozen=True)
+class Duplicate:
+    """Why an image is a near duplicate: the kept image it matches and both distances."""
+
+    of: int  # the kept appid
+    phash_distance: int
+    dhash_distance: int | None  # None when no confirmation was asked for
+
+    def __str__(self) -> str:
+        confirm = "" if self.dhash_distance is None else f", dHash {self.dhash_distance} bits"
+        return f"of {self.of} (pHash {self.phash_distance} bits{confirm})"
+
+
+def find_near_duplicates(
+    appids: list[int],
+    hashes: list[int],
+    max_distance: int,
+    confirm_hashes: list[int] | None = None,
+    confirm_distance: int | None = None,
+) -> dict[int, Duplicate]:
+    """Map each near-duplicate appid to the kept image it duplicates.
 
     Images are taken in ascending appid order; one is a duplicate when a kept image is within
-    ``max_distance`` bits, so the lowest appid of a cluster is kept. Comparing only with kept
-    images avoids chains (A~B, B~C, A!~C keeps A and C).
+    ``max_distance`` pHash bits and, with ``confirm_hashes``, also within ``confirm_distance``
+    dHash bits: a 64-bit pHash of a small image collides across different games at 8-10
+    bits, while a second, independent hash rarely collides on the same pair. The nearest
+    confirmed kept image (by pHash) is reported, so the lowest appid of a cluster is kept.
+    Comparing only with kept images avoids chains (A~B, B~C, A!~C keeps A and C).
     """
+    confirm = confirm_hashes is not None and confirm_distance is not None
     order = np.argsort(np.asarray(appids, dtype=np.int64), kind="stable")
     kept_hashes = np.empty(len(order), dtype=np.uint64)
+    kept_confirm = np.empty(len(order), dtype=np.uint64)
     kept_ids: list[int] = []
-    duplicates: dict[int, tuple[int, int]] = {}
+    duplicates: dict[int, Duplicate] = {}
     for index in order:
         appid, value = appids[index], hashes[index]
         if kept_ids:
             distances = hamming(kept_hashes[: len(kept_ids)], value)
-            nearest = int(np.argmin(distances))
-            if distances[nearest] <= max_distance:
-                duplicates[appid] = (kept_ids[nearest], int(distances[nearest]))
+            close = distances <= max_distance
+            if confirm and close.any():
+                second_distances = hamming(kept_confirm[: len(kept_ids)], confirm_hashes[index])
+                close &= second_distances <= confirm_distance
+            if close.any():
+                nearest = int(np.flatnonzero(close)[np.argmin(distances[close])])
+                second = int(second_distances[nearest]) if confirm else None
+                duplicates[appid] = Duplicate(kept_ids[nearest], int(distances[nearest]), second)
                 continue
         kept_hashes[len(kept_ids)] = np.uint64(value)
+        if confirm:
+            kept_confirm[len(kept_ids)] = np.uint64(confirm_hashes[index])
         kept_ids.append(appid)
     return duplicates
 
@@ -178,20 +281,29 @@ def tasks_from_manifest(
     ]
 
 
-def split_verdicts(verdicts: list[Verdict], max_distance: int | None):
+def split_verdicts(
+    verdicts: list[Verdict], max_distance: int | None, confirm_distance: int | None = None
+):
     """Apply the near-duplicate rule and return (accepted, rejected) tables."""
     verdicts = [replace(v) for v in verdicts]
     passed = [v for v in verdicts if v.reason is None]
     if max_distance is not None and passed:
         dups = find_near_duplicates(
-            [v.appid for v in passed], [v.phash for v in passed], max_distance
+            [v.appid for v in passed],
+            [v.phash for v in passed],
+            max_distance,
+            [v.dhash for v in passed],
+            confirm_distance,
         )
         for v in passed:
             if v.appid in dups:
-                kept, distance = dups[v.appid]
-                v.reason, v.detail = Reason.near_duplicate, f"of {kept} (distance {distance})"
+                v.reason, v.detail = Reason.near_duplicate, str(dups[v.appid])
     accepted = pd.DataFrame(
-        [{**asdict(v), "phash": f"{v.phash:016x}"} for v in verdicts if v.reason is None],
+        [
+            {**asdict(v), "phash": f"{v.phash:016x}", "dhash": f"{v.dhash:016x}"}
+            for v in verdicts
+            if v.reason is None
+        ],
         columns=[*Verdict.__dataclass_fields__],
     ).drop(columns=["reason", "detail"])
     rejected = pd.DataFrame(

@@ -24,12 +24,20 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         # imported here: torch and the detectors take seconds, `steamgan --help` should not
         from pipeline.devices import use_threads
         from pipeline.faces.cache import ResultCache
-        from pipeline.faces.curate import detect_faces, load_detectors, split_tables, summarize
+        from pipeline.faces.curate import (
+            describe_thresholds,
+            detect_faces,
+            load_detectors,
+            split_tables,
+            summarize,
+        )
 
         cfg = p.faces
         threads = use_threads(cfg.threads)
         table = pio.read_table(pio.upstream_table("faces"))
         detectors = load_detectors(cfg)
+        for detector in detectors.values():
+            say(f"faces: {describe_thresholds(detector)}")
         label = "+".join(cfg.detectors) + " @ " + ", ".join(map(str, cfg.resolutions))
         with ResultCache(CACHE) as cache, progress_bar(len(table), f"faces {label}") as advance:
             run = detect_faces(table, cfg, detectors, cache, lambda n, s: advance(n, status=s))

@@ -32,7 +32,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             for verdict in parallel_map(inspect_image, tasks, cfg.workers):
                 verdicts.append(verdict)
                 advance()
-        accepted, rejected = split_verdicts(verdicts, cfg.dedup_max_distance)
+        accepted, rejected = split_verdicts(
+            verdicts, cfg.dedup_max_distance, cfg.dedup_confirm_distance
+        )
         pio.write_table(ACCEPTED, accepted)
         pio.write_table(REJECTED, rejected)
         pio.prune_dir(CONVERTED, {Path(x).name for x in accepted["path"]})

@@ -47,7 +47,7 @@ def one_face_accuracy(truth: list[int], counts: list[int]) -> tuple[int, int]:
 
 
 def faces(n: int) -> Faces:
-    boxes = np.array([[i, i, i + 10, i + 10] for i in range(n)], np.float32).reshape(-1, 4)
+    boxes = np.array([[20 * i, 0, 20 * i + 10, 10] for i in range(n)], np.float32).reshape(-1, 4)
     return Faces(boxes, np.linspace(0.99, 0.9, n).astype(np.float32))
 
 
@@ -62,10 +62,10 @@ class RedDetector(FaceDetector):
         self.tag = tag
 
     @property
-    def config(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {"detector": "red", "tag": self.tag}
 
-    def detect(self, images):
+    def find(self, images):
         out = []
         for im in images:
             if self.fail_after is not None and self.seen >= self.fail_after:
@@ -85,9 +85,9 @@ class SizeDetector(FaceDetector):
         self.shapes: list[tuple[int, int]] = []
 
     @property
-    def config(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {"detector": "size", "min_side": self.min_side}
 
-    def detect(self, images):
+    def find(self, images):
         self.shapes += [im.shape[:2] for im in images]
         return [faces(int(min(im.shape[:2]) >= self.min_side)) for im in images]

@@ -293,3 +293,30 @@ def test_one_face_decision_holds_down_to_its_minimum_size():
     counter = FaceCounter(detector)
     counter.add([np.zeros((ONE_FACE_MIN_SIZE - 1,) * 2 + (3,), np.uint8)])
     assert counter.rate is None and "below 64 px" in counter.note
+def test_one_face_rate_uses_the_faces_stage_logic():
+    """evaluate.one_face's detector at its defaults (the 1MB variant's thresholds, max_size a
+    cap, containment suppression): on 256×256 versions of the five single portraits in which
+    RetinaFace enlarged to 640 px found a second box nested in the face, it counts one face
+    in each, where the old logic counted two (an inflated or deflated rate either way)."""
+    from pipeline.metrics.evaluation import load_one_face_detector
+    from pipeline.params import EvaluateParams
+
+    weights = needs_shared("weights", "retinaface_mobilenet0.25.pth")
+    cfg = EvaluateParams(one_face={"weights": str(weights)}, device="cpu")
+    detector, why = load_one_face_detector(cfg)
+    assert why is None
+    assert (detector.confidence, detector.nms, detector.max_size) == (0.9, 0.4, 640)
+    assert detector.config["containment"] == 0.6
+    folder = needs_shared("data", "faces")
+    names = [
+        "deepface__img19.jpg", "deepface__img51.jpg", "facerec__johnsnow_test1.jpg",
+        "facerec__lin-manuel-miranda.png", "dlib__Tom_Cruise_avp_2014_4.jpg",
+    ]  # fmt: skip
+    images = []
+    for name in names:
+        with Image.open(folder / name) as im:
+            im.draft("RGB", (640, 640))
+            images.append(np.asarray(to_rgb(im).resize((256, 256), Image.Resampling.LANCZOS)))
+    counter = FaceCounter(detector)
+    counter.add(images)
+    assert counter.rate == 1.0

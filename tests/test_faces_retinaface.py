@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from pipeline.errors import StageError
-from pipeline.faces import Faces, load_detector
-from pipeline.faces.base import batched_nms, pad_to_batch
+from pipeline.faces import DETECTORS, Faces, load_detector
+from pipeline.faces.base import batched_nms, pad_to_batch, suppress_contained
 from pipeline.faces.retinaface import (
     VARIANTS,
     RetinaFaceNet,
@@ -108,7 +108,7 @@ def test_detector_plumbing_with_random_weights(random_mobilenet):
     """Any sizes in, one Faces each, in order, boxes inside the input's pixels."""
     det = load_detector(
         "retinaface", variant="mobilenet0.25", weights=random_mobilenet, confidence=0.3,
-        nms=0.4, max_size=None, device="cpu", batch_size=4,
+        nms=0.4, max_size=0, device="cpu", batch_size=4,
     )  # fmt: skip
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
@@ -140,7 +140,7 @@ def test_batched_equals_one_at_a_time_with_real_weights(shared_weights):
     images = banners(4)
     det = load_detector(
         "retinaface", variant="mobilenet0.25_1mb", weights=shared_weights, confidence=0.5,
-        max_size=None, device="cpu", batch_size=4,
+        max_size=0, device="cpu", batch_size=4,
     )  # fmt: skip
     batched = det.detect(images)
     assert sum(len(f) for f in batched) >= 3
@@ -156,7 +156,7 @@ def test_max_size_boxes_come_back_in_input_pixels(shared_weights):
     options = dict(variant="mobilenet0.25_1mb", weights=shared_weights, device="cpu")
     scaled = load_detector("retinaface", max_size=320, **options).detect([np.asarray(photo)])[0]
     copy = np.asarray(photo.resize((256, 320), Image.Resampling.BILINEAR))
-    as_is = load_detector("retinaface", max_size=None, **options).detect([copy])[0]
+    as_is = load_detector("retinaface", max_size=0, **options).detect([copy])[0]
     assert len(scaled) == len(as_is) == 1
     np.testing.assert_allclose(scaled.boxes, as_is.boxes * 400 / 256, atol=4)
     np.testing.assert_allclose(scaled.landmarks, as_is.landmarks * 400 / 256, atol=4)
@@ -187,7 +187,7 @@ def test_legacy_zip_with_lightning_prefix_loads(random_mobilenet, tmp_path):
     with zipfile.ZipFile(tmp_path / "release.zip", "w") as archive:
         archive.write(tmp_path / "inner.pth", "inner.pth")
     image = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    options = dict(variant="mobilenet0.25", confidence=0.3, max_size=None, device="cpu")
+    options = dict(variant="mobilenet0.25", confidence=0.3, max_size=0, device="cpu")
     zipped = load_detector("retinaface", weights=tmp_path / "release.zip", **options)
     plain = load_detector("retinaface", weights=random_mobilenet, **options)
     np.testing.assert_allclose(zipped.detect([image])[0].boxes, plain.detect([image])[0].boxes)
@@ -202,8 +202,9 @@ def test_registry_weights_missing_offline_is_one_line(tmp_path):
 
 
 def test_real_mobilenet_one_face_decision_on_shared_faces(shared_weights, capsys):
-    """Face-Detector-1MB weights, long side 640, confidence 0.9, NMS 0.4: the "exactly one
-    face" decision must be right on at least 90% of the labelled images."""
+    """Face-Detector-1MB weights, long side 640, confidence 0.9, NMS 0.4 and containment
+    suppression 0.6: the "exactly one face" decision is right on 45 of the 46 labelled
+    images (43 without the suppression: nested second boxes)."""
     images, truth = shared_photos(640)  # the long side the detector resizes to anyway
     names = pd.read_csv(needs_shared("data", "faces", "labels.csv"))["file"]
     det = load_detector(
@@ -220,4 +221,62 @@ def test_real_mobilenet_one_face_decision_on_shared_faces(shared_weights, capsys
         for name, t, c in zip(names, truth, counts, strict=True):
             if (t == 1) != (c == 1):
                 print(f"  wrong: {name}: {t} faces, detected {c}")
-    assert right / len(truth) >= 0.9
+    assert right >= 45
+
+
+def test_max_size_is_a_cap_a_smaller_image_runs_at_its_own_size(shared_weights):
+    """The faces stage's 256 px version of a portrait: with the variant's max_size (640) it
+    runs as it is, as with no resizing at all, instead of being enlarged to 640."""
+    photo = to_rgb(open_image(needs_shared("data", "faces", "deepface__img46.jpg")))
+    small = np.asarray(photo.resize((256, 256), Image.Resampling.LANCZOS))
+    options = dict(variant="mobilenet0.25_1mb", weights=shared_weights, device="cpu")
+    capped = load_detector("retinaface", **options)
+    assert capped.max_size == 640
+    as_is = load_detector("retinaface", max_size=0, **options).detect([small])[0]
+    found = capped.detect([small])[0]
+    assert len(found) == len(as_is) == 1
+    np.testing.assert_allclose(found.boxes, as_is.boxes, atol=1e-3)
+
+
+def test_thresholds_default_to_the_variants_own(shared_weights):
+    det = load_detector(
+        "retinaface", variant="mobilenet0.25_1mb", weights=shared_weights, device="cpu"
+    )
+    assert (det.confidence, det.nms, det.max_size) == (0.9, 0.4, 640)
+    assert det.config["containment"] == 0.6
+    seeds = VARIANTS["resnet50_ternaus"]
+    assert (seeds.confidence, seeds.nms, seeds.max_size) == (0.08, 0.01, 840)
+    mine = load_detector(
+        "retinaface", variant="mobilenet0.25_1mb", weights=shared_weights, device="cpu",
+        confidence=0.5, nms=0.3, max_size=320, containment=None,
+    )  # fmt: skip
+    assert (mine.confidence, mine.nms, mine.max_size, mine.containment) == (0.5, 0.3, 320, None)
+
+
+def test_suppress_contained_drops_boxes_inside_a_better_one():
+    boxes = np.array(
+        [
+            [0, 0, 100, 100],  # the face
+            [20, 30, 70, 90],  # nested in it, IoU 0.3: NMS at 0.4 keeps it
+            [150, 0, 250, 100],  # another face
+            [90, 0, 170, 100],  # overlaps both by a quarter of its area
+        ],
+        np.float32,
+    )
+    faces = Faces(boxes, np.array([0.99, 0.97, 0.95, 0.93], np.float32), np.zeros((4, 5, 2)))
+    kept = suppress_contained(faces, 0.6)
+    np.testing.assert_array_equal(kept.boxes, boxes[[0, 2, 3]])
+    assert kept.landmarks.shape == (3, 5, 2) and (np.diff(kept.scores) <= 0).all()
+    assert len(suppress_contained(faces, None)) == 4
+    # a larger box scoring lower than the face inside it is dropped as well
+    outer = Faces(boxes[[1, 0]], np.array([0.99, 0.5], np.float32))
+    np.testing.assert_array_equal(suppress_contained(outer, 0.6).boxes, boxes[[1]])
+
+
+def test_nested_boxes_are_suppressed_for_every_detector(shared_weights):
+    """The rule is the FaceDetector's, not one detector's: RetinaFace and dlib both go
+    through it (dlib returns what its own find returns, minus nested boxes)."""
+    from pipeline.faces.base import FaceDetector
+
+    for name in DETECTORS:
+        assert DETECTORS[name].detect is FaceDetector.detect, name

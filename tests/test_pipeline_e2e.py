@@ -173,8 +173,6 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     rejected = pd.read_parquet(repo / "data/validate/rejected.parquet").set_index("appid")
     expected = {
         9_000_005: "truncated",
-        9_000_006: "mode",
-        9_000_007: "mode",
         9_000_008: "blank",
         9_000_009: "vignette",
         9_000_010: "near_duplicate",
@@ -182,10 +180,13 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     assert {a: rejected.loc[a, "reason"] for a in expected} == expected
     accepted = pd.read_parquet(repo / "data/validate/accepted.parquet")
     assert {9_000_002, 9_000_003} <= set(accepted["appid"])  # retried, then fine
+    converted = accepted.set_index("appid").loc[[9_000_006, 9_000_007]]  # RGBA, greyscale
+    assert converted["converted"].all() and converted["path"].str.startswith("data/validate/").all()
     assert set(accepted["appid"]).isdisjoint(expected)
     assert len(accepted) + len(rejected) == (manifest["status"] == "ok").sum()
-    # real oddities among the shared capsules: eight are 183 px wide, one is 184×67 CMYK
-    assert (rejected["reason"] == "wrong_size").sum() >= 8
+    # real oddities among the shared capsules: eight are 183 px wide, one is 184×67 CMYK;
+    # all within validate.size_tolerance (2 px), and the CMYK one converted
+    assert (rejected["reason"] == "wrong_size").sum() == 0
 
     # faces: every validated banner is judged once; those with a face are set aside
     no_face = pd.read_parquet(repo / "data/faces/accepted.parquet")

@@ -17,6 +17,10 @@ from kornia.geometry.bbox import nms
 
 from pipeline.errors import StageError
 
+# The faces stage's and the one-face rate's default: a box more than 60% inside a better one
+# is part of that face (see suppress_contained).
+DEFAULT_CONTAINMENT = 0.6
+
 
 @dataclass
 class Faces:
@@ -41,21 +45,67 @@ class Faces:
 class FaceDetector(ABC):
     """``detect(images)`` on a list of H×W×3 uint8 RGB arrays of any sizes, one ``Faces`` each.
 
-    ``config`` is everything that decides the results (weights digest, thresholds, input
-    size); the faces stage keys its result cache on it.
+    A detector implements ``find`` (its raw boxes) and ``settings``; ``detect`` is the same
+    for every detector: it checks the input and drops boxes mostly contained in a
+    higher-scoring box (``containment``, see ``suppress_contained``), which NMS keeps when a
+    face is larger than the model's anchors. ``config`` is everything that decides the
+    results (weights digest, thresholds, input size, containment); the faces stage keys its
+    result cache on it.
     """
 
     name: ClassVar[str]
+    # Intersection over the smaller box's area above which the lower-scoring box is dropped;
+    # None keeps every box. load_detector sets it per detector.
+    containment: float | None = DEFAULT_CONTAINMENT
 
     @property
     @abstractmethod
-    def config(self) -> dict[str, Any]: ...
+    def settings(self) -> dict[str, Any]: ...
 
     @abstractmethod
-    def detect(self, images: Sequence[np.ndarray]) -> list[Faces]: ...
+    def find(self, images: Sequence[np.ndarray]) -> list[Faces]: ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**self.settings, "containment": self.containment}
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Faces]:
+        check_images(images)
+        return [suppress_contained(faces, self.containment) for faces in self.find(images)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def suppress_contained(faces: Faces, threshold: float | None) -> Faces:
+    """``faces`` without the boxes mostly inside a higher-scoring kept box: intersection over
+    the smaller of the two areas above ``threshold``. IoU-based NMS keeps such a pair (a
+    box nested in a large face has a small IoU with it), so a face counts twice. Written
+    here because neither kornia nor torch has a containment-based suppression; a detector
+    returns a handful of boxes per image, so a loop over them costs nothing."""
+    if threshold is None or len(faces) < 2:
+        return faces
+    order = np.argsort(-faces.scores, kind="stable")
+    boxes = faces.boxes.astype(np.float64)
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    kept: list[int] = []
+    for index in order:
+        if kept:
+            others = boxes[kept]
+            width = np.minimum(others[:, 2], boxes[index, 2]) - np.maximum(
+                others[:, 0], boxes[index, 0]
+            )
+            height = np.minimum(others[:, 3], boxes[index, 3]) - np.maximum(
+                others[:, 1], boxes[index, 1]
+            )
+            overlap = width.clip(0) * height.clip(0)
+            smaller = np.minimum(areas[kept], areas[index]).clip(min=1e-6)
+            if (overlap / smaller > threshold).any():
+                continue
+        kept.append(int(index))
+    keep = np.array(kept, dtype=np.int64)
+    landmarks = None if faces.landmarks is None else faces.landmarks[keep]
+    return Faces(faces.boxes[keep], faces.scores[keep], landmarks)
 
 
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {}
@@ -72,8 +122,11 @@ def register(name: str):
     return wrap
 
 
-def load_detector(name: str, **options: Any) -> FaceDetector:
-    """A ready detector by registry name, e.g. ``load_detector("retinaface", confidence=0.9)``.
+def load_detector(
+    name: str, containment: float | None = DEFAULT_CONTAINMENT, **options: Any
+) -> FaceDetector:
+    """A ready detector by registry name, e.g. ``load_detector("retinaface", confidence=0.9)``,
+    with ``containment`` as its suppression of nested boxes (None: off).
 
     An unknown name or option stops with one line listing what is allowed.
     """
@@ -87,7 +140,9 @@ def load_detector(name: str, **options: Any) -> FaceDetector:
             f"face detector {name!r}: unknown option(s) {', '.join(unknown)} "
             f"(allowed: {', '.join(allowed)})"
         )
-    return factory(**options)
+    detector = factory(**options)
+    detector.containment = containment
+    return detector
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

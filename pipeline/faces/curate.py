@@ -32,7 +32,7 @@ from pipeline.resize import resize_image
 
 ORIGINAL = "original"
 # Bump when a change of code changes what the detectors return, so old cache rows are not used.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: max_size caps instead of resizing up; containment suppression
 FACE_COUNT = "face_count"  # the rejection reason for a wrong number of faces
 
 
@@ -76,7 +76,20 @@ def detector_options(cfg: FacesParams, name: str) -> dict[str, Any]:
 
 
 def load_detectors(cfg: FacesParams) -> dict[str, FaceDetector]:
-    return {name: load_detector(name, **detector_options(cfg, name)) for name in cfg.detectors}
+    return {
+        name: load_detector(name, containment=cfg.containment, **detector_options(cfg, name))
+        for name in cfg.detectors
+    }
+
+
+def describe_thresholds(detector: FaceDetector) -> str:
+    """The thresholds a detector runs with, for the stage to print: RetinaFace's come from
+    its variant unless set, and the wrong ones cost accuracy silently."""
+    config = detector.config
+    values = {"variant": config["name"]} if "name" in config else {}  # RetinaFace's variant
+    keys = ("confidence", "nms", "max_size", "upsample", "containment")
+    values.update({k: config[k] for k in keys if k in config})
+    return f"{detector.name}: " + ", ".join(f"{k} {v}" for k, v in values.items())
 
 
 def config_key(detector: FaceDetector) -> str:

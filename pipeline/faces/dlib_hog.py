@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import StageError
-from pipeline.faces.base import FaceDetector, Faces, check_images, clip_boxes, register
+from pipeline.faces.base import FaceDetector, Faces, clip_boxes, register
 
 
 @register("dlib")
@@ -33,7 +33,7 @@ class DlibHOGDetector(FaceDetector):
         self.version = dlib.__version__
 
     @property
-    def config(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {
             "detector": self.name,
             "model": f"dlib {self.version} frontal_face_detector",
@@ -41,8 +41,7 @@ class DlibHOGDetector(FaceDetector):
             "confidence": self.confidence,
         }
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Faces]:
-        check_images(images)
+    def find(self, images: Sequence[np.ndarray]) -> list[Faces]:
         results = []
         for im in images:
             rects, scores, _ = self._detector.run(

@@ -21,7 +21,6 @@ from pipeline.faces.base import (
     FaceDetector,
     Faces,
     autocast,
-    check_images,
     clip_boxes,
     detect_in_batches,
     inside,
@@ -77,7 +76,7 @@ class S3FDDetector(FaceDetector):
         self._sfd.face_detector.to(memory_format=memory_format(self.device))
 
     @property
-    def config(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         return {
             "detector": self.name,
             "model": "s3fd",
@@ -85,8 +84,7 @@ class S3FDDetector(FaceDetector):
             "confidence": self.confidence,
         }
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Faces]:
-        check_images(images)
+    def find(self, images: Sequence[np.ndarray]) -> list[Faces]:
         return detect_in_batches(images, self.batch_size, self._detect_batch)
 
     @torch.inference_mode()

@@ -76,6 +76,7 @@ def load_one_face_detector(cfg: EvaluateParams) -> tuple[FaceDetector | None, st
     try:
         detector = load_detector(
             "retinaface",
+            containment=face.containment,
             variant=face.variant,
             weights=face.weights,
             confidence=face.confidence,

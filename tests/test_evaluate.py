@@ -293,6 +293,8 @@ def test_one_face_decision_holds_down_to_its_minimum_size():
     counter = FaceCounter(detector)
     counter.add([np.zeros((ONE_FACE_MIN_SIZE - 1,) * 2 + (3,), np.uint8)])
     assert counter.rate is None and "below 64 px" in counter.note
+
+
 def test_one_face_rate_uses_the_faces_stage_logic():
     """evaluate.one_face's detector at its defaults (the 1MB variant's thresholds, max_size a
     cap, containment suppression): on 256×256 versions of the five single portraits in which

@@ -8,6 +8,7 @@ file never knocks out a good one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -74,6 +75,15 @@ class Frame:
     def __str__(self) -> str:
         sides = (self.left, self.top, self.right, self.bottom)
         return "bands left {}, top {}, right {}, bottom {} px".format(*sides)
+
+    @classmethod
+    def from_detail(cls, detail: str) -> Frame | None:
+        """The frame a ``vignette`` rejection's detail describes (its ``str``), else None."""
+        m = FRAME_DETAIL.search(detail)
+        return cls(*(int(v) for v in m.groups())) if m else None
+
+
+FRAME_DETAIL = re.compile(r"bands left (\d+), top (\d+), right (\d+), bottom (\d+) px")
 
 
 def band_width(im: Image.Image, side: str, tolerance: int) -> int:
@@ -209,6 +219,18 @@ class Duplicate:
     def __str__(self) -> str:
         confirm = "" if self.dhash_distance is None else f", dHash {self.dhash_distance} bits"
         return f"of {self.of} (pHash {self.phash_distance} bits{confirm})"
+
+    @classmethod
+    def from_detail(cls, detail: str) -> Duplicate | None:
+        """The match a ``near_duplicate`` rejection's detail describes (its ``str``)."""
+        m = DUPLICATE_DETAIL.search(detail)
+        if not m:
+            return None
+        dhash = None if m.group(3) is None else int(m.group(3))
+        return cls(int(m.group(1)), int(m.group(2)), dhash)
+
+
+DUPLICATE_DETAIL = re.compile(r"of (\d+) \(pHash (\d+) bits(?:, dHash (\d+) bits)?\)")
 
 
 def find_near_duplicates(

@@ -43,6 +43,19 @@ def repo_outputs_untouched():
         pytest.fail(f"the test wrote into the repository's own outputs: {shown}", pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Put torch's thread count back after each test: a stage run in this process (run_cli)
+    sets it for the whole process (the ``threads`` params), and results that are compared
+    bit for bit (resume tests) depend on the thread count their floats were reduced with."""
+    import torch  # once per session; nearly every test module imports it anyway
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def needs_shared(*parts: str) -> Path:
     """The path under ../shared, or skip the test with the reason."""
     path = SHARED.joinpath(*parts)

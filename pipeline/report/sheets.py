@@ -5,7 +5,6 @@ scores, the vignette's frame, the near-duplicate beside the image it duplicates.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +16,12 @@ from pipeline.images import ImageProblem, open_image, to_rgb
 from pipeline.params import Params
 from pipeline.report.sources import RunOutputs
 from pipeline.resize import resize_image
-from pipeline.validate import Reason
+from pipeline.validate import Duplicate, Frame, Reason
 
 THUMBS = "thumbs"
 # The faces stage's label of the unresized image (pipeline.faces.curate.ORIGINAL, not imported
 # from there: that module loads torch, seconds of start-up for one string).
 ORIGINAL = "original"
-VIGNETTE_BOX = re.compile(r"content box \((\d+), (\d+), (\d+), (\d+)\)")
-DUPLICATE_OF = re.compile(r"of (\d+) \(distance (\d+)\)")
 # Box colour per detector (in the order the detections table lists them), and its name.
 DETECTOR_COLOURS = (
     ("#ff3b30", "red"),
@@ -135,11 +132,10 @@ def draw_faces(im: Image.Image, found: list[tuple[int, list, list]], height: int
     return thumb
 
 
-def vignette_sides(box: tuple[int, int, int, int], size: tuple[int, int]) -> dict[str, int]:
-    """The frame's width on each side, from validate's content box (left, top, right, bottom)."""
-    left, top, right, bottom = box
+def content_box(frame: Frame, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The picture inside validate's frame bands, as (left, top, right, bottom) pixels."""
     width, height = size
-    return {"left": left, "top": top, "right": width - right, "bottom": height - bottom}
+    return frame.left, frame.top, width - frame.right, height - frame.bottom
 
 
 def draw_vignette(im: Image.Image, box: tuple[int, int, int, int], height: int) -> Image.Image:
@@ -194,7 +190,8 @@ def validate_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> lis
             continue
         sheet = Sheet(f"validate-{reason}", "validate", f"validate: {reason}", len(rows))
         if reason == Reason.near_duplicate.value:
-            distance = rows["detail"].str.extract(DUPLICATE_OF)[1].astype(float)
+            matches = [Duplicate.from_detail(str(d)) for d in rows["detail"]]
+            distance = [m.phash_distance if m else -1 for m in matches]
             # the closest calls first: the pairs to look at when tuning dedup_max_distance
             rows = rows.assign(_d=distance).sort_values(["_d", "appid"], ascending=[False, True])
             rows = rows.head(examples)
@@ -206,18 +203,24 @@ def validate_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> lis
             im = preview(_resolve(run, path), reason, writer.height)
             tile = Tile(appid, names.get(appid, ""), [], str(detail))
             prefix = f"{sheet.id}-{appid}"
-            if reason == Reason.vignette.value and (m := VIGNETTE_BOX.search(str(detail))):
-                box = tuple(int(v) for v in m.groups())
-                sides = vignette_sides(box, im.size)  # type: ignore[arg-type]
+            if reason == Reason.vignette.value and (frame := Frame.from_detail(str(detail))):
+                box = content_box(frame, im.size)
+                sides = {"left": frame.left, "top": frame.top}
+                sides |= {"right": frame.right, "bottom": frame.bottom}
                 framed = [f"{s} {w} px" for s, w in sides.items() if w > min_border]
                 tile.caption = "frame on " + ", ".join(framed) if framed else str(detail)
-                tile.images.append(writer.save(prefix, draw_vignette(im, box, writer.height)))  # type: ignore[arg-type]
+                tile.images.append(writer.save(prefix, draw_vignette(im, box, writer.height)))
             else:
                 tile.images.append(writer.thumbnail(prefix, im))
-            if reason == Reason.near_duplicate.value and (m := DUPLICATE_OF.search(str(detail))):
-                kept = int(m.group(1))
+            if reason == Reason.near_duplicate.value and (
+                match := Duplicate.from_detail(str(detail))
+            ):
+                kept = match.of
                 tile.pair_appid = kept
-                tile.caption = f"pHash distance {m.group(2)} to {kept} (kept)"
+                hashes = f"pHash {match.phash_distance} bits"
+                if match.dhash_distance is not None:
+                    hashes += f", dHash {match.dhash_distance} bits"
+                tile.caption = f"{hashes} to {kept} (kept)"
                 kept_im = preview(_resolve(run, paths.get(kept, "")), "", writer.height)
                 tile.images.append(writer.thumbnail(f"{prefix}-kept-{kept}", kept_im))
             sheet.tiles.append(tile)

@@ -29,7 +29,7 @@ WeightsOption = Annotated[
 
 def warn_small(metric: str, counts: list[int]) -> None:
     """On stderr, the number printed above means little: a set is below MIN_SAMPLES."""
-    from pipeline.metrics.evaluation import sample_warning
+    from pipeline.metrics.samples import sample_warning
 
     known = [n for n in counts if n]  # a pytorch-fid statistics file does not say its count
     warning = sample_warning(metric, min(known), "images in the smaller set") if known else None

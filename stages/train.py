@@ -35,6 +35,13 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
                 say(f"train: {notice}")
         if trainer.device.type == "cpu":
             say(f"train: {threads} CPU thread(s) (train.threads {cfg.threads})")
+        if cfg.eval_every:
+            from pipeline.metrics.samples import sample_warning
+
+            count = min(cfg.eval_images, len(trainer.dataset))
+            warning = sample_warning("fid", count, "images (train.eval_images, dataset size)")
+            if warning:
+                say(f"train: warning: the cheap FID curve uses {warning}")
         if trainer.resumed:
             say(f"train: resuming {trainer.checkpoint_path} at step {trainer.state.step:,}")
         with progress_bar(cfg.steps, f"train {cfg.model} {cfg.image_size}px") as advance:

@@ -265,6 +265,24 @@ def test_training_logs_a_cheap_fid_every_eval_every_kimg(tmp_path):
     assert live["eval"]["fid_4"] == float(rows[-1][1])
 
 
+def test_train_warns_when_the_cheap_fid_has_too_few_images(workdir):
+    """The cheap FID curve of 4 images means little (FID needs 2,049): the stage says so."""
+    import yaml
+
+    data = flowers(workdir / "flowers", count=8, size=32)
+    params = tiny(data, steps=1, eval_every=1000, eval_images=4)
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+    result = run_cli("train")
+    assert result.exit_code == 0, result.output
+    assert (
+        "train: warning: the cheap FID curve uses 4 images (train.eval_images, dataset size), "
+        "below the 2,049 this metric needs"
+    ) in result.output
+    result = run_cli("train", "-S", "train.eval_every=0", "-S", "train.steps=2")
+    assert result.exit_code == 0, result.output
+    assert "cheap FID" not in result.output
+
+
 def test_reference_names_reference_data_when_it_is_missing(params_file):
     result = run_cli("reference", "-S", "reference.data=data/nope")
     assert result.exit_code == 1

@@ -9,7 +9,6 @@ import stat
 import warnings
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -121,6 +120,10 @@ PNG_COMPRESSION = {
 
 
 def encode_png(im: Image.Image, compression: str = "fast") -> bytes:
+    # imported here: reading images (training's data loader) must not need the encoder,
+    # which the GPU check does not carry (bench/gpu: a 26 MB wheel)
+    import imagecodecs
+
     return bytes(imagecodecs.png_encode(np.asarray(im), **PNG_COMPRESSION[compression]))
 
 

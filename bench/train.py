@@ -71,7 +71,7 @@ def main() -> None:
             data=str(data),
             image_size=args.size,
             batch_size=args.batch,
-            steps=10**9,
+            steps=10_000_000,  # the most train.steps allows; only a few steps are timed
             precision=args.precision,
             compile=args.compile,
             workers=args.workers,

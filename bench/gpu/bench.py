@@ -185,7 +185,7 @@ def our_trainer(setup: Setup, work: Path, model: str, batch: int, **settings) ->
         data=str(data),
         image_size=setup.size,
         batch_size=batch,
-        steps=10**9,
+        steps=10_000_000,  # the most train.steps allows; only a few steps are timed
         device=setup.device.type,
         workers=0 if setup.dry_run else 4,
         checkpoint_every=10**9,

@@ -43,17 +43,25 @@ def repo_outputs_untouched():
         pytest.fail(f"the test wrote into the repository's own outputs: {shown}", pytrace=False)
 
 
-@pytest.fixture(autouse=True)
-def torch_threads_restored():
-    """Put torch's thread count back after each test: a stage run in this process (run_cli)
-    sets it for the whole process (the ``threads`` params), and results that are compared
-    bit for bit (resume tests) depend on the thread count their floats were reduced with."""
+@pytest.fixture(scope="session")
+def torch_default_threads() -> int:
+    """torch's own thread count in this process, before any stage changed it."""
     import torch  # once per session; nearly every test module imports it anyway
 
-    threads = torch.get_num_threads()
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored(torch_default_threads):
+    """Each test starts with torch's default thread count. A stage run in this process
+    (run_cli), in a test or in a module-scoped fixture set up before the test, sets it for
+    the whole process (the ``threads`` params), and results that are compared bit for bit
+    (resume tests) depend on the thread count their floats were reduced with."""
+    import torch
+
+    torch.set_num_threads(torch_default_threads)
     yield
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(torch_default_threads)
 
 
 def needs_shared(*parts: str) -> Path:

@@ -250,6 +250,9 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypat
     assert resumed["state"]["step"] == 40
     assert list(checkpoint.parent.iterdir()) == [checkpoint]  # no torn temporary file left
 
+    from pipeline.devices import use_threads
+
+    use_threads(params.threads, params.workers, load_aware=False)  # as the stage sets them
     straight = train(params, tmp_path / "straight", live_dir=None)
     for name, module in (
         ("G", straight.model.G),

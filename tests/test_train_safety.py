@@ -16,7 +16,7 @@ from pipeline.training.checkpoint import load_checkpoint, params_hash, save_chec
 from pipeline.training.data import ImageDataset, StreamSampler, make_loader
 from pipeline.training.loop import DATASET_CHECK_NAME, Trainer, train
 from pipeline.training.params import TrainParams
-from tests.conftest import run_cli
+from tests.conftest import run_cli, set_args
 from tests.train_helpers import flowers, tiny, tiny_stylegan2
 
 
@@ -315,9 +315,8 @@ def test_cli_run_then_dvc_exp_run_loses_no_checkpoint(tmp_path):
     commit(repo, "pipeline")
 
     def cli(*overrides: str) -> str:
-        args = [arg for o in overrides for arg in ("-S", o)]
         result = subprocess.run(
-            [sys.executable, "-m", "stages.train", *args],
+            [sys.executable, "-m", "stages.train", *set_args(list(overrides))],
             cwd=repo,
             capture_output=True,
             text=True,

@@ -170,6 +170,37 @@ class GANModel(nn.Module):
         """G's images while training (a model may add style mixing and statistics)."""
         return self.G(z)
 
+    def ema_modules(self) -> dict[str, nn.Module]:
+        """The modules whose moving average the engine keeps and samples with, by name.
+        ``G``'s is the checkpoint's ``G_ema``; any other's goes under ``ema/<name>``."""
+        return {"G": self.G}
+
+    def load_ema(self, checkpoint: dict) -> None:
+        """Load a checkpoint's averaged weights into this model's own modules (sampling)."""
+        for name, module in self.ema_modules().items():
+            state = checkpoint["G_ema"] if name == "G" else checkpoint["ema"][name]
+            module.load_state_dict(state)
+
+    def sample(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] for latents ``z`` (N×latent_dim), with class ``labels`` (N
+        ints) for a conditional model: what training grids, evaluate and render call."""
+        if labels is not None and not getattr(self, "num_classes", 0):
+            raise ValueError(f"{self.name} is not conditional: sample it without labels")
+        if truncation_psi == 1.0 and truncation_cutoff is None:
+            return self.G(z)
+        if not has_mapping(self.G):
+            raise ValueError(
+                f"{type(self.G).__name__} has no mapping network: truncation needs StyleGAN2 "
+                "(use truncation 1)"
+            )
+        return self.G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+
     def d_reg_loss(self, real: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
 

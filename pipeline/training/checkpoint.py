@@ -11,15 +11,18 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import torch
 
 from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.training.params import TrainParams
+
+if TYPE_CHECKING:
+    from pipeline.models.base import GANModel
 
 # 2: with a checksum (format 1, without one, still loads, unverified)
 FORMAT = 2
@@ -175,6 +178,25 @@ class TrainedGenerator:
     kimg: float
     params: TrainParams
     path: Path
+    net: GANModel | None = None  # the whole model for sampling, its G being ``G``
+    classes: list[str] = field(default_factory=list)  # class names; empty: unconditional
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def sample(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+    ) -> torch.Tensor:
+        """Images for latents ``z`` (and class ``labels`` for a conditional model), made by
+        the model's own ``sample`` so that evaluate and render work for every model."""
+        if self.net is None:
+            raise ValueError(f"{self.path}: no model to sample from")
+        return self.net.sample(z, labels, truncation_psi, truncation_cutoff)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> TrainedGenerator:
@@ -186,12 +208,13 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trai
     try:
         params = TrainParams.model_validate(checkpoint["params"])
         params = params.model_copy(update={"resume_from": None})
-        G = build_model(params, for_sampling=True).G
-        G.load_state_dict(checkpoint["G_ema"])
+        net = build_model(params, for_sampling=True)
+        net.load_ema(checkpoint)
+        G = net.G
     except (KeyError, ValueError, RuntimeError) as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
         raise StageError(f"{path}: cannot rebuild its generator ({first})") from None
-    G = G.to(device).eval().requires_grad_(False)
+    net = net.to(device).eval().requires_grad_(False)
     return TrainedGenerator(
         G,
         checkpoint["model"],
@@ -200,4 +223,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trai
         float(checkpoint.get("kimg", 0.0)),
         params,
         path,
+        net,
+        list(checkpoint.get("classes") or []),
     )

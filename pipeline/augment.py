@@ -296,3 +296,80 @@ def ada_augment(
         c = _colour_matrix(draws, n, p).to(x.device, x.dtype)
         out = torch.einsum("nij,njhw->nihw", c[:, :3, :3], out) + c[:, :3, 3, None, None]
     return out
+
+
+class Augmenter:
+    """D's augmentation, driven by the engine for every model: ``for_step`` gives this step's
+    transform (the same for reals and fakes), ``observe`` takes D's logits on the reals and
+    ``adjust`` moves ADA's p from them, so no model has to remember to report anything.
+
+    ``kind``: ``diffaugment`` (a schedule of DiffAugment types), ``ada`` (adaptive strength
+    p, or ``ada.fixed_p``) or ``none``. ``state_dict`` is what a checkpoint needs to resume.
+    """
+
+    def __init__(self, kind: str, aug, ada, batch_size: int, device, world: int = 1):
+        self.kind, self.aug, self.ada = kind, aug, ada
+        self.batch_size, self.world = batch_size, world
+        self.p = ada.fixed_p if ada.fixed_p is not None else ada.initial_p
+        # sum of sign(D(real)) and how many outputs it covers since p last moved, kept on
+        # the device so that observing costs no sync
+        self.stats = torch.zeros(2, device=device)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.kind == "ada" and self.ada.fixed_p is None
+
+    def for_step(
+        self, step: int, generator: torch.Generator, part: BatchPart
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.kind == "diffaugment":
+            types, prob = self.aug.types_at(step), self.aug.prob
+            return lambda x: diff_augment(x, types, prob, generator, part)
+        if self.kind == "ada":
+            p, stages = self.p, self.ada.stages
+            return lambda x: ada_augment(x, p, generator, part, stages)
+        return lambda x: x
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        if self.kind != "ada":
+            return
+        logits = real_logits.detach().float()
+        self.stats += torch.stack([logits.sign().sum(), self.stats.new_tensor(logits.numel())])
+
+    def adjust(self, step: int) -> dict[str, float]:
+        """After ``step`` optimizer steps: every ``ada.interval`` steps move p towards
+        r_t = E[sign(D(real))] = target, at a speed that would take p from 0 to 1 in
+        ``ada.speed_kimg``. Returns r_t to log when p was adjusted."""
+        ada = self.ada
+        if not self.adaptive or step % ada.interval:
+            return {}
+        stats = self.stats.clone()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stats)
+        sign_sum, count = stats.tolist()
+        self.stats.zero_()
+        if count == 0:
+            return {}
+        r_t = sign_sum / count
+        change = self.batch_size * ada.interval / (ada.speed_kimg * 1000)
+        direction = (r_t > ada.target) - (r_t < ada.target)
+        self.p = min(max(self.p + direction * change, 0.0), 1.0)
+        return {"augment/r_t": r_t}
+
+    def describe(self, step: int) -> dict:
+        """The kind and settings in force at ``step`` (checkpoint header, run metrics)."""
+        if self.kind == "diffaugment":
+            return {"kind": self.kind, "types": self.aug.types_at(step), "prob": self.aug.prob}
+        if self.kind == "ada":
+            return {"kind": self.kind, "stages": self.ada.stages, "prob": self.p}
+        return {"kind": self.kind, "prob": 0.0}
+
+    def state_dict(self) -> dict[str, float]:
+        sign_sum, count = self.stats.tolist()
+        return {"p": self.p, "sign_sum": sign_sum, "count": int(count)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.p = state["p"]
+        self.stats = self.stats.new_tensor([state["sign_sum"], state["count"]])

@@ -176,19 +176,18 @@ def test_ada_p_rises_when_d_overfits_and_falls_otherwise(data, tmp_path):
     trainer = Trainer(params, tmp_path, live_dir=None)
     step = params.batch_size * 4 / 1000  # batch × interval / speed
     trainer.state.step = 4
-    trainer.ada_stats.copy_(torch.tensor([30.0, 32.0]))  # r_t ≈ 0.94 > 0.6: overfitting
-    logs = {}
-    trainer._adjust_ada(logs)
-    assert trainer.state.ada_p == pytest.approx(0.5 + step)
+    ada = trainer.augmenter
+    ada.stats.copy_(torch.tensor([30.0, 32.0]))  # r_t ≈ 0.94 > 0.6: overfitting
+    logs = ada.adjust(4)
+    assert ada.p == pytest.approx(0.5 + step)
     assert logs["augment/r_t"] == pytest.approx(30 / 32)
     for _ in range(20):  # r_t = 0: D unsure of the reals, p falls to 0 and stays there
-        trainer.ada_stats.copy_(torch.tensor([0.0, 32.0]))
-        trainer._adjust_ada({})
-    assert trainer.state.ada_p == 0.0
-    trainer.state.step = 5  # not an adjustment step
-    trainer.ada_stats.copy_(torch.tensor([32.0, 32.0]))
-    trainer._adjust_ada({})
-    assert trainer.state.ada_p == 0.0
+        ada.stats.copy_(torch.tensor([0.0, 32.0]))
+        ada.adjust(4)
+    assert ada.p == 0.0
+    ada.stats.copy_(torch.tensor([32.0, 32.0]))
+    ada.adjust(5)  # not an adjustment step
+    assert ada.p == 0.0
 
 
 def test_ada_fixed_p_never_moves(data, tmp_path):

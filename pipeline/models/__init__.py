@@ -6,9 +6,11 @@ from pipeline.models.base import GANModel
 from pipeline.training.params import TrainParams
 
 
-def build_model(params: TrainParams, for_sampling: bool = False) -> GANModel:
+def build_model(params: TrainParams, for_sampling: bool = False, num_classes: int = 0) -> GANModel:
     """The model ``train.model`` names. ``for_sampling``: only G will be used (evaluate,
-    render), so a model may skip what only training needs (loss networks' weights)."""
+    render), so a model may skip what only training needs (loss networks' weights).
+    ``num_classes``: the dataset's classes (0: unlabelled); a model that can be
+    conditional decides from its params whether it is."""
     if params.model == "lightweight":
         from pipeline.models.lightweight import LightweightGAN
 
@@ -16,7 +18,9 @@ def build_model(params: TrainParams, for_sampling: bool = False) -> GANModel:
     if params.model == "stylegan2":
         from pipeline.models.stylegan2 import StyleGAN2
 
-        return StyleGAN2(params.image_size, params.stylegan2, params.batch_size, for_sampling)
+        return StyleGAN2(
+            params.image_size, params.stylegan2, params.batch_size, for_sampling, num_classes
+        )
     raise ValueError(f"unknown model {params.model!r}")
 
 

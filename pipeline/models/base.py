@@ -1,11 +1,14 @@
 """What a GAN must provide to the training engine, and the randomness the engine controls.
 
-A model is a generator, a discriminator and its losses. The loop, data, precision, EMA,
-checkpoints, logging and sampling belong to the engine (``pipeline.training``), written once.
+A model is its networks, its optimizers and its losses; it makes its own fakes from the real
+batch it is given (so image-to-image models fit as well as z→G ones) and samples itself. The
+loop, data, precision, EMA, augmentation, checkpoints, logging and sampling grids belong to the
+engine (``pipeline.training``), written once.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -16,16 +19,30 @@ from torch import nn
 from pipeline.augment import BatchPart
 
 
+class Batch(NamedTuple):
+    """This process's rows of one real (micro-)batch, on the training device."""
+
+    images: torch.Tensor  # N×3×H×W in [-1, 1] (mirrored by the engine when train.mirror)
+    labels: torch.Tensor | None = None  # N class indices (int64); None: unlabelled data
+
+
 @dataclass
 class StepContext:
-    """What the engine hands a loss: randomness for this process's rows of the batch."""
+    """What the engine hands a loss: randomness for this process's rows of the batch, and
+    where training stands (schedules and fade-ins read ``step`` and ``kimg``)."""
 
     generator: torch.Generator  # CPU generator in the same state on every rank
     part: BatchPart  # this rank's rows of the global (micro-)batch
     rows: int  # how many rows this rank has
     augment: Callable[[torch.Tensor], torch.Tensor]  # D's augmentation for this step
+    step: int = 0  # optimizer steps of G done before this one
+    kimg: float = 0.0  # thousands of real images shown to D before this step
     # values to log: detached tensors (read only at log time: no GPU sync per step) or floats
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+    def latents(self, dim: int, device) -> torch.Tensor:
+        """Standard normal latents (N×dim) for this rank's rows, on ``device``."""
+        return self.normal(dim).to(device)
 
     def draw(self, *shape: int) -> torch.Tensor:
         """Uniform numbers for the global batch, this rank's rows (on the CPU)."""
@@ -140,15 +157,21 @@ def has_mapping(G: nn.Module) -> bool:
 
 
 class GANModel(nn.Module):
-    """A generator ``G``, a discriminator ``D`` and their losses.
+    """A generator ``G``, a discriminator ``D`` (and any other networks) and their losses.
 
-    ``g_loss`` returns a scalar loss (mean over this rank's rows), ``d_loss`` a ``DLoss``
-    (that loss and D's logits on the reals), and both fill ``ctx.logs``; the engine does
-    backward, gradient sync, steps, augmentation statistics and everything else.
+    Each step the engine hands the model this process's rows of a real ``Batch``: ``d_loss``
+    returns a ``DLoss`` (the loss, a mean over the rows, and D's logits on the reals, which
+    the engine's augmenter watches), ``g_loss`` a scalar loss; both fill ``ctx.logs``. The
+    G step sees the same real batch as the D step before it (no extra data is read). The
+    engine does backward, gradient sync, optimizer steps, EMA, augmentation and the rest.
+
+    The default ``fakes`` keeps the classic z→G(z) (with the batch's labels for a
+    conditional G); an image-to-image model overrides it or ignores it.
     """
 
     name: str = ""
     latent_dim: int = 0
+    num_classes: int = 0  # > 0: conditional (G and D take class labels)
     G: nn.Module
     D: nn.Module
     default_augment: str = "diffaugment"  # train.augment: auto picks this
@@ -156,19 +179,37 @@ class GANModel(nn.Module):
     # optimizer step (None: the model has none).
     d_reg_interval: int | None = None
     g_reg_interval: int | None = None
+    # which of ``optimizers()`` the D step and the G step drive (None: every other one)
+    d_optimizers: tuple[str, ...] = ("D",)
+    g_optimizers: tuple[str, ...] | None = None
 
-    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers by name; the checkpoint keeps each under its name. A model with
+        per-group learning rates (a slower mapping network) gives param groups."""
         raise NotImplementedError
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> DLoss:
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The networks a checkpoint saves and restores, by name (not loss networks with
+        fixed weights, such as LPIPS)."""
+        return {"G": self.G, "D": self.D}
+
+    def d_loss(self, batch: Batch, ctx: StepContext) -> DLoss:
         raise NotImplementedError
 
-    def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def g_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
 
-    def generate(self, z: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def fakes(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
+        """G's images for this step: latents drawn by the engine's generator, the real
+        batch's labels for a conditional G (so fakes follow the data's class balance)."""
+        z = ctx.latents(self.latent_dim, batch.images.device)
+        return self.generate(z, ctx, batch.labels if self.num_classes else None)
+
+    def generate(
+        self, z: torch.Tensor, ctx: StepContext, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """G's images while training (a model may add style mixing and statistics)."""
-        return self.G(z)
+        return self.G(z) if labels is None else self.G(z, labels)
 
     def ema_modules(self) -> dict[str, nn.Module]:
         """The modules whose moving average the engine keeps and samples with, by name.
@@ -190,8 +231,13 @@ class GANModel(nn.Module):
     ) -> torch.Tensor:
         """Images in [-1, 1] for latents ``z`` (N×latent_dim), with class ``labels`` (N
         ints) for a conditional model: what training grids, evaluate and render call."""
-        if labels is not None and not getattr(self, "num_classes", 0):
+        if labels is not None and not self.num_classes:
             raise ValueError(f"{self.name} is not conditional: sample it without labels")
+        if self.num_classes:
+            if labels is None:
+                raise ValueError(f"{self.name} is conditional: give a class per latent")
+            return self.G(z, labels, truncation_psi=truncation_psi,
+                          truncation_cutoff=truncation_cutoff)  # fmt: skip
         if truncation_psi == 1.0 and truncation_cutoff is None:
             return self.G(z)
         if not has_mapping(self.G):
@@ -201,8 +247,20 @@ class GANModel(nn.Module):
             )
         return self.G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
-    def d_reg_loss(self, real: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def d_reg_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
 
-    def g_reg_loss(self, ctx: StepContext) -> torch.Tensor:
+    def g_reg_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
+
+
+def with_modules(model: GANModel, replacements: dict[str, nn.Module]) -> GANModel:
+    """A view of ``model`` whose named child modules are swapped (its EMA networks, for
+    sampling) and everything else shared: no second copy of D or of the loss networks."""
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # a shallow copy shares these dicts: copy them
+    view._parameters = dict(model._parameters)
+    view._buffers = dict(model._buffers)
+    for name, module in replacements.items():
+        view._modules[name] = module
+    return view

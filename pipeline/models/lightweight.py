@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.lpips import load_lpips, lpips_recon_loss
-from pipeline.models.base import DLoss, GANModel, NoiseInjection, StepContext
+from pipeline.models.base import Batch, DLoss, GANModel, NoiseInjection, StepContext
 from pipeline.training.params import LightweightParams
 
 # Feature-map width per resolution, as a multiple of ``channels`` (the paper's table).
@@ -254,12 +254,15 @@ class LightweightGAN(GANModel):
 
     def optimizers(self):
         betas = tuple(self.cfg.betas)
-        return (
-            torch.optim.Adam(self.G.parameters(), lr=self.cfg.lr, betas=betas),
-            torch.optim.Adam(self.D.parameters(), lr=self.cfg.lr, betas=betas),
-        )
+        return {
+            "G": torch.optim.Adam(self.G.parameters(), lr=self.cfg.lr, betas=betas),
+            "D": torch.optim.Adam(self.D.parameters(), lr=self.cfg.lr, betas=betas),
+        }
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> DLoss:
+    def d_loss(self, batch: Batch, ctx: StepContext) -> DLoss:
+        with torch.no_grad():
+            fake = self.fakes(batch, ctx)
+        real = batch.images
         part = int(ctx.draw_shared(1).item() * 4)  # one quadrant for the whole batch
         real = ctx.augment(real)
         logits_real, whole, piece = self.D(real, part=part)
@@ -284,7 +287,7 @@ class LightweightGAN(GANModel):
             return lpips_recon_loss(self.lpips, output, target)
         return F.mse_loss(output.float(), target.float())
 
-    def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        loss = -self.D(ctx.augment(fake)).float().mean()
+    def g_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
+        loss = -self.D(ctx.augment(self.fakes(batch, ctx))).float().mean()
         ctx.logs["loss/G"] = loss.detach()
         return loss

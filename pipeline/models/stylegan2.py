@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.base import DLoss, GANModel, NoiseInjection, StepContext
+from pipeline.models.base import Batch, DLoss, GANModel, NoiseInjection, StepContext
 from pipeline.training.params import StyleGAN2Params
 
 SQRT2 = math.sqrt(2)
@@ -189,18 +189,32 @@ def block_input(x: torch.Tensor, reduced: bool) -> torch.Tensor:
 # -- generator -----------------------------------------------------------------------------
 
 
+def normalize_2nd_moment(x: torch.Tensor) -> torch.Tensor:
+    return x * (x.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+
+
 class MappingNetwork(nn.Module):
     """z → w through ``layers`` fully connected layers at 1/100 learning rate, tracking the
-    average w (the centre truncation pulls towards)."""
+    average w (the centre truncation pulls towards).
 
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int, layers: int, w_avg_beta=0.995):
+    Conditional (``num_classes`` > 0): the class's learned embedding (w_dim wide) is
+    normalised and concatenated to the normalised z, and an average w is kept per class, so
+    truncation pulls towards the class's own centre instead of the mean over all classes."""
+
+    def __init__(
+        self, z_dim: int, w_dim: int, num_ws: int, layers: int, w_avg_beta=0.995,
+        num_classes: int = 0,
+    ):  # fmt: skip
         super().__init__()
-        dims = [z_dim] + [w_dim] * layers
+        dims = [z_dim + (w_dim if num_classes else 0)] + [w_dim] * layers
         self.layers = nn.Sequential(
             *[EqualLinear(a, b, lr_mul=0.01, activate=True) for a, b in itertools.pairwise(dims)]
         )
-        self.num_ws, self.w_avg_beta = num_ws, w_avg_beta
+        self.num_ws, self.w_avg_beta, self.num_classes = num_ws, w_avg_beta, num_classes
         self.register_buffer("w_avg", torch.zeros(w_dim))
+        if num_classes:
+            self.embed = EqualLinear(num_classes, w_dim)
+            self.register_buffer("w_avg_class", torch.zeros(num_classes, w_dim))
 
     def forward(
         self,
@@ -208,17 +222,34 @@ class MappingNetwork(nn.Module):
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         update_w_avg: bool = False,
+        c: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.num_classes and c is None:
+            raise ValueError("this generator is class-conditional: give a class per latent")
         with torch.autocast(z.device.type, enabled=False):
-            x = z.float() * (z.float().square().mean(1, keepdim=True) + 1e-8).rsqrt()
+            x = normalize_2nd_moment(z.float())
+            if self.num_classes:
+                onehot = F.one_hot(c.long(), self.num_classes).float()
+                x = torch.cat([x, normalize_2nd_moment(self.embed(onehot))], 1)
             w = self.layers(x)
         if update_w_avg:
             self.w_avg.copy_(w.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+            if self.num_classes:
+                self._update_class_averages(w.detach(), c.long())
         ws = w[:, None].repeat(1, self.num_ws, 1)
         if truncation_psi != 1:
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
-            ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)
+            centre = self.w_avg if not self.num_classes else self.w_avg_class[c.long()][:, None]
+            ws[:, :cutoff] = centre.lerp(ws[:, :cutoff], truncation_psi)
         return ws
+
+    def _update_class_averages(self, w: torch.Tensor, c: torch.Tensor) -> None:
+        """Move each class's average w towards its mean in this batch (classes present)."""
+        sums = torch.zeros_like(self.w_avg_class).index_add_(0, c, w.float())
+        counts = torch.bincount(c, minlength=self.num_classes).to(w.dtype)[:, None]
+        means = sums / counts.clamp(min=1)
+        moved = means.lerp(self.w_avg_class, self.w_avg_beta)
+        self.w_avg_class.copy_(torch.where(counts > 0, moved, self.w_avg_class))
 
 
 class ModulatedConv2d(nn.Module):
@@ -362,9 +393,13 @@ class SynthesisNetwork(nn.Module):
 class StyleGAN2Generator(nn.Module):
     """``G(z) = synthesis(mapping(z))`` with truncation; see ``base.has_mapping``."""
 
-    def __init__(self, image_size: int, cfg: StyleGAN2Params, config: StyleGAN2Config):
+    def __init__(
+        self, image_size: int, cfg: StyleGAN2Params, config: StyleGAN2Config,
+        num_classes: int = 0,
+    ):  # fmt: skip
         super().__init__()
         self.image_size, self.latent_dim, self.w_dim = image_size, cfg.latent_dim, cfg.w_dim
+        self.num_classes = num_classes
         clamp = cfg.conv_clamp
         self.synthesis_net = SynthesisNetwork(
             image_size,
@@ -375,7 +410,9 @@ class StyleGAN2Generator(nn.Module):
             clamp,
         )
         self.num_ws = self.synthesis_net.num_ws
-        self.mapper = MappingNetwork(cfg.latent_dim, cfg.w_dim, self.num_ws, config.map_layers)
+        self.mapper = MappingNetwork(
+            cfg.latent_dim, cfg.w_dim, self.num_ws, config.map_layers, num_classes=num_classes
+        )
         # running mean of path lengths (path-length regularisation); kept with the weights so
         # a resumed run continues it
         self.register_buffer("pl_mean", torch.zeros([]))
@@ -385,8 +422,11 @@ class StyleGAN2Generator(nn.Module):
     def w_avg(self) -> torch.Tensor:
         return self.mapper.w_avg
 
-    def mapping(self, z, truncation_psi: float = 1.0, truncation_cutoff=None, update_w_avg=False):
-        return self.mapper(z, truncation_psi, truncation_cutoff, update_w_avg)
+    def mapping(
+        self, z, truncation_psi: float = 1.0, truncation_cutoff=None, update_w_avg=False,
+        c=None,
+    ):  # fmt: skip
+        return self.mapper(z, truncation_psi, truncation_cutoff, update_w_avg, c)
 
     def synthesis(self, ws: torch.Tensor) -> torch.Tensor:
         # A weight per sample is faster for inference batches; a shared weight with scaled
@@ -394,8 +434,10 @@ class StyleGAN2Generator(nn.Module):
         fused = {"auto": not self.training, "always": True, "never": False}[self.fused_modconv]
         return self.synthesis_net(ws, fused)
 
-    def forward(self, z, truncation_psi: float = 1.0, truncation_cutoff=None) -> torch.Tensor:
-        return self.synthesis(self.mapping(z, truncation_psi, truncation_cutoff))
+    def forward(
+        self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff=None
+    ) -> torch.Tensor:
+        return self.synthesis(self.mapping(z, truncation_psi, truncation_cutoff, c=c))
 
     def modulation_weights(self) -> list[torch.Tensor]:
         """Per ws index, the style (affine) weights of the layers that index drives,
@@ -454,24 +496,40 @@ class MinibatchStd(nn.Module):
 
 
 class DiscriminatorEpilogue(nn.Module):
-    def __init__(self, channels: int, mbstd_group: int, clamp):
+    """The 4×4 head. Conditional: a projection discriminator (Miyato & Koyama 2018): the
+    head gives ``cmap_dim`` features whose dot product with the class's learned embedding
+    is the logit, so D judges "a real image of this class", not only "a real image"."""
+
+    def __init__(self, channels: int, mbstd_group: int, clamp, num_classes: int = 0):
         super().__init__()
         self.mbstd = MinibatchStd(mbstd_group)
         self.conv = EqualConv2d(channels + 1, channels, 3, clamp=clamp)
         self.fc = EqualLinear(channels * 16, channels, activate=True)
-        self.out = EqualLinear(channels, 1)
+        self.num_classes = num_classes
+        self.out = EqualLinear(channels, channels if num_classes else 1)
+        if num_classes:
+            self.cmap = EqualLinear(num_classes, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x = self.conv(self.mbstd(x.float()))
-            return self.out(self.fc(x.flatten(1)))
+            out = self.out(self.fc(x.flatten(1)))
+            if not self.num_classes:
+                return out
+            if c is None:
+                raise ValueError("this discriminator is class-conditional: give the classes")
+            cmap = self.cmap(F.one_hot(c.long(), self.num_classes).float())
+            return (out * cmap).sum(1, keepdim=True) / math.sqrt(out.shape[1])
 
 
 class StyleGAN2Discriminator(nn.Module):
     """Residual discriminator. ``blocks`` run from the full resolution down; ``freeze_d``
     counts them from the top (transfer learning freezes the layers nearest the pixels)."""
 
-    def __init__(self, image_size: int, cfg: StyleGAN2Params, config: StyleGAN2Config):
+    def __init__(
+        self, image_size: int, cfg: StyleGAN2Params, config: StyleGAN2Config,
+        num_classes: int = 0,
+    ):  # fmt: skip
         super().__init__()
         log2 = int(math.log2(image_size))
         reduced_res = cfg.reduced_precision_res
@@ -485,15 +543,17 @@ class StyleGAN2Discriminator(nn.Module):
             )
         self.blocks = nn.ModuleList(blocks)
         channels = channels_at(4, config.channel_base, cfg.channel_max)
-        self.epilogue = DiscriminatorEpilogue(channels, config.mbstd_group, cfg.conv_clamp)
+        self.epilogue = DiscriminatorEpilogue(
+            channels, config.mbstd_group, cfg.conv_clamp, num_classes
+        )
 
     def layers(self) -> list[nn.Module]:
         return [*self.blocks, self.epilogue]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)
-        return self.epilogue(x)
+        return self.epilogue(x, c)
 
 
 # -- the GAN -------------------------------------------------------------------------------
@@ -509,15 +569,22 @@ class StyleGAN2(GANModel):
         cfg: StyleGAN2Params,
         batch_size: int,
         for_sampling: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
         if image_size < 8:
             raise ValueError(f"stylegan2 needs image_size >= 8, got {image_size}")
+        if cfg.conditional is True and not num_classes:
+            raise ValueError(
+                "train.stylegan2.conditional: true needs a labelled dataset (dataset.labels: "
+                "tags or folders); set it to auto or false"
+            )
         self.cfg = cfg
         self.config = resolve_config(cfg, image_size, batch_size)
         self.latent_dim = cfg.latent_dim
-        self.G = StyleGAN2Generator(image_size, cfg, self.config)
-        self.D = StyleGAN2Discriminator(image_size, cfg, self.config)
+        self.num_classes = num_classes if cfg.conditional is not False else 0
+        self.G = StyleGAN2Generator(image_size, cfg, self.config, self.num_classes)
+        self.D = StyleGAN2Discriminator(image_size, cfg, self.config, self.num_classes)
         self.d_reg_interval = cfg.r1_interval if self.config.r1_gamma > 0 else None
         self.g_reg_interval = cfg.pl_interval if cfg.pl_weight > 0 else None
         frozen = self.D.layers()[: cfg.freeze_d]
@@ -533,30 +600,46 @@ class StyleGAN2(GANModel):
             trainable = [p for p in params if p.requires_grad]
             return torch.optim.Adam(trainable, lr=self.config.lr * ratio, betas=betas, eps=1e-8)
 
-        return (
-            adam(self.G.parameters(), self.g_reg_interval),
-            adam(self.D.parameters(), self.d_reg_interval),
-        )
+        return {
+            "G": adam(self.G.parameters(), self.g_reg_interval),
+            "D": adam(self.D.parameters(), self.d_reg_interval),
+        }
 
-    def generate(self, z: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return self.G.synthesis(self._mixed_ws(z, ctx))
+    def generate(
+        self, z: torch.Tensor, ctx: StepContext, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.G.synthesis(self._mixed_ws(z, ctx, labels))
 
-    def _mixed_ws(self, z: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def _classes(self, batch: Batch) -> torch.Tensor | None:
+        """The batch's labels when the model is conditional (then they must be there)."""
+        if not self.num_classes:
+            return None
+        if batch.labels is None:
+            raise ValueError("conditional StyleGAN2 needs a labelled dataset")
+        return batch.labels
+
+    def _mixed_ws(
+        self, z: torch.Tensor, ctx: StepContext, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """w for each sample, with the layers from a random cutoff on taken from a second
-        latent with probability ``style_mixing`` (one cutoff for the batch)."""
+        latent (of the same class) with probability ``style_mixing`` (one cutoff for the
+        batch)."""
         G = self.G
-        ws = G.mapping(z, update_w_avg=G.training)
+        ws = G.mapping(z, update_w_avg=G.training, c=labels)
         mix, cutoff = ctx.draw_shared(2)
         other = ctx.normal(self.latent_dim)[: z.shape[0]].to(z.device, z.dtype)
         if mix < self.cfg.style_mixing:
             first = 1 + int(cutoff * (G.num_ws - 1))
             ws = ws.clone()
-            ws[:, first:] = G.mapping(other, update_w_avg=False)[:, first:]
+            ws[:, first:] = G.mapping(other, update_w_avg=False, c=labels)[:, first:]
         return ws
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext) -> DLoss:
-        logits_fake = self.D(ctx.augment(fake)).float()
-        logits_real = self.D(ctx.augment(real)).float()
+    def d_loss(self, batch: Batch, ctx: StepContext) -> DLoss:
+        with torch.no_grad():
+            fake = self.fakes(batch, ctx)
+        labels = self._classes(batch)
+        logits_fake = self.D(ctx.augment(fake), labels).float()
+        logits_real = self.D(ctx.augment(batch.images), labels).float()
         loss_fake = F.softplus(logits_fake).mean()
         loss_real = F.softplus(-logits_real).mean()
         ctx.logs.update(
@@ -569,28 +652,30 @@ class StyleGAN2(GANModel):
         )
         return DLoss(loss_real + loss_fake, logits_real)
 
-    def g_loss(self, fake: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        loss = F.softplus(-self.D(ctx.augment(fake)).float()).mean()
+    def g_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
+        fake = self.fakes(batch, ctx)
+        loss = F.softplus(-self.D(ctx.augment(fake), self._classes(batch)).float()).mean()
         ctx.logs["loss/G"] = loss.detach()
         return loss
 
-    def d_reg_loss(self, real: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def d_reg_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         """Lazy R1: γ/2·‖∇D(real)‖², weighted by the interval it is computed every."""
-        real = real.detach().requires_grad_(True)
-        logits = self.D(ctx.augment(real)).float()
+        real = batch.images.detach().requires_grad_(True)
+        logits = self.D(ctx.augment(real), self._classes(batch)).float()
         (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
         penalty = grads.float().square().sum((1, 2, 3))
         ctx.logs["loss/r1_penalty"] = penalty.detach().mean()
         return penalty.mean() * (self.config.r1_gamma / 2) * self.d_reg_interval
 
-    def g_reg_loss(self, ctx: StepContext) -> torch.Tensor:
+    def g_reg_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         """Lazy path-length regularisation: keep ‖Jᵀy‖ (image change per unit w change, y a
         random image-space direction) near its running mean, on a shrunken batch."""
         cfg, G = self.cfg, self.G
         rows = max(ctx.rows // cfg.pl_batch_shrink, 1)
         device = G.w_avg.device
         z = ctx.normal(self.latent_dim)[:rows].to(device)
-        ws = self._mixed_ws(z, ctx)
+        labels = self._classes(batch)
+        ws = self._mixed_ws(z, ctx, None if labels is None else labels[:rows])
         images = G.synthesis(ws)
         size = images.shape[2] * images.shape[3]
         y = ctx.normal_on(device, *images.shape[1:])[:rows].to(images.dtype) / math.sqrt(size)

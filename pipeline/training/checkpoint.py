@@ -52,6 +52,12 @@ RUN_KEYS = {
 # resolved kind → its section): only the chosen ones shape a run.
 MODEL_SECTIONS = get_args(TrainParams.model_fields["model"].annotation)
 AUGMENT_SECTIONS = {"diffaugment": "aug", "ada": "ada"}
+# Keys added after runs existed, with the value that means what those runs did: at that
+# value they are left out of the hash, so upgrading does not set every old run aside.
+LATER_KEYS: dict[tuple[str, ...], Any] = {
+    ("balance_classes",): False,
+    ("stylegan2", "conditional"): "auto",
+}
 
 
 def defining_params(params: dict, augment_kind: str) -> dict:
@@ -68,7 +74,24 @@ def defining_params(params: dict, augment_kind: str) -> dict:
     section = AUGMENT_SECTIONS.get(augment_kind)
     if section:
         defining[section] = params.get(section)
+    for path, value in LATER_KEYS.items():
+        *parents, key = path
+        holder = defining
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and holder.get(key, value) == value:
+            if parents:  # a copy: the params dump itself is left as it was
+                _drop_nested(defining, parents, key)
+            else:
+                holder.pop(key, None)
     return defining
+
+
+def _drop_nested(tree: dict, parents: list[str], key: str) -> None:
+    for parent in parents:
+        tree[parent] = dict(tree[parent])
+        tree = tree[parent]
+    tree.pop(key, None)
 
 
 def params_hash(params: TrainParams, data_fingerprint: str, augment_kind: str) -> str:

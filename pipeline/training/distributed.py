@@ -8,6 +8,7 @@ other network also runs forward, which DDP's bucketed hooks do not fit.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +41,13 @@ def init_processes(device_setting: str) -> Processes:
     return Processes(rank, world, device)
 
 
-def average_gradients(module: nn.Module, world: int) -> None:
-    """Average every parameter's gradient over the processes (one flat all-reduce)."""
+def average_gradients(params: nn.Module | Iterable[nn.Parameter], world: int) -> None:
+    """Average the gradients of a module's (or a list's) trainable parameters over the
+    processes (one flat all-reduce)."""
     if world == 1:
         return
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = params.parameters() if isinstance(params, nn.Module) else params
+    params = [p for p in params if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)

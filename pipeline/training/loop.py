@@ -23,10 +23,16 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline import io as pio
-from pipeline.augment import BatchPart, ada_augment, diff_augment
+from pipeline.augment import Augmenter, BatchPart
 from pipeline.errors import StageError
 from pipeline.models import GANModel, build_model
-from pipeline.models.base import NoiseSource, StepContext, set_noise_source
+from pipeline.models.base import (
+    Batch,
+    NoiseSource,
+    StepContext,
+    set_noise_source,
+    with_modules,
+)
 from pipeline.training.checkpoint import (
     all_finite,
     changed_keys,
@@ -159,29 +165,53 @@ class Trainer:
         # this process's rows of every global micro-batch
         self.part = BatchPart(micro, self.procs.rank * self.micro_local)
 
+        # class names of a labelled dataset (dataset.labels): the batches then carry labels
+        self.dataset_classes = list(getattr(self.dataset, "classes", None) or [])
+        if self.dataset_classes:
+            self.dataset.with_labels = True
+        if params.balance_classes and not self.dataset_classes:
+            raise StageError(
+                f"train.balance_classes: {self.dataset.path} has no labels; build it with "
+                "dataset.labels: tags or folders, or set train.balance_classes=false"
+            )
+
         torch.manual_seed(params.seed)  # the same initial weights in every process
         try:
-            self.model = model_factory(params).to(self.device)
+            classes = len(self.dataset_classes)
+            model = model_factory(params, num_classes=classes) if classes else model_factory(params)
+            self.model = model.to(self.device)
         except ValueError as exc:
             raise StageError(str(exc)) from None
-        self.G_ema = copy.deepcopy(self.model.G).eval().requires_grad_(False)
+        # moving averages of the networks the model samples with (G's is ``G_ema``)
+        self.ema = {
+            name: copy.deepcopy(module).eval().requires_grad_(False)
+            for name, module in self.model.ema_modules().items()
+        }
+        self.G_ema = self.ema["G"]
         if self.procs.world > 1:
             cross_process_batchnorm(self.model, self.device)
-        self.opt_G, self.opt_D = self.model.optimizers()
-        self.base_lrs = [[g["lr"] for g in opt.param_groups] for opt in (self.opt_G, self.opt_D)]
+        self.optimizers = self.model.optimizers()
+        d_names = tuple(self.model.d_optimizers)
+        g_names = self.model.g_optimizers or tuple(n for n in self.optimizers if n not in d_names)
+        unknown = sorted(set(d_names + g_names) - set(self.optimizers))
+        if unknown:
+            raise StageError(f"train.model {params.model}: no optimizer named {unknown[0]}")
+        self.phase_optimizers = {"D": d_names, "G": g_names}
+        self.base_lrs = {
+            name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()
+        }
         self.precision = resolve_precision(params.precision, self.device)
-        self.scaler_G = self.precision.scaler(self.device)
-        self.scaler_D = self.precision.scaler(self.device)
+        self.scalers = {phase: self.precision.scaler(self.device) for phase in ("G", "D")}
         self.generator = torch.Generator().manual_seed(params.seed + 1)
         self.augment_kind = (
             self.model.default_augment if params.augment == "auto" else params.augment
         )
+        self.augmenter = Augmenter(
+            self.augment_kind, params.aug, params.ada, params.batch_size, self.device,
+            self.procs.world,
+        )  # fmt: skip
         self.hash = params_hash(params, self.dataset.fingerprint(), self.augment_kind)
-        ada = params.ada
-        self.state = TrainState(ada_p=ada.fixed_p if ada.fixed_p is not None else ada.initial_p)
-        # sign(D(real)) sum and count since the last adjustment, on the device (no sync);
-        # the state's copy is written at save time and read back by _load
-        self.ada_stats = torch.zeros(2, device=self.device)
+        self.state = TrainState(ada_p=self.augmenter.p)
         self.resumed = self._restore()
         broadcast_module(self.model, self.procs.world)
         if self.device.type == "cuda" and params.channels_last:
@@ -189,6 +219,12 @@ class Trainer:
         if params.compile:
             self.model.G.compile()
             self.model.D.compile()
+
+    # the two classic optimizers and scalers by their old names
+    opt_G = property(lambda self: self.optimizers["G"])
+    opt_D = property(lambda self: self.optimizers["D"])
+    scaler_G = property(lambda self: self.scalers["G"])
+    scaler_D = property(lambda self: self.scalers["D"])
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -316,9 +352,12 @@ class Trainer:
 
     def _load_weights(self, checkpoint: dict, source: str) -> None:
         try:
-            self.model.G.load_state_dict(checkpoint["G"])
-            self.model.D.load_state_dict(checkpoint["D"])
-            self.G_ema.load_state_dict(checkpoint["G_ema"])
+            for name, module in self.model.trained_modules().items():
+                module.load_state_dict(checkpoint[name])
+            for name, module in self.ema.items():
+                module.load_state_dict(
+                    checkpoint["G_ema"] if name == "G" else checkpoint["ema"][name]
+                )
         except (KeyError, RuntimeError) as exc:
             first = (str(exc).splitlines() or [""])[0][:200]
             raise StageError(
@@ -327,14 +366,15 @@ class Trainer:
 
     def _load(self, checkpoint: dict) -> None:
         self._load_weights(checkpoint, str(self.checkpoint_path))
-        self.opt_G.load_state_dict(checkpoint["opt_G"])
-        self.opt_D.load_state_dict(checkpoint["opt_D"])
-        self.scaler_G.load_state_dict(checkpoint["scaler_G"])
-        self.scaler_D.load_state_dict(checkpoint["scaler_D"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(checkpoint[f"opt_{name}"])
+        for phase, scaler in self.scalers.items():
+            scaler.load_state_dict(checkpoint[f"scaler_{phase}"])
         self.state = TrainState(**checkpoint["state"])
-        self.ada_stats = torch.tensor(
-            [self.state.ada_sign_sum, self.state.ada_count], device=self.device
-        )
+        self.augmenter.load_state_dict(
+            {"p": self.state.ada_p, "sign_sum": self.state.ada_sign_sum,
+             "count": self.state.ada_count}
+        )  # fmt: skip
         self.generator.set_state(checkpoint["rng"]["engine"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if torch.cuda.is_available() and checkpoint["rng"].get("cuda"):
@@ -343,8 +383,9 @@ class Trainer:
 
     def _header(self) -> dict:
         """What a sampler needs to rebuild G (``checkpoint.load_generator``)."""
-        sign_sum, count = self.ada_stats.tolist()
-        self.state.ada_sign_sum, self.state.ada_count = sign_sum, int(count)
+        augment = self.augmenter.state_dict()
+        self.state.ada_p = augment["p"]
+        self.state.ada_sign_sum, self.state.ada_count = augment["sign_sum"], augment["count"]
         return {
             "model": self.p.model,
             "image_size": self.p.image_size,
@@ -353,35 +394,49 @@ class Trainer:
             "params_hash": self.hash,
             "state": asdict(self.state),
             "kimg": self.state.nimg / 1000,
+            "classes": self.dataset_classes,
         }
 
+    def _ema_states(self) -> dict[str, dict]:
+        """The averaged networks under their checkpoint keys: G's as ``G_ema`` (what every
+        sampler reads), any other's in ``ema`` by name."""
+        states = {name: module.state_dict() for name, module in self.ema.items()}
+        others = {name: state for name, state in states.items() if name != "G"}
+        return {"G_ema": states["G"], **({"ema": others} if others else {})}
+
+    @staticmethod
+    def _finite(states: dict[str, dict]) -> bool:
+        return all(
+            all(all_finite(s) for s in state.values()) if name == "ema" else all_finite(state)
+            for name, state in states.items()
+        )
+
     def save_snapshot(self) -> None:
-        """G_ema alone, kept for every ``snapshot_every`` steps: a run's history."""
-        G_ema = self.G_ema.state_dict()
-        if self.procs.is_main and all_finite(G_ema):
+        """The averaged networks alone, kept every ``snapshot_every`` steps: a run's history
+        (what render's progress strip and ``steamgan mix`` read)."""
+        ema = self._ema_states()
+        if self.procs.is_main and self._finite(ema):
             path = self.snapshot_dir / f"step-{self.state.step:08d}.pt"
-            save_checkpoint(path, {**self._header(), "G_ema": G_ema})
+            save_checkpoint(path, {**self._header(), **ema})
 
     def save(self) -> bool:
         """Write the checkpoint (main process); refuse to write non-finite weights."""
         saved = True
         if self.procs.is_main:
-            G, D = self.model.G.state_dict(), self.model.D.state_dict()
-            G_ema = self.G_ema.state_dict()
-            saved = all(all_finite(s) for s in (G, D, G_ema))
+            networks = {
+                name: module.state_dict() for name, module in self.model.trained_modules().items()
+            }
+            networks.update(self._ema_states())
+            saved = self._finite(networks)
             if saved:
                 save_checkpoint(
                     self.checkpoint_path,
                     {
                         **self._header(),
-                        "G": G,
-                        "D": D,
-                        "G_ema": G_ema,
-                        "opt_G": self.opt_G.state_dict(),
-                        "opt_D": self.opt_D.state_dict(),
-                        "scaler_G": self.scaler_G.state_dict(),
-                        "scaler_D": self.scaler_D.state_dict(),
-                        "augment": {"kind": self.augment_kind, **self._augment_state()},
+                        **networks,
+                        **{f"opt_{n}": opt.state_dict() for n, opt in self.optimizers.items()},
+                        **{f"scaler_{n}": s.state_dict() for n, s in self.scalers.items()},
+                        "augment": self.augmenter.describe(self.state.step),
                         "rng": {
                             "engine": self.generator.get_state(),
                             "torch": torch.get_rng_state(),
@@ -398,26 +453,29 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------
 
     def _apply_lr(self) -> None:
-        for opt, lrs in zip((self.opt_G, self.opt_D), self.base_lrs, strict=True):
-            for group, lr in zip(opt.param_groups, lrs, strict=True):
+        for name, opt in self.optimizers.items():
+            for group, lr in zip(opt.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = lr * self.state.lr_scale
 
     def _context(self, augment: Callable) -> StepContext:
         set_noise_source(self.model.G, NoiseSource(self.generator, self.part, self.micro_local))
-        return StepContext(self.generator, self.part, self.micro_local, augment)
+        return StepContext(
+            self.generator, self.part, self.micro_local, augment,
+            step=self.state.step, kimg=self.state.nimg / 1000,
+        )  # fmt: skip
 
-    def _latents(self, ctx: StepContext) -> torch.Tensor:
-        z = torch.randn((ctx.part.total, self.model.latent_dim), generator=self.generator)
-        return z[ctx.part.start : ctx.part.start + ctx.rows].to(self.device)
-
-    def _real(self, batch: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        real = batch.to(self.device, non_blocking=True).float() / 127.5 - 1
+    def _real(self, loaded, ctx: StepContext) -> Batch:
+        """The loader's uint8 images (and labels) as a ``Batch`` on the device."""
+        images, labels = loaded if isinstance(loaded, list | tuple) else (loaded, None)
+        real = images.to(self.device, non_blocking=True).float() / 127.5 - 1
         if self.p.mirror:
             flip = ctx.draw(1, 1, 1).to(self.device) < 0.5
             real = torch.where(flip, real.flip(3), real)
         if self.device.type == "cuda" and self.p.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        return real
+        if labels is not None:
+            labels = labels.to(self.device, non_blocking=True).long()
+        return Batch(real, labels)
 
     def _everywhere(self, flag: bool) -> bool:
         """True only if ``flag`` holds in every process."""
@@ -427,158 +485,104 @@ class Trainer:
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
         return bool(tensor.item())
 
-    def _apply(self, module: nn.Module, opt, scaler, losses: list[torch.Tensor]) -> bool:
-        """Average gradients, then step unless a loss or gradient is not finite."""
-        average_gradients(module, self.procs.world)
+    def _phase_params(self, phase: str) -> list[nn.Parameter]:
+        """The parameters the ``phase`` step's optimizers update."""
+        return [
+            param
+            for name in self.phase_optimizers[phase]
+            for group in self.optimizers[name].param_groups
+            for param in group["params"]
+        ]
+
+    def _apply(self, phase: str, losses: list[torch.Tensor]) -> bool:
+        """Average gradients, then step the phase's optimizers unless a loss or gradient is
+        not finite."""
+        params, scaler = self._phase_params(phase), self.scalers[phase]
+        optimizers = [self.optimizers[name] for name in self.phase_optimizers[phase]]
+        average_gradients(params, self.procs.world)
         ok = self._everywhere(bool(torch.isfinite(torch.stack(losses)).all()))
         if ok and not scaler.is_enabled():
-            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            grads = [p.grad for p in params if p.grad is not None]
             # one sync for all gradients (a GradScaler checks them itself)
-            ok = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+            ok = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if ok:
             scale = scaler.get_scale() if scaler.is_enabled() else None
-            scaler.step(opt)  # with fp16, skips by itself on overflowed gradients
+            for opt in optimizers:
+                scaler.step(opt)  # with fp16, skips by itself on overflowed gradients
             scaler.update()
             # A GradScaler that skipped lowered its scale: that step did not happen, so it
             # is not counted as good (no EMA update, a bad step towards nan_tolerance).
             ok = scale is None or scaler.get_scale() >= scale
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         return ok
 
-    def _augment_state(self) -> dict:
-        if self.augment_kind == "diffaugment":
-            return {"types": self.p.aug.types_at(self.state.step), "prob": self.p.aug.prob}
-        if self.augment_kind == "ada":
-            return {"stages": self.p.ada.stages, "prob": self.state.ada_p}
-        return {"prob": 0.0}
-
-    def _augmenter(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """D's augmentation for this step (the same for reals and fakes)."""
-        p, kind = self.p, self.augment_kind
-        if kind == "diffaugment":
-            types = p.aug.types_at(self.state.step)
-            return lambda x: diff_augment(x, types, p.aug.prob, self.generator, self.part)
-        if kind == "ada":
-            prob = self.state.ada_p
-            return lambda x: ada_augment(x, prob, self.generator, self.part, p.ada.stages)
-        return lambda x: x
-
-    def _adjust_ada(self, logs: dict[str, float]) -> None:
-        """Every ``ada.interval`` steps move p towards r_t = E[sign(D(real))] = target, at a
-        speed that would take p from 0 to 1 in ``ada.speed_kimg``."""
-        ada = self.p.ada
-        if self.augment_kind != "ada" or ada.fixed_p is not None:
-            return
-        if self.state.step % ada.interval:
-            return
-        stats = self.ada_stats.clone()
-        if self.procs.world > 1:
-            dist.all_reduce(stats)
-        sign_sum, count = stats.tolist()
-        self.ada_stats.zero_()
-        if count == 0:
-            return
-        r_t = sign_sum / count
-        step = self.p.batch_size * ada.interval / (ada.speed_kimg * 1000)
-        direction = (r_t > ada.target) - (r_t < ada.target)
-        self.state.ada_p = min(max(self.state.ada_p + direction * step, 0.0), 1.0)
-        logs["augment/r_t"] = r_t
-
-    def _observe_real_logits(self, logits: torch.Tensor) -> None:
-        """Gather sign(D(real)) for ADA's p, from what every model's ``d_loss`` returns (the
-        engine's job, so no model can forget it); summed on the device, no sync."""
-        if self.augment_kind != "ada":
-            return
-        logits = logits.detach().float()
-        self.ada_stats += torch.stack(
-            [logits.sign().sum(), self.ada_stats.new_tensor(logits.numel())]
-        )
-
-    def _d_phase(self, batches, augment, logs) -> tuple[bool, list[torch.Tensor]]:
+    def _d_phase(self, batches, augment, logs) -> tuple[bool, list[Batch]]:
         p, model = self.p, self.model
         losses, reals = [], []
         for _ in range(p.accumulate):
             ctx = self._context(augment)
             real = self._real(next(batches), ctx)
             reals.append(real)
-            z = self._latents(ctx)
             with self.precision.autocast(self.device):
-                with torch.no_grad():
-                    fake = model.generate(z, ctx)
-                outcome = model.d_loss(real, fake, ctx)
+                outcome = model.d_loss(real, ctx)
                 loss = outcome.loss
-            self.scaler_D.scale(loss / p.accumulate).backward()
+            self.scalers["D"].scale(loss / p.accumulate).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-            self._observe_real_logits(outcome.real_logits)
-        return self._apply(model.D, self.opt_D, self.scaler_D, losses), reals
+            self.augmenter.observe(outcome.real_logits)
+        return self._apply("D", losses), reals
 
-    def _reg_phase(self, module, opt, scaler, loss_fn, rounds, augment, logs) -> bool:
-        """A lazy-regularisation step: its own backward and optimizer step."""
-        losses = []
-        for round_ in range(rounds):
+    def _phase(self, phase: str, loss_fn, reals: list[Batch], augment, logs) -> bool:
+        """One optimizer step of ``phase`` over the accumulated micro-batches."""
+        losses, rounds = [], len(reals)
+        for real in reals:
             ctx = self._context(augment)
             with self.precision.autocast(self.device):
-                loss = loss_fn(round_, ctx)
-            scaler.scale(loss / rounds).backward()
+                loss = loss_fn(real, ctx)
+            self.scalers[phase].scale(loss / rounds).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-        return self._apply(module, opt, scaler, losses)
+        return self._apply(phase, losses)
 
-    def train_step(self, batches: Iterator[torch.Tensor]) -> tuple[bool, dict]:
-        p, model, step = self.p, self.model, self.state.step
-        augment = self._augmenter()
+    def train_step(self, batches: Iterator) -> tuple[bool, dict]:
+        model, step = self.model, self.state.step
+        augment = self.augmenter.for_step(step, self.generator, self.part)
         logs: dict[str, float] = {}
 
         d_ok, reals = self._d_phase(batches, augment, logs)
         if model.d_reg_interval and step % model.d_reg_interval == 0:
-            d_ok &= self._reg_phase(
-                model.D,
-                self.opt_D,
-                self.scaler_D,
-                lambda i, ctx: model.d_reg_loss(reals[i], ctx),
-                p.accumulate,
-                augment,
-                logs,
-            )
+            d_ok &= self._phase("D", model.d_reg_loss, reals, augment, logs)
 
-        losses = []
-        trainable = [param.requires_grad for param in model.D.parameters()]
-        model.D.requires_grad_(False)
-        for _ in range(p.accumulate):
-            ctx = self._context(augment)
-            z = self._latents(ctx)
-            with self.precision.autocast(self.device):
-                loss = model.g_loss(model.generate(z, ctx), ctx)
-            self.scaler_G.scale(loss / p.accumulate).backward()
-            losses.append(loss.detach().float())
-            logs.update(ctx.logs)
-        g_ok = self._apply(model.G, self.opt_G, self.scaler_G, losses)
+        # D's parameters take no gradient in G's step (frozen ones, freeze_d, stay frozen)
+        d_params = self._phase_params("D")
+        for param in d_params:
+            param.requires_grad_(False)
+        g_ok = self._phase("G", model.g_loss, reals, augment, logs)
         if model.g_reg_interval and step % model.g_reg_interval == 0:
-            g_ok &= self._reg_phase(
-                model.G,
-                self.opt_G,
-                self.scaler_G,
-                lambda i, ctx: model.g_reg_loss(ctx),
-                p.accumulate,
-                augment,
-                logs,
-            )
-        for param, flag in zip(model.D.parameters(), trainable, strict=True):
-            param.requires_grad_(flag)  # frozen layers (freeze_d) stay frozen
+            g_ok &= self._phase("G", model.g_reg_loss, reals, augment, logs)
+        for param in d_params:
+            param.requires_grad_(True)
         set_noise_source(model.G, None)
 
         self.state.step += 1
-        self.state.nimg += p.batch_size
+        self.state.nimg += self.p.batch_size
         if g_ok:
-            update_ema(self.G_ema, model.G, ema_beta(p.ema, p.batch_size, self.state.nimg))
-        self._adjust_ada(logs)
+            beta = ema_beta(self.p.ema, self.p.batch_size, self.state.nimg)
+            modules = model.ema_modules()
+            for name, ema in self.ema.items():
+                update_ema(ema, modules[name], beta)
+        logs.update(self.augmenter.adjust(self.state.step))
+        self.state.ada_p = self.augmenter.p
         logs["loss/finite"] = float(d_ok and g_ok)
         return d_ok and g_ok, logs
 
     # -- the run -----------------------------------------------------------------------
 
-    def _batches(self) -> Iterator[torch.Tensor]:
+    def _batches(self) -> Iterator:
+        balance = {}
+        if self.p.balance_classes:
+            balance = {"labels": self.dataset.labels.tolist(), "balance": True}
         sampler = StreamSampler(
             len(self.dataset),
             self.micro_global,
@@ -586,6 +590,7 @@ class Trainer:
             self.procs.rank,
             self.procs.world,
             start=self.state.step * self.p.accumulate,
+            **balance,
         )
         return make_loader(self.dataset, sampler, self.p.workers, self.device.type == "cuda")
 
@@ -597,10 +602,26 @@ class Trainer:
         self.state.lr_scale, self.state.recoveries, self.state.bad_steps = lr_scale, recoveries, 0
         self._apply_lr()
 
+    @property
+    def sampler(self) -> GANModel:
+        """The model with its averaged networks: what grids and metrics sample from."""
+        return with_modules(self.model, self.ema)
+
     def sample_grid(self):
+        """G_ema's images for fixed latents: ``train.grid`` rows × columns, or one row per
+        class for a conditional model (the same latents in every row)."""
         rows, cols = self.p.grid
+        labels = None
+        if self.model.num_classes:
+            rows = self.model.num_classes
+            labels = torch.arange(rows).repeat_interleave(cols)
         z = fixed_latents(rows * cols, self.model.latent_dim, self.p.seed + GRID_SEED_OFFSET)
-        images = generate(self.G_ema, z, self.p.seed + NOISE_SEED_OFFSET, self.device)
+        if labels is not None:
+            z = z[:cols].repeat(rows, 1)
+        images = generate(
+            self.G_ema, z, self.p.seed + NOISE_SEED_OFFSET, self.device,
+            labels=labels, sample=self.sampler.sample,
+        )  # fmt: skip
         return image_grid(images, rows, cols)
 
     def run(self, stop_at: int | None = None, progress: Callable | None = None) -> dict:
@@ -680,14 +701,13 @@ class Trainer:
 
         if getattr(self, "_fid", None) is None:
             self._fid = TrainingFID(self.dataset, self.p.eval_images, self.device)
-        return self._fid(self.G_ema, self.model.latent_dim, self.p.seed)
+        return self._fid(self.G_ema, self.model.latent_dim, self.p.seed, self.sampler)
 
     def _run_metrics(self, images_per_s: float) -> dict[str, float]:
         metrics = {
             "kimg": self.state.nimg / 1000,
-            "lr/G": self.opt_G.param_groups[0]["lr"],
-            "lr/D": self.opt_D.param_groups[0]["lr"],
-            "augment/prob": self._augment_state()["prob"],
+            **{f"lr/{n}": opt.param_groups[0]["lr"] for n, opt in self.optimizers.items()},
+            "augment/prob": self.augmenter.describe(self.state.step)["prob"],
             "speed/images_per_s": images_per_s,  # the global batch: all processes
         }
         if self.device.type == "cuda":

@@ -125,6 +125,9 @@ class StyleGAN2Params(Section):
     conv_clamp: Annotated[float, Field(gt=0)] | None = 256  # clamp activations (fp16 safety)
     fused_modconv: Literal["auto", "always", "never"] = "auto"  # auto: fused when sampling
     freeze_d: NonNegativeInt = 0  # freeze D's first N blocks from the top (transfer learning)
+    # class-conditional (c embedded into the mapping, a projection D); auto: when the
+    # dataset has labels (dataset.labels)
+    conditional: Literal["auto"] | bool = "auto"
 
 
 class TrainParams(Section):
@@ -138,6 +141,7 @@ class TrainParams(Section):
     channels_last: bool = True
     compile: bool = False
     mirror: bool = False  # random x-flips of real images, on the fly
+    balance_classes: bool = False  # draw every class equally often (a labelled dataset)
     ema: EmaParams = EmaParams()
     # D's augmentation: auto picks the model's (lightweight: diffaugment, stylegan2: ada)
     augment: Literal["auto", "diffaugment", "ada", "none"] = "auto"

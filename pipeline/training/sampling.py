@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,6 +52,10 @@ def generator_call(
     return G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 
 
+def _labelled_call(G: nn.Module) -> Callable:
+    return lambda z, labels, psi: G(z, labels, truncation_psi=psi)
+
+
 @torch.no_grad()
 def generate(
     G: nn.Module,
@@ -61,10 +65,16 @@ def generate(
     batch: int = 32,
     truncation_psi: float = 1.0,
     noise_mode: str = "random",
+    labels: torch.Tensor | None = None,
+    sample: Callable | None = None,
 ) -> torch.Tensor:
     """G(z) in eval mode with reproducible noise inputs, in batches, on the CPU."""
     return torch.cat(
-        list(iter_generate(G, z, noise_seed, device, batch, truncation_psi, noise_mode))
+        list(
+            iter_generate(
+                G, z, noise_seed, device, batch, truncation_psi, noise_mode, labels, sample
+            )
+        )
     )
 
 
@@ -77,9 +87,15 @@ def iter_generate(
     batch: int = 32,
     truncation_psi: float = 1.0,
     noise_mode: str = "random",
+    labels: torch.Tensor | None = None,
+    sample: Callable | None = None,
 ) -> Iterator[torch.Tensor]:
     """Like ``generate`` but yields each batch (float, [-1, 1], CPU), so a caller that
-    streams (metrics over 50k images) never holds them all."""
+    streams (metrics over 50k images) never holds them all.
+
+    ``sample(z, labels, truncation_psi)`` makes the images (a model's ``sample``, which a
+    conditional model needs for its ``labels``); by default ``G(z)``. ``G`` is the network
+    whose noise inputs are seeded and which is put in eval mode."""
     was_training = G.training
     G.eval()
     generator = torch.Generator().manual_seed(noise_seed)
@@ -88,7 +104,12 @@ def iter_generate(
         for start in range(0, len(z), batch):
             chunk = z[start : start + batch].to(device)
             set_noise_source(G, NoiseSource(generator, BatchPart(len(chunk), 0), len(chunk)))
-            yield generator_call(G, chunk, truncation_psi).float().cpu()
+            if sample is None and labels is None:
+                images = generator_call(G, chunk, truncation_psi)
+            else:
+                classes = None if labels is None else labels[start : start + batch].to(device)
+                images = (sample or _labelled_call(G))(chunk, classes, truncation_psi)
+            yield images.float().cpu()
     finally:
         set_noise_source(G, None)
         set_noise_mode(G, "random")

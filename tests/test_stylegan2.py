@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.augment import BatchPart, ada_augment
-from pipeline.models.base import StepContext, has_mapping, set_noise_mode
+from pipeline.models.base import Batch, StepContext, has_mapping, set_noise_mode
 from pipeline.models.stylegan2 import (
     ModulatedConv2d,
     StyleGAN2,
@@ -96,13 +96,13 @@ def test_lazy_regularisation_schedule_and_optimizer_correction(data, tmp_path):
     class Watched(StyleGAN2):
         """The real model, noting the steps at which its regularisers run."""
 
-        def d_reg_loss(self, real, ctx):
+        def d_reg_loss(self, batch, ctx):
             calls["d"].append(trainer.state.step)
-            return super().d_reg_loss(real, ctx)
+            return super().d_reg_loss(batch, ctx)
 
-        def g_reg_loss(self, ctx):
+        def g_reg_loss(self, batch, ctx):
             calls["g"].append(trainer.state.step)
-            return super().g_reg_loss(ctx)
+            return super().g_reg_loss(batch, ctx)
 
     params = tiny_stylegan2(data, steps=8, stylegan2=dict(r1_interval=4, pl_interval=2))
     trainer = Trainer(
@@ -122,12 +122,12 @@ def test_lazy_regularisation_schedule_and_optimizer_correction(data, tmp_path):
 def test_regularisers_are_finite_nonzero_and_reach_the_weights():
     model = tiny_model(r1_gamma=1.0)
     real = torch.rand(4, 3, 32, 32) * 2 - 1
-    r1 = model.d_reg_loss(real, context(4))
+    r1 = model.d_reg_loss(Batch(real), context(4))
     assert torch.isfinite(r1) and r1 > 0
     r1.backward()
     weights = [p for p in model.D.parameters() if p.dim() > 1]  # (a bias has no say in ∇x)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
-    pl = model.g_reg_loss(context(4))  # first call: distance from a zero running mean
+    pl = model.g_reg_loss(Batch(real), context(4))  # first call: distance from a zero running mean
     assert torch.isfinite(pl) and pl > 0 and model.G.pl_mean > 0
     pl.backward()
     mapping = model.G.mapper.layers[0].weight

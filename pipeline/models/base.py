@@ -188,6 +188,11 @@ class GANModel(nn.Module):
         per-group learning rates (a slower mapping network) gives param groups."""
         raise NotImplementedError
 
+    def lr_factors(self, kimg: float) -> dict[str, float]:
+        """Learning-rate multipliers by optimizer name at ``kimg`` (a schedule, such as a
+        progressive model's per-stage rates); missing names keep their optimizer's lr."""
+        return {}
+
     def trained_modules(self) -> dict[str, nn.Module]:
         """The networks a checkpoint saves and restores, by name (not loss networks with
         fixed weights, such as LPIPS)."""

@@ -453,9 +453,13 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------
 
     def _apply_lr(self) -> None:
+        """Each group's lr: its own, times the model's schedule, times the NaN-recovery
+        scale."""
+        factors = self.model.lr_factors(self.state.nimg / 1000)
         for name, opt in self.optimizers.items():
+            scale = self.state.lr_scale * factors.get(name, 1.0)
             for group, lr in zip(opt.param_groups, self.base_lrs[name], strict=True):
-                group["lr"] = lr * self.state.lr_scale
+                group["lr"] = lr * scale
 
     def _context(self, augment: Callable) -> StepContext:
         set_noise_source(self.model.G, NoiseSource(self.generator, self.part, self.micro_local))
@@ -547,6 +551,8 @@ class Trainer:
 
     def train_step(self, batches: Iterator) -> tuple[bool, dict]:
         model, step = self.model, self.state.step
+        if type(model).lr_factors is not GANModel.lr_factors:
+            self._apply_lr()  # a model with a schedule: its rates at this kimg
         augment = self.augmenter.for_step(step, self.generator, self.part)
         logs: dict[str, float] = {}
 

@@ -26,12 +26,35 @@ def grid_seeds(rows: int, cols: int) -> list[int]:
 
 
 def fakes_grid(synth: Synth, rows: int, cols: int, noise_seed: int = 0) -> Image.Image:
-    """Samples of fixed seeds, each with its own noise (as sample grids during training)."""
-    z = seeded_latents(grid_seeds(rows, cols), synth.latent_dim)
+    """Samples of fixed seeds, each with its own noise (as sample grids during training).
+    A conditional G: one row per class, the same seeds 0 … cols − 1 in every row."""
+    labels = None
+    if synth.num_classes:
+        rows = synth.num_classes
+        labels = torch.arange(rows).repeat_interleave(cols)
+        z = seeded_latents(grid_seeds(1, cols), synth.latent_dim).repeat(rows, 1)
+    else:
+        z = seeded_latents(grid_seeds(rows, cols), synth.latent_dim)
     images = generate(
-        synth.G, z, noise_seed, synth.device, synth.batch, noise_mode=synth.noise_mode
-    )
+        synth.G, z, noise_seed, synth.device, synth.batch, noise_mode=synth.noise_mode,
+        labels=labels,
+    )  # fmt: skip
     return image_grid(images, rows, cols)
+
+
+def class_interpolation(synth: Synth, seeds: list[int], steps: int) -> torch.Tensor:
+    """Per seed, a row through every class in turn: the same z mapped with each class's
+    embedding, ``steps`` images per class-to-class segment, linear in W (conditional G)."""
+    z = synth.z(seeds)
+    ws = torch.stack([synth.ws(z, label=k) for k in range(synth.num_classes)], 1)  # N×K×…
+    t = torch.linspace(0, 1, steps + 1)[:-1]
+    path = [
+        ws[:, k, None].lerp(ws[:, k + 1, None], t.view(1, -1, 1, 1))
+        for k in range(synth.num_classes - 1)
+    ]
+    path.append(ws[:, -1:])
+    frames = torch.cat(path, 1)  # N×frames×num_ws×w_dim, row by row
+    return synth.synthesis(frames.flatten(0, 1))
 
 
 def evenly_spaced(count: int, total: int) -> list[int]:

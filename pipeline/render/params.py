@@ -68,6 +68,8 @@ class RenderParams(Section):
     truncation_cutoff: PositiveInt | None = None  # truncate only ws below this index
     frames: Annotated[int, Field(ge=1, le=100_000)] = 60  # video frames from one seed to the next
     fps: Annotated[int, Field(ge=1, le=240)] = 30
+    # a class-conditional G: images per class-to-class step of the class interpolation
+    class_steps: Annotated[int, Field(ge=1, le=1000)] = 6
     progress_columns: Annotated[int, Field(ge=2, le=1000)] = 16  # snapshots in the progress strip
     w_samples: Annotated[int, Field(ge=2, le=10_000_000)] = (
         10_000  # W samples: PCA, W's mean and std

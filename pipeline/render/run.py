@@ -27,13 +27,14 @@ from pipeline.training.sampling import image_grid
 
 IMAGES, VIDEOS = "images", "videos"
 W_SAMPLES_SEED = 0  # the z drawn for W's statistics (GANSpace, edit and projection scales)
-ANY, STYLED = "any", "styled"
+ANY, STYLED, CONDITIONAL = "any", "styled", "conditional"
 # Every render, in order, and which generators can draw it.
 RENDERS = {
     "fakes": ANY,
     "reals": ANY,
     "progress": ANY,
     "interpolation_z": ANY,
+    "class_interpolation": CONDITIONAL,
     "truncation": STYLED,
     "mixing": STYLED,
     "interpolation_w": STYLED,
@@ -46,6 +47,8 @@ RENDERS = {
 def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
     """Renders this generator cannot draw, each with the reason."""
     reasons = {}
+    if not getattr(G, "num_classes", 0) or not has_mapping(G):
+        reasons["class_interpolation"] = f"{model} is not class-conditional (dataset.labels)"
     if not has_mapping(G):
         for name, needs in RENDERS.items():
             if needs == STYLED:
@@ -151,6 +154,18 @@ def render(
 
     if not has_mapping(G):
         return summary(trained, p, done, skipped)
+
+    if synth.num_classes:
+        steps = p.class_steps
+        table = grids.class_interpolation(synth, p.seeds, steps)
+        columns = (synth.num_classes - 1) * steps + 1
+        finish(
+            "class_interpolation",
+            files=[out.save(image_grid(table, len(p.seeds), columns), "class-interpolation.png")],
+            rows=p.seeds,
+            classes=trained.classes,
+            steps=steps,
+        )
 
     seeds_rows = len(p.seeds)
     table = grids.truncation_grid(synth, p.seeds, psis, p.truncation_cutoff)

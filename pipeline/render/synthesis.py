@@ -85,6 +85,16 @@ class Synth:
         self.noise_mode, self.noise = noise_mode, FrozenNoise(noise_seed)
         self.latent_dim = G.latent_dim
         self.styled = has_mapping(G)
+        # a class-conditional G draws every render for ``label`` (the fakes grid and the
+        # class interpolation go through all classes)
+        self.num_classes = getattr(G, "num_classes", 0)
+        self.label = 0
+
+    def classes(self, count: int, label: int | None = None) -> torch.Tensor | None:
+        """``count`` copies of the class to draw (None for an unconditional G)."""
+        if not self.num_classes:
+            return None
+        return torch.full((count,), self.label if label is None else label, device=self.device)
 
     @contextlib.contextmanager
     def _fixed_noise(self) -> Iterator[None]:
@@ -113,17 +123,23 @@ class Synth:
         with self._fixed_noise():
             for start in range(0, len(z), self.batch):
                 self.noise.reset()
-                out.append(self.G(z[start : start + self.batch].to(self.device)).float().cpu())
+                chunk = z[start : start + self.batch].to(self.device)
+                c = self.classes(len(chunk))
+                out.append((self.G(chunk) if c is None else self.G(chunk, c)).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
-    def ws(self, z: torch.Tensor, psi: float = 1.0, cutoff: int | None = None) -> torch.Tensor:
-        """mapping(z): N×num_ws×w_dim, on the CPU."""
+    def ws(
+        self, z: torch.Tensor, psi: float = 1.0, cutoff: int | None = None, label=None
+    ) -> torch.Tensor:
+        """mapping(z): N×num_ws×w_dim, on the CPU (of class ``label``, default ``self.label``,
+        for a conditional G)."""
         self.require_mapping("W space")
         out, batch = [], max(self.batch, 1024)  # the mapping network is small
         for start in range(0, len(z), batch):
             chunk = z[start : start + batch].to(self.device)
-            ws = self.G.mapping(chunk, truncation_psi=psi, truncation_cutoff=cutoff)
+            extra = {} if not self.num_classes else {"c": self.classes(len(chunk), label)}
+            ws = self.G.mapping(chunk, truncation_psi=psi, truncation_cutoff=cutoff, **extra)
             out.append(ws.float().cpu())
         return torch.cat(out)
 
@@ -145,6 +161,8 @@ class Synth:
     def average_image(self) -> torch.Tensor:
         """synthesis of W's tracked average: the centre truncation pulls every image toward."""
         w_avg = self.G.w_avg.detach().float().cpu()[None]
+        if self.num_classes:  # the class's own centre (conditional truncation's)
+            w_avg = self.G.mapper.w_avg_class[self.label].detach().float().cpu()[None]
         return self.synthesis(self.broadcast(w_avg))
 
     @torch.no_grad()

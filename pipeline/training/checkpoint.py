@@ -231,7 +231,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trai
     try:
         params = TrainParams.model_validate(checkpoint["params"])
         params = params.model_copy(update={"resume_from": None})
-        net = build_model(params, for_sampling=True)
+        classes = list(checkpoint.get("classes") or [])
+        net = build_model(params, for_sampling=True, num_classes=len(classes))
         net.load_ema(checkpoint)
         G = net.G
     except (KeyError, ValueError, RuntimeError) as exc:
@@ -247,5 +248,5 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trai
         params,
         path,
         net,
-        list(checkpoint.get("classes") or []),
+        classes if net.num_classes else [],  # an unconditional model ignores the labels
     )

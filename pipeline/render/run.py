@@ -101,7 +101,7 @@ def render(
     out = Outputs(Path(out_dir))
     G = trained.G
     synth_options = dict(device=device, batch=p.batch_size, noise_mode=p.noise_mode)
-    synth = Synth(G, **synth_options)
+    synth = Synth(G, **synth_options, sample=trained.sample)
     skipped = unsupported(G, trained.model)
     rows, cols = p.grid
     done: dict[str, dict[str, Any]] = {}

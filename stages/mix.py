@@ -79,8 +79,8 @@ def main(
                     "to mix); run the train stage, or list the files in mix.snapshots"
                 )
             run_hash = load_checkpoint(CHECKPOINT).get("params_hash")
-            files = sorted(SNAPSHOTS.glob("step-*.pt")) if SNAPSHOTS.is_dir() else []
-            sources = pick_snapshots(files, cfg.last, run_hash)
+            files = sorted(SNAPSHOTS.glob("step-*.pt"), reverse=True) if SNAPSHOTS.is_dir() else []
+            sources = pick_snapshots(files, cfg.last, run_hash, newest_first=True)
             if not sources:
                 raise StageError(
                     f"mix.last: no snapshot of the run of {CHECKPOINT} in {SNAPSHOTS}; "

@@ -97,6 +97,12 @@ def _check_header(path: str, checkpoint: dict) -> None:
                 f"{path}: not a snapshot or checkpoint of a training run (no {key!r}); "
                 "mix files from data/train/snapshots or data/train/checkpoints"
             )
+    state = checkpoint["state"]
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise StageError(
+            f"{path}: not a snapshot or checkpoint of a training run (no state.step); "
+            "mix files from data/train/snapshots or data/train/checkpoints"
+        )
     if not is_state_dict(checkpoint.get(SAMPLED)):
         raise StageError(
             f"{path}: holds no {SAMPLED} (no generator to sample); "
@@ -215,8 +221,8 @@ def expand(patterns: Sequence[str]) -> list[Path]:
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
             raise StageError(
-                f"mix.snapshots: {pattern} matches no file; give snapshot or checkpoint "
-                "paths (or globs such as data/train/snapshots/step-*.pt)"
+                f"{pattern}: matches no file; give snapshot or checkpoint paths (or globs "
+                "such as data/train/snapshots/step-*.pt)"
             )
         for match in matches:
             files.setdefault(Path(match), None)
@@ -224,11 +230,13 @@ def expand(patterns: Sequence[str]) -> list[Path]:
 
 
 def pick_snapshots(
-    files: Sequence[Path], last: int, run_hash: str | None = None
+    files: Sequence[Path], last: int, run_hash: str | None = None, newest_first: bool = False
 ) -> list[tuple[str, dict]]:
     """Load ``files`` and keep the newest ``last`` of them (by step; 0: all), of the run
     ``run_hash`` when given (others skipped: a snapshot folder can hold another run's).
-    At most ``last`` + 1 checkpoints are in memory at a time."""
+    At most ``last`` + 1 checkpoints are in memory at a time; ``newest_first``: the files
+    come newest first (``step-NNNNNNNN.pt`` names sorted backwards), so reading stops once
+    ``last`` are found."""
     kept: list[tuple[str, dict]] = []
     for path in files:
         checkpoint = load_checkpoint(path)
@@ -239,4 +247,6 @@ def pick_snapshots(
         kept.sort(key=lambda source: step_of(source[1]))
         if last:
             kept = kept[-last:]
+            if newest_first and len(kept) == last:
+                break
     return kept

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from pipeline.errors import StageError
 from pipeline.param_types import (
@@ -210,8 +217,14 @@ class ReferenceParams(Section):
     workers: Workers = 2  # processes decoding and resizing images
 
 
-MetricName = Literal["fid", "kid", "precision_recall", "inception_score", "ppl", "one_face"]
-ALL_METRICS: tuple[str, ...] = MetricName.__args__
+def _known_metric(name: str) -> str:
+    from pipeline.metrics.registry import check_metric_name  # light: no torch
+
+    return check_metric_name(name)
+
+
+MetricName = Annotated[str, AfterValidator(_known_metric)]  # pipeline.metrics.registry's
+DEFAULT_METRICS = ("fid", "kid", "precision_recall", "inception_score", "ppl", "one_face")
 
 
 class OneFaceParams(RetinaFaceParams):
@@ -225,7 +238,7 @@ class OneFaceParams(RetinaFaceParams):
 
 class EvaluateParams(Section):
     checkpoint: str = "data/train/checkpoints/latest.pt"
-    metrics: tuple[MetricName, ...] = ALL_METRICS
+    metrics: tuple[MetricName, ...] = DEFAULT_METRICS
     num_images: ImageCount = 50_000  # generated images (the papers' 50k)
     truncation: Annotated[float, Field(gt=0)] = 1.0  # psi; not 1 needs a mapping network
     seed: NonNegativeInt = 0

@@ -13,14 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import StageError
 from pipeline.param_types import (
@@ -217,13 +210,14 @@ class ReferenceParams(Section):
     workers: Workers = 2  # processes decoding and resizing images
 
 
-def _known_metric(name: str) -> str:
-    from pipeline.metrics.registry import check_metric_name  # light: no torch
-
-    return check_metric_name(name)
-
-
-MetricName = Annotated[str, AfterValidator(_known_metric)]  # pipeline.metrics.registry's
+# evaluate.metrics' names. pipeline/metrics/registry.py registers one function under each
+# and refuses to load when the two lists differ: they are kept here so that validating
+# params.yaml (every stage does) does not import the metrics, which every stage would then
+# depend on (dvc.yaml deps).
+MetricName = Literal[
+    "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face", "fid_per_class"
+]  # fmt: skip
+METRIC_NAMES: tuple[str, ...] = MetricName.__args__
 DEFAULT_METRICS = ("fid", "kid", "precision_recall", "inception_score", "ppl", "one_face")
 
 

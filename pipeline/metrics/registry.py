@@ -15,9 +15,10 @@ Adding a metric is one function here (its math in a module of its own)::
     def sharpness(ctx: MetricContext) -> dict[str, float | None]:
         return {"sharpness": sharpness_of(ctx.generated.inception)}
 
-Its name is then a valid ``evaluate.metrics`` entry. Nothing here imports torch or numpy when
-the module loads (``params.yaml`` validation reads the names): metrics import their math
-inside.
+and its name in ``pipeline.params.MetricName`` (the ``evaluate.metrics`` names, which
+params.yaml validation reads without importing this module; this module refuses to load while
+the two lists differ). Metrics import their math inside, so that loading the registry stays
+cheap.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import StageError
+from pipeline.params import METRIC_NAMES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -333,3 +335,15 @@ def fid_per_class(ctx: MetricContext) -> Results:
         ctx.warnings["fid_per_class"] = warning
     mean = float(np.mean([values[name] for name in measured]))
     return {"fid_per_class": values, "fid_per_class_mean": mean}
+
+
+def _check_names() -> None:
+    """The registered metrics are params.yaml's names, in the same order."""
+    if tuple(_METRICS) != METRIC_NAMES:
+        raise ImportError(
+            f"pipeline/metrics/registry.py registers {', '.join(_METRICS)} but "
+            f"pipeline.params.MetricName lists {', '.join(METRIC_NAMES)}: make them the same"
+        )
+
+
+_check_names()

@@ -17,8 +17,7 @@ Adding a metric is one function here (its math in a module of its own)::
 
 and its name in ``pipeline.params.MetricName`` (the ``evaluate.metrics`` names, which
 params.yaml validation reads without importing this module; this module refuses to load while
-the two lists differ). Metrics import their math inside, so that loading the registry stays
-cheap.
+the two lists differ).
 """
 
 from __future__ import annotations
@@ -27,19 +26,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from pipeline.errors import StageError
-from pipeline.params import METRIC_NAMES
+from pipeline.faces.base import FaceDetector
+from pipeline.metrics.fid import frechet_distance, frechet_distance_per_class
+from pipeline.metrics.inception import InceptionV3
+from pipeline.metrics.inception_score import inception_score as inception_score_of
+from pipeline.metrics.kid import kernel_inception_distance
+from pipeline.metrics.one_face import FaceCounter
+from pipeline.metrics.ppl import perceptual_path_length
+from pipeline.metrics.precision_recall import precision_recall as precision_recall_of
+from pipeline.metrics.samples import sample_warning
+from pipeline.metrics.vgg16 import VGG16FC2
+from pipeline.models.base import has_mapping
+from pipeline.params import METRIC_NAMES, EvaluateParams
+from pipeline.progress import progress_bar
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
-    from pipeline.faces.base import FaceDetector
     from pipeline.metrics.evaluation import Reference
-    from pipeline.metrics.inception import InceptionV3
-    from pipeline.metrics.one_face import FaceCounter
-    from pipeline.metrics.vgg16 import VGG16FC2
-    from pipeline.params import EvaluateParams
     from pipeline.training.checkpoint import TrainedGenerator
 
 # What the one streamed pass over generated images can compute for the metrics:
@@ -170,16 +176,12 @@ def run_metric(metric: Metric, ctx: MetricContext) -> Results:
 @register_metric(needs=("inception",))
 def fid(ctx: MetricContext) -> Results:
     """Fréchet Inception Distance against the reference (``pipeline.metrics.fid``)."""
-    from pipeline.metrics.fid import frechet_distance
-
     return {"fid": frechet_distance(ctx.reference.features, ctx.generated.inception)}
 
 
 @register_metric(keys=("kid", "kid_std"), needs=("inception",))
 def kid(ctx: MetricContext) -> Results:
     """Kernel Inception Distance over seeded subsets (``pipeline.metrics.kid``)."""
-    from pipeline.metrics.kid import kernel_inception_distance
-
     cfg = ctx.cfg
     real, fake = ctx.reference.features, ctx.generated.inception
     mean, std = kernel_inception_distance(
@@ -192,39 +194,31 @@ def kid(ctx: MetricContext) -> Results:
 def precision_recall(ctx: MetricContext) -> Results:
     """k-NN precision and recall on VGG16 features when VGG16 loaded, else on Inception ones
     (``evaluate.pr_features``)."""
-    from pipeline.metrics.precision_recall import precision_recall as measure
-
     cfg, reference, generated = ctx.cfg, ctx.reference, ctx.generated
     if generated.vgg is not None:
         if reference.pr_features is None:
             raise ValueError("the reference has no VGG16 features; run dvc repro reference")
-        return measure(reference.pr_features, generated.vgg, cfg.pr_k, ctx.device)
+        return precision_recall_of(reference.pr_features, generated.vgg, cfg.pr_k, ctx.device)
     if cfg.pr_features == "vgg16":
         raise ValueError(ctx.vgg_note or "no VGG16 network")
-    return measure(reference.features, generated.inception, cfg.pr_k, ctx.device)
+    return precision_recall_of(reference.features, generated.inception, cfg.pr_k, ctx.device)
 
 
 @register_metric(keys=("inception_score", "inception_score_std"), needs=("inception", "probs"))
 def inception_score(ctx: MetricContext) -> Results:
     """Inception Score of the generated images (needs an Inception with its logits layer)."""
-    from pipeline.metrics.inception_score import inception_score as score
-
     if ctx.generated.probs is None:
         raise ValueError(
             f"the {ctx.inception.source.name} Inception has no logits layer (pool features "
             "only); set evaluate.extractor=nvlabs for the Inception Score"
         )
-    return score(ctx.generated.probs, ctx.cfg.is_splits)
+    return inception_score_of(ctx.generated.probs, ctx.cfg.is_splits)
 
 
 @register_metric(keys=("ppl_z", "ppl_w"))
 def ppl(ctx: MetricContext) -> Results:
     """Perceptual path length in Z, and in W for a generator with a mapping network. Its own
     pairs of images, made by G directly (it interpolates in G's latent spaces)."""
-    from pipeline.metrics.ppl import perceptual_path_length
-    from pipeline.models.base import has_mapping
-    from pipeline.progress import progress_bar
-
     cfg, trained = ctx.cfg, ctx.trained
     mapping = has_mapping(trained.G)
 
@@ -293,11 +287,6 @@ def fid_per_class(ctx: MetricContext) -> Results:
     class (``fid_per_class``: class name → FID), and their mean. The generated images of a
     class are those of the one pass asked for that class (the reference's class shares of
     ``evaluate.num_images``: ``pipeline.metrics.labels.generation_labels``)."""
-    import numpy as np
-
-    from pipeline.metrics.fid import frechet_distance_per_class
-    from pipeline.metrics.samples import sample_warning
-
     trained, reference, generated = ctx.trained, ctx.reference, ctx.generated
     if not trained.num_classes:
         raise ValueError(

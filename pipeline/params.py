@@ -267,8 +267,15 @@ class ReferenceParams(Section):
     workers: Workers = 2  # processes decoding and resizing images
 
 
-MetricName = Literal["fid", "kid", "precision_recall", "inception_score", "ppl", "one_face"]
-ALL_METRICS: tuple[str, ...] = MetricName.__args__
+# evaluate.metrics' names. pipeline/metrics/registry.py registers one function under each
+# and refuses to load when the two lists differ: they are kept here so that validating
+# params.yaml (every stage does) does not import the metrics, which every stage would then
+# depend on (dvc.yaml deps).
+MetricName = Literal[
+    "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face", "fid_per_class"
+]  # fmt: skip
+METRIC_NAMES: tuple[str, ...] = MetricName.__args__
+DEFAULT_METRICS = ("fid", "kid", "precision_recall", "inception_score", "ppl", "one_face")
 
 
 class OneFaceParams(RetinaFaceParams):
@@ -282,7 +289,7 @@ class OneFaceParams(RetinaFaceParams):
 
 class EvaluateParams(Section):
     checkpoint: str = "data/train/checkpoints/latest.pt"
-    metrics: tuple[MetricName, ...] = ALL_METRICS
+    metrics: tuple[MetricName, ...] = DEFAULT_METRICS
     num_images: ImageCount = 50_000  # generated images (the papers' 50k)
     truncation: Annotated[float, Field(gt=0)] = 1.0  # psi; not 1 needs a mapping network
     seed: NonNegativeInt = 0

@@ -1,5 +1,5 @@
-"""evaluate: FID, KID, precision/recall, IS, PPL and the one-face rate of a checkpoint's G_ema
-→ data/evaluate/metrics.json (a DVC metric)."""
+"""evaluate: FID, KID, precision/recall, IS, PPL, the one-face rate and per-class FID of a
+checkpoint's G_ema → data/evaluate/metrics.json (a DVC metric)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ app = stage_app(__doc__, "evaluate", "reference")
 
 
 SHOWN = ("fid", "kid", "precision", "recall", "inception_score", "ppl_z", "ppl_w",
-         "one_face_rate", "one_face_rate_real")  # fmt: skip
+         "one_face_rate", "one_face_rate_real", "fid_per_class_mean")  # fmt: skip
 
 
 def summary_line(results: dict, notes: dict) -> str:

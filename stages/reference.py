@@ -49,8 +49,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         say_reasons("reference", reasons, DETAILS)
         rate = reference.summary["one_face_rate"]
         faces = f"one-face rate {rate:.3f}" if rate is not None else "one-face rate null"
+        classes = f", {len(reference.classes)} classes" if reference.labels is not None else ""
         say(
-            f"reference: {reference.summary['num_images']:,} images of {p.reference.data} "
+            f"reference: {reference.summary['num_images']:,} images of {p.reference.data}{classes} "
             f"({model.source.name}, resize {cfg.resize}; precision/recall on "
             f"{reference.key['pr_features'] or 'nothing'}); {faces}; {threads} CPU thread(s) "
             f"→ {REFERENCE}"

@@ -507,11 +507,13 @@ def test_training_and_evaluation_sections(tmp_path):
         )
     metrics = {"loss": {"G": 0.25}, "kimg": 0.016, "speed": {"images_per_s": 123.4}, "step": 2}
     pio.write_json(live / "metrics.json", {**metrics, "memory": {"gpu_peak_gib": 3.5}})
-    pio.write_json(tmp_path / "data/evaluate/metrics.json", {"fid": 12.5, "ppl_w": None})
+    per_class = {"daisy": 30.5, "tulip": None}  # evaluate's one nested metric
     pio.write_json(
-        tmp_path / "data/evaluate/notes.json",
-        {"notes": {"ppl_w": "lightweight has no W space"}, "settings": {}},
+        tmp_path / "data/evaluate/metrics.json",
+        {"fid": 12.5, "ppl_w": None, "fid_per_class": per_class},
     )
+    notes = {"ppl_w": "lightweight has no W space", "fid_per_class.tulip": "1 generated image"}
+    pio.write_json(tmp_path / "data/evaluate/notes.json", {"notes": notes, "settings": {}})
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     page = build_report(report_params(tmp_path), root=tmp_path)
     html = page.read_text()
@@ -522,6 +524,8 @@ def test_training_and_evaluation_sections(tmp_path):
     assert sources == ["training/loss.svg", "training/0000004.png"]  # kimg is a number above
     assert "loss/D_real" in (page.parent / "training/loss.svg").read_text()
     assert 'data-key="ppl_w"' in html and "lightweight has no W space" in html
+    assert 'data-key="fid_per_class.daisy"' in html and '<td class="n">30.5</td>' in html
+    assert 'data-key="fid_per_class.tulip"' in html and "1 generated image" in html
     assert not_run("render", "data/render/render.json") in html
 
 

@@ -1,5 +1,6 @@
-"""Metrics of generated images: FID, KID, precision/recall, Inception Score, PPL and the
-one-face rate, one file each, on the standard Inception features::
+"""Metrics of generated images: FID, KID, precision/recall, Inception Score, PPL, the
+one-face rate and per-class FID, the math one file each, on the standard Inception features
+(``registry`` names them for ``evaluate``)::
 
     from pipeline.metrics import inception_features, frechet_distance
     a = inception_features("data/dataset/dataset.zip", resize="clean")  # N×2048

@@ -8,6 +8,10 @@ match its own settings, so FIDs computed with different resizing or networks are
 Precision/recall runs on VGG16 fc2 features (``pipeline.metrics.vgg16``) when
 ``evaluate.pr_features`` is ``vgg16``, or ``auto`` and the VGG16 weights load; otherwise on the
 Inception features. Those VGG16 features are computed in the same pass, on the same batches.
+
+The metrics themselves are registered by name in ``pipeline.metrics.registry``; here is the
+driver that loads the checkpoint, makes the one pass and calls them. A labelled dataset's
+reference keeps each image's class, for per-class metrics (``fid_per_class``).
 """
 
 from __future__ import annotations
@@ -24,20 +28,28 @@ from pipeline import io as pio
 from pipeline.devices import pick_device
 from pipeline.errors import StageError
 from pipeline.faces.base import FaceDetector, load_detector
-from pipeline.metrics.fid import GaussianStats, feature_stats, frechet_distance
+from pipeline.metrics.fid import GaussianStats, feature_stats
 from pipeline.metrics.inception import FeatureSink, InceptionV3, extractor_key, iter_dataset
+from pipeline.metrics.labels import DatasetLabels, generation_labels, read_dataset_labels
 from pipeline.metrics.one_face import FaceCounter
+from pipeline.metrics.registry import (
+    GeneratedFeatures,
+    MetricContext,
+    first_line,
+    get_metric,
+    list_metrics,
+    metrics_needing,
+    run_metric,
+)
 from pipeline.metrics.samples import sample_warning
 from pipeline.metrics.vgg16 import VGG16FC2, VGG16Sink, load_vgg16
 from pipeline.params import EvaluateParams, ReferenceParams
 from pipeline.progress import progress_bar
 
-REFERENCE_FORMAT = 2  # 2: the precision/recall network in the key, VGG16 features
-FEATURE_METRICS = ("fid", "kid", "precision_recall", "inception_score")
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [exc.__class__.__name__])[0]
+# 2: the precision/recall network in the key, VGG16 features; 3: the classes of a labelled
+# dataset's images (and their digest in the key)
+REFERENCE_FORMAT = 3
+FEATURE_METRICS = metrics_needing("inception")  # those that need the Inception network
 
 
 def load_one_face_detector(cfg: EvaluateParams) -> tuple[FaceDetector | None, str | None]:
@@ -101,6 +113,8 @@ class Reference:
     key: dict[str, Any]  # what the features depend on
     summary: dict[str, Any] = field(default_factory=dict)  # count, one-face rate, notes
     pr_features: np.ndarray | None = None  # N×4096 VGG16 fc2 features, when P/R uses them
+    labels: np.ndarray | None = None  # N class indices into ``classes``; None: unlabelled
+    classes: list[str] = field(default_factory=list)
 
 
 def subset_indices(count: int, max_images: int | None, seed: int) -> list[int] | None:
@@ -122,10 +136,15 @@ def reference_key(
     model: InceptionV3,
     resize: str,
     pr: dict[str, Any],
+    labels: DatasetLabels | None = None,
 ) -> dict[str, Any]:
+    """What a reference's numbers depend on; ``labels``: the dataset's, read when not given
+    (the images' names and sizes are its fingerprint, dataset.json is not among them)."""
+    labels = labels if labels is not None else read_dataset_labels(data)
     return {
         "format": REFERENCE_FORMAT,
         "dataset": dataset_fingerprint(data),
+        "labels": labels.digest() if labels is not None else None,
         "max_images": ref.max_images,
         "seed": ref.seed if ref.max_images else None,
         **extractor_key(model, resize),
@@ -143,13 +162,19 @@ def compute_reference(
     vgg_note: str | None = None,
 ) -> Reference:
     """Inception features of the real images (VGG16 ones too with ``vgg``, and their
-    one-face rate), streamed."""
+    one-face rate), streamed, with each image's class when the dataset is labelled."""
     from pipeline.training.data import ImageDataset
 
-    total = len(ImageDataset(ref.data, "reference.data"))
+    dataset = ImageDataset(ref.data, "reference.data")
+    total = len(dataset)
     if total < 2:
         raise StageError(f"reference.data: {ref.data} has {total} image(s); need at least 2")
     indices = subset_indices(total, ref.max_images, ref.seed)
+    dataset_labels = read_dataset_labels(ref.data)
+    labels = None
+    if dataset_labels is not None:
+        labels = dataset_labels.of_images(dataset.names, f"reference.data: {dataset.path}")
+        labels = labels[indices] if indices is not None else labels
     originals = detector is not None or vgg is not None
     count, batches = iter_dataset(
         ref.data, cfg.resize, cfg.batch_size, ref.workers, indices, originals=originals
@@ -180,9 +205,13 @@ def compute_reference(
     notes = {"one_face_rate": detector_note or face_note, "precision_recall": vgg_note}
     if any(notes.values()):
         summary["notes"] = {name: why for name, why in notes.items() if why}
-    key = reference_key(ref.data, ref, model, cfg.resize, pr)
+    classes = dataset_labels.classes if dataset_labels is not None else []
+    if labels is not None:  # images per class, in reference.json
+        counts = np.bincount(labels, minlength=len(classes)).tolist()
+        summary["classes"] = dict(zip(classes, counts, strict=True))
+    key = reference_key(ref.data, ref, model, cfg.resize, pr, dataset_labels)
     pr_features = vgg_sink.result()[0] if vgg_sink is not None else None
-    return Reference(features, feature_stats(features), key, summary, pr_features)
+    return Reference(features, feature_stats(features), key, summary, pr_features, labels, classes)
 
 
 def save_reference(path: str | Path, reference: Reference) -> None:
@@ -195,6 +224,14 @@ def save_reference(path: str | Path, reference: Reference) -> None:
             key=np.array(json.dumps(reference.key, sort_keys=True)),
             summary=np.array(json.dumps(reference.summary, sort_keys=True)),
             **({} if reference.pr_features is None else {"pr_features": reference.pr_features}),
+            **(
+                {}
+                if reference.labels is None
+                else {
+                    "labels": reference.labels,
+                    "classes": np.array(json.dumps(reference.classes)),
+                }
+            ),
         )
 
 
@@ -209,9 +246,11 @@ def load_reference(path: str | Path) -> Reference:
             key = json.loads(str(data["key"]))
             summary = json.loads(str(data["summary"])) if "summary" in data else {}
             pr_features = data.get("pr_features")
+            labels = data.get("labels")
+            classes = json.loads(str(data["classes"])) if "classes" in data else []
     except (OSError, ValueError, KeyError) as exc:
         raise StageError(f"{path}: not a reference file ({first_line(exc)}); re-run it") from None
-    return Reference(features, stats, key, summary, pr_features)
+    return Reference(features, stats, key, summary, pr_features, labels, classes)
 
 
 def check_reference(reference: Reference, expected: dict[str, Any], path: str | Path) -> None:
@@ -226,19 +265,6 @@ def check_reference(reference: Reference, expected: dict[str, Any], path: str | 
 # --- evaluate -------------------------------------------------------------------------------
 
 
-def _metric(results: dict, notes: dict, names: tuple[str, ...], compute) -> None:
-    """Fill ``names`` from ``compute()``; a metric that cannot be computed is null + a note."""
-    try:
-        values = compute()
-    except (ValueError, StageError) as exc:
-        for name in names:  # each null explains itself (recall beside precision, kid_std…)
-            results[name] = None
-            notes[name] = first_line(exc)
-        return
-    for name, value in zip(names, values, strict=True):
-        results[name] = value
-
-
 def load_ppl_distance(cfg: EvaluateParams, device: torch.device):
     """LPIPS-VGG16 for PPL, or (None, why not) when its weights are missing."""
     from pipeline.lpips import load_lpips
@@ -248,6 +274,47 @@ def load_ppl_distance(cfg: EvaluateParams, device: torch.device):
     except StageError as exc:
         return None, f"LPIPS-VGG16 weights unavailable: {first_line(exc)}"
     return lpips.to(device), None
+
+
+def generate_features(ctx: MetricContext, needs: set[str]) -> GeneratedFeatures:
+    """The one streamed pass: ``evaluate.num_images`` images from the model's ``sample``
+    (a conditional model's classes from ``generation_labels``), each batch quantised to uint8,
+    fed to every network ``needs`` names and dropped."""
+    from pipeline.training.sampling import fixed_latents, iter_generate, to_uint8
+
+    cfg, trained, reference = ctx.cfg, ctx.trained, ctx.reference
+    sink = None
+    if "inception" in needs:
+        if ctx.inception is None:
+            raise ValueError("an Inception model is needed for " + ", ".join(FEATURE_METRICS))
+        sink = FeatureSink(ctx.inception, cfg.resize, cfg.num_images, probs="probs" in needs)
+    use_vgg = "vgg" in needs and ctx.vgg is not None
+    vgg_sink = VGG16Sink(ctx.vgg, cfg.num_images) if use_vgg else None
+    use_faces = "faces" in needs and ctx.detector is not None
+    faces = FaceCounter(ctx.detector) if use_faces else None
+    if sink is None and vgg_sink is None and faces is None:
+        return GeneratedFeatures()
+    labels = generation_labels(
+        trained.classes, reference.classes, reference.labels, cfg.num_images, cfg.seed
+    )
+    z = fixed_latents(cfg.num_images, trained.latent_dim, cfg.seed)
+    stream = iter_generate(
+        trained.G, z, cfg.seed, ctx.device, cfg.batch_size, cfg.truncation,
+        labels=None if labels is None else torch.from_numpy(labels), sample=trained.sample,
+    )  # fmt: skip
+    with progress_bar(cfg.num_images, f"evaluate {trained.model}") as advance:
+        for batch in stream:
+            images = to_uint8(batch)
+            if sink is not None:
+                sink.add(images)
+            if vgg_sink is not None:
+                vgg_sink.add(images)
+            if faces is not None:
+                faces.add(images)
+            advance(len(images))
+    inception, probs = sink.result() if sink is not None else (None, None)
+    vgg = vgg_sink.result()[0] if vgg_sink is not None else None
+    return GeneratedFeatures(inception, probs, vgg, faces, labels)
 
 
 def evaluate_generator(
@@ -261,127 +328,41 @@ def evaluate_generator(
     vgg: VGG16FC2 | None = None,
     vgg_note: str | None = None,
 ) -> dict[str, Any]:
-    """Every metric of ``cfg.metrics`` for ``cfg.checkpoint``'s G_ema, as a flat dict of
-    numbers (null where a metric could not be computed, with the reason under ``notes``).
-    Precision/recall uses ``vgg``'s features when given (and the reference's VGG16 ones)."""
-    from pipeline.metrics.inception_score import inception_score
-    from pipeline.metrics.kid import kernel_inception_distance
-    from pipeline.metrics.ppl import perceptual_path_length
-    from pipeline.metrics.precision_recall import precision_recall
+    """Every metric of ``cfg.metrics`` for ``cfg.checkpoint``'s G_ema (``model`` is the
+    Inception network), as a dict of numbers (null where a metric could not be computed,
+    with the reason under ``notes``; small samples under ``warnings``). Precision/recall uses
+    ``vgg``'s features when given (and the reference's VGG16 ones)."""
     from pipeline.models.base import has_mapping
     from pipeline.training.checkpoint import load_generator
-    from pipeline.training.sampling import fixed_latents, iter_generate, to_uint8
 
+    requested = {get_metric(name).name for name in cfg.metrics}  # unknown: names the valid
+    metrics = [get_metric(name) for name in list_metrics() if name in requested]
     device = pick_device(cfg.device)
     trained = load_generator(cfg.checkpoint, device)
-    G, mapping = trained.G, has_mapping(trained.G)
-    if cfg.truncation != 1.0 and not mapping:
+    if cfg.truncation != 1.0 and not has_mapping(trained.G):
         raise StageError(
             f"evaluate.truncation: {trained.model} has no mapping network to truncate in; "
             "set evaluate.truncation=1"
         )
-    metrics = set(cfg.metrics)
-    real_detector = reference.summary.get("one_face_detector")
-    same = real_detector is None or detector is None or real_detector == detector_key(detector)
-    if "one_face" in metrics and not same:
-        raise StageError(
-            "the reference's one-face rate used other evaluate.one_face settings; "
-            "run dvc repro reference"
-        )
+    ctx = MetricContext(
+        cfg, trained, device, reference, model, vgg, vgg_note, detector, detector_note,
+        lpips, lpips_note,
+    )  # fmt: skip
+    for metric in metrics:
+        if metric.check is not None:
+            metric.check(ctx)
     results: dict[str, Any] = {
         "kimg": trained.kimg,
         "num_images": cfg.num_images,
         "truncation": cfg.truncation,
     }
-    notes: dict[str, str] = {}
-    need_features = bool(metrics & set(FEATURE_METRICS))
-    sink = None
-    if need_features:
-        if model is None:
-            raise ValueError("an Inception model is needed for " + ", ".join(FEATURE_METRICS))
-        sink = FeatureSink(model, cfg.resize, cfg.num_images, probs="inception_score" in metrics)
-    use_vgg = "precision_recall" in metrics and vgg is not None
-    vgg_sink = VGG16Sink(vgg, cfg.num_images) if use_vgg else None
-    faces = FaceCounter(detector) if "one_face" in metrics and detector is not None else None
-    if need_features or faces is not None:
-        z = fixed_latents(cfg.num_images, trained.latent_dim, cfg.seed)
-        stream = iter_generate(G, z, cfg.seed, device, cfg.batch_size, cfg.truncation)
-        with progress_bar(cfg.num_images, f"evaluate {trained.model}") as advance:
-            for batch in stream:
-                images = to_uint8(batch)
-                if sink is not None:
-                    sink.add(images)
-                if vgg_sink is not None:
-                    vgg_sink.add(images)
-                if faces is not None:
-                    faces.add(images)
-                advance(len(images))
-    real = reference.features
-    fake, probs = sink.result() if sink is not None else (None, None)
-    if "fid" in metrics:
-        _metric(results, notes, ("fid",), lambda: [frechet_distance(real, fake)])
-    if "kid" in metrics:
-        _metric(results, notes, ("kid", "kid_std"), lambda: kernel_inception_distance(
-            real, fake, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed
-        ))  # fmt: skip
-    if "precision_recall" in metrics:
-
-        def pr():
-            if vgg_sink is not None:
-                if reference.pr_features is None:
-                    raise ValueError("the reference has no VGG16 features; run dvc repro reference")
-                vgg_fake, _ = vgg_sink.result()
-                return precision_recall(reference.pr_features, vgg_fake, cfg.pr_k, device)
-            if cfg.pr_features == "vgg16":
-                raise ValueError(vgg_note or "no VGG16 network")
-            return precision_recall(real, fake, cfg.pr_k, device)
-
-        _metric(results, notes, ("precision", "recall"), pr)
-    if "inception_score" in metrics:
-
-        def score():
-            if probs is None:
-                raise ValueError(
-                    f"the {model.source.name} Inception has no logits layer (pool features "
-                    "only); set evaluate.extractor=nvlabs for the Inception Score"
-                )
-            return inception_score(probs, cfg.is_splits)
-
-        _metric(results, notes, ("inception_score", "inception_score_std"), score)
-    if "ppl" in metrics:
-        spaces = ["z", "w"] if mapping else ["z"]
-        for space in spaces:
-            name = f"ppl_{space}"
-
-            def ppl(space=space):
-                if lpips is None:
-                    raise ValueError(lpips_note or "no LPIPS network")
-                with progress_bar(cfg.ppl_samples, f"ppl {space} ({cfg.ppl_sampling})") as adv:
-                    return [
-                        perceptual_path_length(
-                            G, lpips, cfg.ppl_samples, trained.latent_dim, space,
-                            cfg.ppl_sampling, cfg.ppl_epsilon, cfg.seed, cfg.batch_size,
-                            cfg.truncation, adv,
-                        )
-                    ]  # fmt: skip
-
-            _metric(results, notes, (name,), ppl)
-        if not mapping:
-            results["ppl_w"] = None
-            notes["ppl_w"] = f"{trained.model} has no W space (no mapping network)"
-    if "one_face" in metrics:
-        results["one_face_rate"] = faces.rate if faces is not None else None
-        results["one_face_rate_real"] = reference.summary.get("one_face_rate")
-        if faces is None:
-            notes["one_face_rate"] = detector_note or "no face detector"
-        elif faces.note:
-            notes["one_face_rate"] = faces.note
-        if faces is not None and results["one_face_rate_real"] is None:
-            real_note = reference.summary.get("notes", {}).get("one_face_rate")
-            notes["one_face_rate_real"] = real_note or "the reference has no one-face rate"
-    if notes:
-        results["notes"] = notes
-    warnings = small_sample_warnings(results, cfg, len(real), metrics)
+    ctx.generated = generate_features(ctx, set().union(*(m.needs for m in metrics)))
+    for metric in metrics:
+        results.update(run_metric(metric, ctx))
+    if ctx.notes:
+        results["notes"] = ctx.notes
+    warnings = small_sample_warnings(results, cfg, len(reference.features), requested)
+    warnings |= ctx.warnings
     if warnings:
         results["warnings"] = warnings
     return results

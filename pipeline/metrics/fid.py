@@ -65,3 +65,28 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     trace = float(np.sqrt(scipy.linalg.eigvalsh((inner + inner.T) / 2).clip(min=0)).sum())
     diff = a.mu - b.mu
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * trace)
+
+
+def frechet_distance_per_class(
+    real: np.ndarray,
+    real_labels: np.ndarray,
+    fake: np.ndarray,
+    fake_labels: np.ndarray,
+    classes: list[str],
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """FID between the generated and the real features of each class (labels: indices into
+    ``classes``): (FID by class name, None for a class with fewer than two images on a side;
+    why those are None)."""
+    values: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    for index, name in enumerate(classes):
+        a, b = real[real_labels == index], fake[fake_labels == index]
+        if min(len(a), len(b)) < 2:
+            values[name] = None
+            reasons[name] = (
+                f"class {name!r} has {len(b)} generated and {len(a)} real image(s); "
+                "FID needs at least 2 of each"
+            )
+        else:
+            values[name] = frechet_distance(a, b)
+    return values, reasons

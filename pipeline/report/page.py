@@ -154,7 +154,7 @@ def evaluation_section(
     else:
         notes = (run.file("evaluate", "notes") or {}).get("notes", {})
         evaluation = Section()
-        for key, value in metrics.items():
+        for key, value in flatten_keys(metrics).items():  # fid_per_class.<class>
             note = (notes.get(key) or notes.get(NOTE_OF.get(key, ""), "")) if value is None else ""
             evaluation.rows.append((key, _number(value), note))
         settings = (run.file("evaluate", "notes") or {}).get("settings", {})

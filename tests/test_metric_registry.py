@@ -158,15 +158,18 @@ def test_dataset_labels_from_a_folder_or_a_zip(tmp_path):
     assert read_dataset_labels(folder) is None  # unlabelled, as the dataset stage writes it
     data.unlink()
     assert read_dataset_labels(folder) is None  # a bare folder of images
-    data.write_text('{"labels": [["a.png", 0], ["b.png", 2]]}')  # NVlabs': no names
+    first, *rest = names
+    pairs = [[first, 0], *([name, 2] for name in rest)]
+    data.write_text(json.dumps({"labels": pairs}))  # NVlabs': no names
     assert read_dataset_labels(folder).classes == ["0", "1", "2"]
-    for text, message in [
-        ("{labels", "dataset.json: not valid JSON"),
-        ('{"labels": [["a.png", [0.5, 1.0]]]}', "NVlabs' vector labels are not classes"),
-        ('{"labels": [["a.png", 3]], "classes": ["x"]}', "class index 3 is not one of the 1"),
-        ('{"labels": [["a.png", 0]], "classes": ["x", "x"]}', "a list of distinct names"),
+    for meta, message in [
+        ("{labels", "dataset.json: unreadable"),
+        ({"labels": [[n, [0.5, 1.0]] for n in names]}, "list of \\[file name, class index\\]"),
+        ({"labels": [[n, 3] for n in names], "classes": ["x"]}, "has class 3, outside 0..0"),
+        ({"labels": [[n, 0] for n in names], "classes": ["x", "x"]}, "distinct names"),
+        ({"labels": [[n, 0] for n in names[1:]], "classes": ["x"]}, "1 image.s. have no label"),
     ]:
-        data.write_text(text)
+        data.write_text(meta if isinstance(meta, str) else json.dumps(meta))
         with pytest.raises(StageError, match=message) as err:
             read_dataset_labels(folder)
         assert str(err.value).startswith(str(data)) and "\n" not in str(err.value)
@@ -289,7 +292,7 @@ def test_fid_per_class_of_a_conditional_model_against_a_labelled_reference(label
     result = run_cli("evaluate", *evaluate_args(labelled, "conditional.pt"))
     shutil.move(labelled / "dataset.zip.bak", dataset)
     assert result.exit_code == 1
-    assert "computed with other settings (labels '" in result.output
+    assert "computed with other settings (" in result.output and "labels '" in result.output
     assert "run dvc repro reference" in result.output
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,69 +42,18 @@ class DatasetLabels:
         return np.array([self.by_name[name] for name in names], dtype=np.int64)
 
 
-def _read_text(dataset: Path) -> str | None:
-    """``dataset.json`` beside the images (in the zip, or in the folder), or None."""
-    if dataset.suffix == ".zip":
-        try:
-            with zipfile.ZipFile(dataset) as archive:
-                if DATASET_JSON not in archive.namelist():
-                    return None
-                return archive.read(DATASET_JSON).decode("utf-8")
-        except (zipfile.BadZipFile, UnicodeDecodeError) as exc:
-            raise StageError(f"{dataset}: cannot read {DATASET_JSON} ({exc}); {FIX}") from None
-    path = dataset / DATASET_JSON
-    if not path.is_file():
-        return None
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StageError(f"{path}: cannot read it ({exc}); {FIX}") from None
-
-
 def read_dataset_labels(
     path: str | Path, param: str | None = "reference.data"
 ) -> DatasetLabels | None:
-    """The class of every image of a dataset zip or folder, or None when it is unlabelled."""
-    from pipeline.training.data import resolve_dataset
+    """The class of every image of a dataset zip or folder, or None when it is unlabelled:
+    ``dataset.json`` as training reads it (``ImageDataset``, one reader, one set of checks)."""
+    from pipeline.training.data import ImageDataset
 
-    dataset = resolve_dataset(path, param)
-    text = _read_text(dataset)
-    if text is None:
+    dataset = ImageDataset(path, param)
+    if dataset.labels is None:
         return None
-    where = f"{dataset}/{DATASET_JSON}" if dataset.is_dir() else f"{dataset}: {DATASET_JSON}"
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise StageError(f"{where}: not valid JSON ({exc}); {FIX}") from None
-    labels = data.get("labels") if isinstance(data, dict) else None
-    if labels is None:
-        return None
-    pairs = labels if isinstance(labels, list) else None
-    if pairs is None or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and type(p[1]) is int
-        for p in pairs
-    ):
-        raise StageError(
-            f"{where}: labels must be [[image name, class index], ...] (class labels; "
-            f"NVlabs' vector labels are not classes); {FIX}"
-        )
-    by_name = {name.replace("\\", "/"): index for name, index in pairs}
-    top = max(by_name.values(), default=-1)
-    classes = data.get("classes")
-    if classes is None:
-        classes = [str(i) for i in range(top + 1)]
-    if (
-        not isinstance(classes, list)
-        or not all(isinstance(c, str) for c in classes)
-        or len(set(classes)) != len(classes)
-    ):
-        raise StageError(f"{where}: classes must be a list of distinct names; {FIX}")
-    bad = [index for index in by_name.values() if not 0 <= index < len(classes)]
-    if bad:
-        raise StageError(
-            f"{where}: class index {bad[0]} is not one of the {len(classes)} classes; {FIX}"
-        )
-    return DatasetLabels(list(classes), by_name)
+    classes = dict(zip(dataset.names, dataset.labels.tolist(), strict=True))
+    return DatasetLabels(list(dataset.classes), classes)
 
 
 def class_counts(weights: Sequence[float], count: int) -> np.ndarray:

@@ -262,6 +262,8 @@ def parse_labels(meta: object, names: set[str], where: object) -> tuple[list[str
         classes = [str(i) for i in range(max(class_of.values(), default=-1) + 1)]
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise fail('"classes" must be a list of names')
+    if len(set(classes)) != len(classes):
+        raise fail('"classes" must be a list of distinct names')
     unknown = sorted(set(class_of) - names)
     if unknown:
         raise fail(f"labels name {len(unknown)} file(s) not in the dataset, e.g. {unknown[0]}")

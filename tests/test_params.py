@@ -73,8 +73,10 @@ def test_repository_params_are_valid_and_have_every_section():
         ({"train": {"progan": {"norm": "group"}}}, "train.progan.norm: 'group' is not allowed"),
         ({"train": {"dcgan": {"g_kernel": 4}}}, "train.dcgan.g_kernel: 4 is not allowed"),
         ({"train": {"dcgan": {"consistency": 2}}}, "train.dcgan: "),
-        ({"train": {"progan": {"stages": [{"size": 16, "kimg": 1}, {"size": 64, "kimg": 1}]}}},
-         "train.progan: "),  # fmt: skip
+        (
+            {"train": {"progan": {"stages": [{"size": 16, "kimg": 1}, {"size": 64, "kimg": 1}]}}},
+            "train.progan: ",
+        ),
         ({"train": {"model": "progan", "image_size": 128}}, "train: "),
     ],
 )

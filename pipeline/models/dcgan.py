@@ -2,7 +2,8 @@
 Adversarial Networks" (Radford et al. 2015), with PokeGAN's training tricks.
 
 G projects z to a ``latent_size``² map and doubles it with (transposed or upsample+conv)
-blocks up to the image size; D mirrors it with strided convolutions and dropout. Weights
+blocks up to the image size; D mirrors it with strided convolutions and dropout (masks
+drawn from the engine's generator, so runs resume bit for bit). Weights
 start from N(0, 0.02), as in the paper. D's BCE targets can be smoothed, noised and swapped
 (PokeGAN); the loss is the standard (non-saturating) one, hinge, relativistic, relativistic
 average (RaGAN) or WGAN-GP with an optional consistency term (CT-GAN).
@@ -61,6 +62,37 @@ def has_bias(cfg: DCGANParams) -> bool:
     return cfg.norm in ("spectral", "none")
 
 
+class DrawnDropout(nn.Module):
+    """Dropout whose masks come from the engine's generator (``source``, set each step):
+    resumable and the same over any number of processes, unlike ``nn.Dropout``'s global RNG
+    (which, among others, the data loader also draws from). Without a source (a network
+    used outside the engine), plain dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.source: StepContext | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        if self.source is None:
+            return F.dropout(x, self.p, training=True)
+        ctx = self.source
+        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
+        device_generator = torch.Generator(device=x.device).manual_seed(seed)
+        shape = (ctx.part.total, *x.shape[1:])  # for the global batch, this rank's rows
+        draws = torch.rand(shape, generator=device_generator, device=x.device)
+        keep = draws[ctx.part.start : ctx.part.start + x.shape[0]] >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+def set_dropout_source(module: nn.Module, ctx: StepContext | None) -> None:
+    for layer in module.modules():
+        if isinstance(layer, DrawnDropout):
+            layer.source = ctx
+
+
 class UpBlock(nn.Module):
     """×2: transposed conv (or nearest upsample + conv), norm, ReLU."""
 
@@ -87,7 +119,7 @@ class DownBlock(nn.Module):
         k = cfg.g_kernel
         conv = weighted(nn.Conv2d(cin, cout, k, 2, k // 2, bias=has_bias(cfg)), cfg)
         self.layers = nn.Sequential(
-            conv, feature_norm(cout, cfg), nn.LeakyReLU(0.2), nn.Dropout(cfg.dropout)
+            conv, feature_norm(cout, cfg), nn.LeakyReLU(0.2), DrawnDropout(cfg.dropout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -297,6 +329,7 @@ class DCGAN(GANModel):
     def d_loss(self, batch: Batch, ctx: StepContext) -> DLoss:
         cfg = self.cfg
         size, alpha = self.stage_at(ctx, "D")
+        set_dropout_source(self.D, ctx)
         with torch.no_grad():
             fake = self.G(ctx.latents(self.latent_dim, batch.images.device), size, alpha)
         real = ctx.augment(self.reals(batch, size, alpha))
@@ -325,6 +358,7 @@ class DCGAN(GANModel):
 
     def g_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         size, alpha = self.stage_at(ctx, "G")
+        set_dropout_source(self.D, ctx)
         fake = self.G(ctx.latents(self.latent_dim, batch.images.device), size, alpha)
         fake_logits = self.D(ctx.augment(fake), alpha).float()
         real_logits = None

@@ -239,3 +239,14 @@ def test_progan_schedule_is_a_function_of_kimg():
     ]  # fmt: skip
     assert model.lr_factors(0) == {"G": 0.5, "D": 0.5}  # 5e-4 of the section's 1e-3
     assert model.lr_factors(700) == {"G": 0.2, "D": 0.2}
+
+
+def test_wgan_gp_and_fade_train_under_bf16_autocast(data, tmp_path):
+    """Under autocast the fakes are bf16 and the reals fp32: the penalty mixes them in fp32."""
+    params = progan(
+        data, dict(steps=2, precision="bf16"), loss="wgan_gp", consistency=2.0, norm="layer",
+        stages=[dict(size=16, kimg=0.008), dict(size=32, kimg=1)], fade_kimg=0.016,
+    )  # fmt: skip
+    trainer = train(params, tmp_path, live_dir=None)
+    assert trainer.precision.name == "bf16" and trainer.last_logs["loss/finite"] == 1.0
+    assert trainer.last_logs["progan/alpha"] == 0.0 and trainer.last_logs["loss/D_gp"] > 0

@@ -279,8 +279,9 @@ TARGETED = ("standard", *RELATIVISTIC)  # the losses with BCE targets (label tri
 
 def gradient_penalty(D, real, fake, ctx: StepContext, alpha: float = 1.0) -> torch.Tensor:
     """WGAN-GP: (‖∇D(x̂)‖ - 1)² on x̂ between each real and a fake, mixed by a drawn ε."""
-    eps = ctx.draw(1, 1, 1).to(real.device, real.dtype)
-    mixed = torch.lerp(fake.detach(), real.detach(), eps).requires_grad_(True)
+    eps = ctx.draw(1, 1, 1).to(real.device)
+    # in fp32: under autocast the fakes are bf16/fp16 and the reals fp32
+    mixed = torch.lerp(fake.detach().float(), real.detach().float(), eps).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(mixed, alpha).float().sum(), mixed, create_graph=True)
     return (grad.float().flatten(1).norm(dim=1) - 1).square().mean()
 

@@ -58,6 +58,7 @@ def real_batch(folder: Path, size: int) -> torch.Tensor:
 def test_dcgan_builds_at_every_size_with_every_norm(size, norm):
     torch.manual_seed(0)
     model = DCGAN(size, DCGANParams(**TINY, norm=norm))
+    assert model.G.latent_dim == 16  # render reads it
     images = model.G(torch.randn(3, 16))
     assert images.shape == (3, 3, size, size) and images.abs().max() <= 1
     logits, features = model.D(images, features=True)

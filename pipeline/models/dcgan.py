@@ -137,6 +137,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, image_size: int, cfg: DCGANParams, rgb_sizes: list[int] | None = None):
         super().__init__()
         self.image_size, self.latent_size = image_size, cfg.latent_size
+        self.latent_dim = cfg.latent_dim
         width = widths(image_size, cfg)
         first = width[cfg.latent_size]
         self.project = nn.Sequential(

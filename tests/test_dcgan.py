@@ -15,9 +15,9 @@ from pipeline.models.dcgan import DCGAN, bce_targets, gradient_penalty
 from pipeline.training.checkpoint import load_checkpoint, load_generator
 from pipeline.training.loop import train
 from pipeline.training.params import DCGANParams, TrainParams
-from tests.train_helpers import flowers, tiny
+from tests.train_helpers import TINY_DCGAN, flowers, tiny_dcgan, tiny_progan
 
-TINY = dict(latent_dim=16, channels=4, channel_max=16)
+TINY = TINY_DCGAN
 LOSSES = ("standard", "hinge", "relativistic", "relativistic_average", "wgan_gp")
 NORMS = ("batch", "instance", "layer", "spectral", "none")
 
@@ -146,7 +146,7 @@ def test_label_smoothing_noise_and_swap_act_at_their_rates():
 
 def test_dcgan_resumes_bit_for_bit(data, tmp_path):
     """D's dropout masks come from the engine's generator, so they resume too."""
-    params = tiny(data, model="dcgan", steps=6, dcgan=dict(TINY, loss="relativistic_average"))
+    params = tiny_dcgan(data, steps=6, dcgan=dict(loss="relativistic_average"))
     straight = train(params, tmp_path / "a", live_dir=None)
     train(params, tmp_path / "b", live_dir=None, stop_at=3)
     resumed = train(params, tmp_path / "b", live_dir=None)
@@ -160,9 +160,7 @@ def test_dcgan_resumes_bit_for_bit(data, tmp_path):
 
 def progan(data: Path, train_changes: dict | None = None, **changes) -> TrainParams:
     """16 px for 32 images (4 steps), then 32 px; ``changes`` to the progan section."""
-    section = dict(TINY, stages=[dict(size=16, kimg=0.032, lr=5e-4), dict(size=32, kimg=1)])
-    section.update(changes)
-    return tiny(data, **{"model": "progan", "steps": 8, "progan": section, **(train_changes or {})})
+    return tiny_progan(data, progan=changes, **(train_changes or {}))
 
 
 def stage_16_params(model) -> dict[str, torch.Tensor]:

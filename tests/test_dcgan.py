@@ -9,9 +9,12 @@ import torch
 from PIL import Image
 
 from pipeline.augment import BatchPart
+from pipeline.metrics.evaluation import Reference, evaluate_generator
+from pipeline.metrics.fid import feature_stats
 from pipeline.models import build_model
 from pipeline.models.base import Batch, StepContext
 from pipeline.models.dcgan import DCGAN, bce_targets, gradient_penalty
+from pipeline.params import EvaluateParams
 from pipeline.training.checkpoint import load_checkpoint, load_generator
 from pipeline.training.loop import train
 from pipeline.training.params import DCGANParams, TrainParams
@@ -223,10 +226,20 @@ def test_progan_samples_at_its_stage_upscaled_to_image_size(data, tmp_path):
     checkpoint = load_checkpoint(tmp_path / "checkpoints/latest.pt")
     assert checkpoint["G_ema"]["stage_size"].item() == 16
     loaded = load_generator(tmp_path / "snapshots/step-00000004.pt")
-    images = loaded.sample(torch.randn(2, 16))
+    z = torch.randn(2, 16)
+    images = loaded.sample(z)
     assert images.shape == (2, 3, 32, 32)
+    assert torch.equal(loaded.G(z), images)  # what evaluate and render call
+    assert loaded.G(z, 16).shape == (2, 3, 16, 16)  # what training calls
     blocks = images.unfold(2, 2, 2).unfold(3, 2, 2)  # nearest ×2: every 2×2 block is flat
     assert torch.equal(blocks.amax((-1, -2)), blocks.amin((-1, -2)))
+    # evaluate warns that the metrics measure upscaled images (no Inception needed for
+    # the warning: metrics without features, no face detector)
+    cfg = EvaluateParams(checkpoint=str(tmp_path / "checkpoints/latest.pt"), metrics=["one_face"])
+    features = np.zeros((8, 2048), np.float32)
+    reference = Reference(features, feature_stats(features), key={})
+    results = evaluate_generator(cfg, reference, model=None)
+    assert "a progan checkpoint at its 16 px stage" in results["warnings"]["stage"]
 
 
 def test_progan_schedule_is_a_function_of_kimg():

@@ -382,6 +382,9 @@ def evaluate_generator(
     if notes:
         results["notes"] = notes
     warnings = small_sample_warnings(results, cfg, len(real), metrics)
+    stage_note = getattr(trained.net, "sampling_note", None)  # a model sampled part-grown
+    if stage_note is not None and (note := stage_note()):
+        warnings["stage"] = note
     if warnings:
         results["warnings"] = warnings
     return results

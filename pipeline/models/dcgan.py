@@ -129,10 +129,12 @@ class DownBlock(nn.Module):
 class DCGANGenerator(nn.Module):
     """z → ``latent_size``² map → up blocks → tanh(toRGB) at any size in ``rgb_sizes``.
 
-    ``forward(z, size, alpha)`` runs the blocks up to ``size``; with ``alpha`` < 1 the
-    image is blended with the one the previous size's RGB layer makes, upsampled (ProGAN's
-    fade-in). Without them the buffers ``stage_size``/``stage_alpha`` decide (the full
-    size for a DCGAN; a progressive model keeps them at its current stage)."""
+    ``forward(z, size, alpha)`` (training) runs the blocks up to ``size``; with ``alpha``
+    < 1 the image is blended with the one the previous size's RGB layer makes, upsampled
+    (ProGAN's fade-in). ``forward(z)`` (sampling: grids, evaluate, render) runs at the
+    stage in the buffers ``stage_size``/``stage_alpha`` (the full size for a DCGAN; a
+    progressive model keeps them at its current stage) and upscales the images (nearest)
+    to ``image_size``, so every caller of G gets full-size images at any stage."""
 
     def __init__(self, image_size: int, cfg: DCGANParams, rgb_sizes: list[int] | None = None):
         super().__init__()
@@ -161,8 +163,12 @@ class DCGANGenerator(nn.Module):
     def forward(
         self, z: torch.Tensor, size: int | None = None, alpha: float | None = None
     ) -> torch.Tensor:
-        size = int(self.stage_size) if size is None else size
-        alpha = float(self.stage_alpha) if alpha is None else alpha
+        if size is None:
+            image = self(z, int(self.stage_size), float(self.stage_alpha))
+            if image.shape[-1] == self.image_size:
+                return image
+            return F.interpolate(image, size=self.image_size, mode="nearest")
+        alpha = 1.0 if alpha is None else alpha
         x, previous = self.project(z), None
         for key, block in self.blocks.items():
             if int(key) > size:

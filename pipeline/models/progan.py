@@ -6,7 +6,9 @@ downsampling one) for the stage's kimg. Which stage, and how far its new block h
 in, are pure functions of the images shown (``ctx.kimg``), so a checkpoint holds them
 through the engine's nimg and resumes exactly; G also keeps them in buffers
 (``stage_size``/``stage_alpha``) so its EMA copy and a checkpoint's G_ema sample at the
-stage they were trained to. Real images are shrunk to the stage size with a box filter.
+stage they were trained to, upscaled (nearest) to the final size (``G(z)``), so grids,
+evaluate and render see every stage at one size. Real images are shrunk to the stage
+size with a box filter.
 ``freeze_previous`` trains only the newest block: the earlier ones take no gradient
 (``requires_grad`` off, so the optimizer leaves them bit for bit as they were; batch-norm
 running statistics, which are no weights, still follow the data).
@@ -118,10 +120,13 @@ class ProGAN(DCGAN):
             images = torch.lerp(coarse, images, alpha)
         return images
 
-    def sample(self, z, labels=None, truncation_psi=1.0, truncation_cutoff=None):
-        """G at the stage it was trained to (its buffers), upscaled (nearest) to image_size
-        so grids, evaluate and render see every stage at one size."""
-        images = super().sample(z, labels, truncation_psi, truncation_cutoff)
-        if images.shape[-1] < self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="nearest")
-        return images
+    def sampling_note(self) -> str | None:
+        """What evaluate should say about metrics of a checkpoint from an earlier stage."""
+        size = int(self.G.stage_size)
+        if size >= self.image_size:
+            return None
+        return (
+            f"a progan checkpoint at its {size} px stage: its images are upscaled (nearest) "
+            f"to {self.image_size} px, so the metrics measure blocky images; compare those "
+            "of last-stage checkpoints"
+        )

@@ -1,6 +1,8 @@
 """Training throughput of a model on the engine: images/s, s/kimg and peak GPU memory.
 
     python bench/train.py --model lightweight --size 256 --batch 64 [--steps 20] [--data DIR]
+    python bench/train.py --model dcgan --size 64 --batch 32
+    python bench/train.py --model progan --size 64 --batch 32   # at its first stage (16 px)
 
 Without --data it uses ../shared/data/flowers256 (resized to --size). Steps after --warmup
 are timed; on a GPU the engine's defaults apply (bf16 autocast, channels_last).
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 from PIL import Image
@@ -23,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.training.loop import Trainer  # noqa: E402
 from pipeline.training.params import TrainParams  # noqa: E402
 
+MODELS = get_args(TrainParams.model_fields["model"].annotation)
 FLOWERS = REPO.parent / "shared" / "data" / "flowers256"
 
 
@@ -42,7 +46,7 @@ def prepare_data(size: int, work: Path, count: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="lightweight")
+    parser.add_argument("--model", default="lightweight", choices=MODELS)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")

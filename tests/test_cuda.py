@@ -21,14 +21,22 @@ from pipeline.training.loop import Trainer, train
 from tests.conftest import needs_shared
 from tests.cuda_helpers import banners, flowers, inception_for_check
 from tests.train_helpers import flowers as flower_folder
-from tests.train_helpers import tiny, tiny_stylegan2
+from tests.train_helpers import tiny, tiny_dcgan, tiny_progan, tiny_stylegan2
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"),
 ]
 
-MODELS = {"lightweight": tiny, "stylegan2": tiny_stylegan2}
+# DCGAN with the gradient penalty (a double backward under autocast); progressive DCGAN
+# 16 px for 2 steps, then fading into 32 px: both stages and the fade in 4 steps
+GROWING = dict(stages=[dict(size=16, kimg=0.016), dict(size=32, kimg=1)], fade_kimg=0.008)
+MODELS = {
+    "lightweight": tiny,
+    "stylegan2": tiny_stylegan2,
+    "dcgan": lambda data, **changes: tiny_dcgan(data, dcgan=dict(loss="wgan_gp"), **changes),
+    "progan": lambda data, **changes: tiny_progan(data, progan=GROWING, **changes),
+}
 
 
 def trainer_for(tmp_path, model: str, **changes) -> Trainer:
@@ -38,7 +46,7 @@ def trainer_for(tmp_path, model: str, **changes) -> Trainer:
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
-@pytest.mark.parametrize("model", ["lightweight", "stylegan2"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_a_training_step_runs_in_each_precision_with_channels_last(tmp_path, model, precision):
     trainer = trainer_for(tmp_path, model, precision=precision, channels_last=True)
     assert trainer.precision.name == precision

@@ -37,7 +37,7 @@ def test_repository_params_are_valid_and_have_every_section():
         "resnet50_ternaus", None, None, None
     )  # fmt: skip
     assert params.faces.batch_size == "auto"
-    for nested in ("ema", "aug", "lightweight"):  # nested train sections
+    for nested in ("ema", "aug", "lightweight", "stylegan2", "dcgan", "progan"):
         section = getattr(params.train, nested)
         assert set(raw["train"][nested]) == set(type(section).model_fields)
     for nested in ("mixing", "directions", "project"):  # nested render sections
@@ -69,6 +69,15 @@ def test_repository_params_are_valid_and_have_every_section():
         ({"train": {"ema": {"decay": 0.9}}}, "train.ema: "),
         ({"train": {"batch_size": 10, "accumulate": 4}}, "train: "),
         ({"train": {"lightweight": {"lrr": 1}}}, "train.lightweight.lrr: unknown key"),
+        ({"train": {"dcgan": {"loss": "lsgan"}}}, "train.dcgan.loss: 'lsgan' is not allowed"),
+        ({"train": {"progan": {"norm": "group"}}}, "train.progan.norm: 'group' is not allowed"),
+        ({"train": {"dcgan": {"g_kernel": 4}}}, "train.dcgan.g_kernel: 4 is not allowed"),
+        ({"train": {"dcgan": {"consistency": 2}}}, "train.dcgan: "),
+        (
+            {"train": {"progan": {"stages": [{"size": 16, "kimg": 1}, {"size": 64, "kimg": 1}]}}},
+            "train.progan: ",
+        ),
+        ({"train": {"model": "progan", "image_size": 128}}, "train: "),
     ],
 )
 def test_nested_train_keys_are_named(raw, expected):

@@ -393,3 +393,53 @@ def test_dvc_exp_show_compares_the_metrics_of_two_experiments(steam, tmp_path):
     # render and report did not run in these experiments: theirs are the only plots without data
     missing = {e["name"] for e in diff.get("errors") or []}
     assert missing <= {"data/render/images", "data/report/funnel.svg"}
+
+
+def dcgan_overrides() -> list[str]:
+    """Tiny DCGAN and progressive DCGAN sections at 32 px (progan: 16 px for 2 steps of 8
+    images, then 32 px, fading in over 1 step)."""
+    section = {"latent_dim": 16, "channels": 4, "channel_max": 16}
+    stages = [{"size": 16, "kimg": 0.016}, {"size": 32, "kimg": 1}]
+    return [
+        *(
+            f"train.{model}.{key}={value}"
+            for model in ("dcgan", "progan")
+            for key, value in section.items()
+        ),
+        f"train.progan.stages={json.dumps(stages)}",
+        "train.progan.fade_kimg=0.008",
+    ]
+
+
+def test_dvc_exp_run_trains_dcgan_and_progan(steam, tmp_path):
+    """``-S train.model=dcgan`` and ``=progan``: checkpoints, sample grids, a finite FID
+    (the first as the base run, to keep this test to one curation)."""
+    from pipeline.training.checkpoint import load_checkpoint
+
+    overrides = [
+        *steam_overrides(steam),
+        *faces_overrides(tmp_path),
+        *train_overrides(),
+        *evaluate_overrides(tmp_path),
+        *dcgan_overrides(),
+        "appids.limit=40",
+        "train.model=dcgan",
+    ]
+    repo = scratch_repo(tmp_path, overrides)
+    dvc("repro", cwd=repo)
+    commit(repo, "dcgan")
+    for model in ("dcgan", "progan"):
+        if model == "progan":
+            out = dvc("exp", "run", "-S", "train.model=progan", cwd=repo)
+            assert "Running stage 'train'" in out and "Running stage 'dataset'" not in out
+        checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
+        assert checkpoint["model"] == model and checkpoint["state"]["step"] == 4
+        assert checkpoint["augment"]["kind"] == "none"
+        assert checkpoint["G_ema"]["stage_size"].item() == 32
+        assert (repo / "dvclive/plots/images/samples/0000004.png").exists()
+        evaluated = json.loads((repo / "data/evaluate/metrics.json").read_text())
+        assert evaluated["fid"] > 0 and evaluated["fid"] < float("inf"), model
+        summary = json.loads((repo / "data/render/render.json").read_text())
+        assert summary["model"] == model
+    live = json.loads((repo / "dvclive/metrics.json").read_text())
+    assert live["progan"]["size"] == 32 and live["progan"]["alpha"] == 1.0

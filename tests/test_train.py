@@ -11,7 +11,7 @@ from pipeline.training.ema import ema_beta
 from pipeline.training.loop import Trainer, train
 from pipeline.training.params import EmaParams, LightweightParams
 from pipeline.training.precision import resolve_precision
-from tests.train_helpers import flowers, tiny
+from tests.train_helpers import flowers, tiny, tiny_progan
 
 
 @pytest.fixture
@@ -213,9 +213,12 @@ def test_ema_half_life_and_rampup():
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["lightweight", "progan"])
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypatch, model):
     """``kill -9`` the train stage after a checkpoint; re-running it (as ``dvc repro`` does,
-    the checkpoint folder persisting) ends bit-identical to a run never interrupted."""
+    the checkpoint folder persisting) ends bit-identical to a run never interrupted. The
+    progressive DCGAN grows from 16 to 32 px at step 12 and fades in over 4 steps, so the
+    kill lands before, in or after the fade."""
     import os
     import signal
     import subprocess
@@ -226,7 +229,12 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypat
 
     from tests.conftest import REPO
 
-    params = tiny(data, steps=40, checkpoint_every=4, log_every=4, sample_every=100)
+    run = dict(steps=40, checkpoint_every=4, log_every=4, sample_every=100)
+    growing = dict(stages=[dict(size=16, kimg=0.096), dict(size=32, kimg=1)], fade_kimg=0.032)
+    if model == "lightweight":
+        params = tiny(data, **run)
+    else:
+        params = tiny_progan(data, progan=growing, **run)
     work = tmp_path / "stage"
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))

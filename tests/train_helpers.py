@@ -55,3 +55,21 @@ def tiny_stylegan2(data: Path, **changes) -> TrainParams:
     settings = dict(model="stylegan2", stylegan2=stylegan2, ada=dict(interval=1, initial_p=0.2))
     settings.update(changes)
     return tiny(data, **settings)
+
+
+# A DCGAN small enough for a step in a fraction of a second on the CPU at 16-32 px.
+TINY_DCGAN = dict(latent_dim=16, channels=4, channel_max=16)
+
+
+def tiny_dcgan(data: Path, **changes) -> TrainParams:
+    """``tiny`` for DCGAN; ``dcgan`` changes merge into the tiny section."""
+    section = dict(TINY_DCGAN, **changes.pop("dcgan", {}))
+    return tiny(data, **{"model": "dcgan", "dcgan": section, **changes})
+
+
+def tiny_progan(data: Path, **changes) -> TrainParams:
+    """``tiny`` for progressive DCGAN at 32 px: 16 px for 32 images (4 steps of 8), then
+    32 px, 8 steps; ``progan`` changes merge into the tiny section."""
+    stages = [dict(size=16, kimg=0.032, lr=5e-4), dict(size=32, kimg=1)]
+    section = {**TINY_DCGAN, "stages": stages, **changes.pop("progan", {})}
+    return tiny(data, **{"model": "progan", "steps": 8, "progan": section, **changes})

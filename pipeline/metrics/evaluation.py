@@ -363,6 +363,9 @@ def evaluate_generator(
         results["notes"] = ctx.notes
     warnings = small_sample_warnings(results, cfg, len(reference.features), requested)
     warnings |= ctx.warnings
+    stage_note = getattr(trained.net, "sampling_note", None)  # a model sampled part-grown
+    if stage_note is not None and (note := stage_note()):
+        warnings["stage"] = note
     if warnings:
         results["warnings"] = warnings
     return results

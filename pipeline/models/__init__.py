@@ -21,6 +21,14 @@ def build_model(params: TrainParams, for_sampling: bool = False, num_classes: in
         return StyleGAN2(
             params.image_size, params.stylegan2, params.batch_size, for_sampling, num_classes
         )
+    if params.model == "dcgan":
+        from pipeline.models.dcgan import DCGAN
+
+        return DCGAN(params.image_size, params.dcgan)
+    if params.model == "progan":
+        from pipeline.models.progan import ProGAN
+
+        return ProGAN(params.image_size, params.progan)
     raise ValueError(f"unknown model {params.model!r}")
 
 

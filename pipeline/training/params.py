@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -130,8 +131,89 @@ class StyleGAN2Params(Section):
     conditional: Literal["auto"] | bool = "auto"
 
 
+DCGANLoss = Literal["standard", "hinge", "relativistic", "relativistic_average", "wgan_gp"]
+DCGANNorm = Literal["batch", "instance", "layer", "spectral", "none"]
+
+
+class DCGANParams(Section):
+    """DCGAN (Radford et al. 2015) with PokeGAN's training tricks; defaults are PokeGAN's
+    main.py (which trained with batch 32: train.batch_size)."""
+
+    latent_dim: PositiveInt = 96
+    latent_size: Annotated[int, Field(ge=2, le=64)] = 4  # G projects z to this map size
+    channels: PositiveInt = 64  # width at full resolution (ngf/ndf), doubling per halving
+    channel_max: PositiveInt = 512
+    upsample: Literal["transposed", "nearest"] = "transposed"  # nearest: upsample + conv
+    g_kernel: Literal[3, 5] = 5  # G's kernel (D mirrors it)
+    norm: DCGANNorm = "batch"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in D
+    loss: DCGANLoss = "standard"
+    gp_weight: Annotated[float, Field(ge=0)] = 10.0  # wgan_gp's lambda
+    consistency: Annotated[float, Field(ge=0)] = 0.0  # CT-GAN's weight (wgan_gp); 0: off
+    consistency_margin: Annotated[float, Field(ge=0)] = 0.2  # CT-GAN's M'
+    # BCE targets (standard and relativistic losses): reals 1 - smoothing, both pulled
+    # towards the other class by up to label_noise, and swapped in a label_swap of rows
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    label_noise: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    label_swap: Annotated[float, Field(ge=0, lt=0.5)] = 0.03
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    g_lr_scale: Annotated[float, Field(gt=0, le=1)] = 1.0  # G's lr is lr x this
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.5,
+        0.999,
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # Adam's L2 penalty, G and D
+
+    @model_validator(mode="after")
+    def _checks(self) -> DCGANParams:
+        if self.latent_size & (self.latent_size - 1):
+            raise ValueError(f"latent_size {self.latent_size} must be a power of two")
+        if self.consistency and self.loss != "wgan_gp":
+            raise ValueError("consistency (CT-GAN) needs loss: wgan_gp, or set it to 0")
+        if self.consistency and not self.dropout:
+            raise ValueError("consistency (CT-GAN) compares two dropout passes: set dropout > 0")
+        return self
+
+
+class ProStage(Section):
+    """One stage of progressive growing: train at ``size`` for ``kimg`` thousand images."""
+
+    size: Annotated[int, Field(ge=2, le=1024)]
+    kimg: Annotated[float, Field(gt=0)]
+    lr: Annotated[float, Field(gt=0)] | None = None  # null: the section's lr
+
+
+class ProGANParams(DCGANParams):
+    """Progressive DCGAN (PokeGAN): the DCGAN grows one block per stage."""
+
+    stages: list[ProStage] = Field(
+        default_factory=lambda: [
+            ProStage(size=16, kimg=200, lr=5e-4),
+            ProStage(size=32, kimg=400, lr=2e-4),
+            ProStage(size=64, kimg=800, lr=2e-4),
+        ]
+    )
+    freeze_previous: bool = True  # train only the newest block (PokeGAN)
+    fade_kimg: Annotated[float, Field(ge=0)] = 0.0  # fade new blocks in (ProGAN); 0: switch
+
+    @model_validator(mode="after")
+    def _growth(self) -> ProGANParams:
+        sizes = [stage.size for stage in self.stages]
+        if not sizes:
+            raise ValueError("stages: give at least one {size, kimg}")
+        if sizes[0] < self.latent_size or sizes[0] & (sizes[0] - 1):
+            raise ValueError(
+                f"stages: the first size {sizes[0]} must be a power of two >= latent_size "
+                f"{self.latent_size}"
+            )
+        for before, after in itertools.pairwise(sizes):
+            if after != 2 * before:
+                raise ValueError(f"stages: each size doubles the one before ({before} -> {after})")
+        return self
+
+
 class TrainParams(Section):
-    model: Literal["lightweight", "stylegan2"] = "lightweight"
+    model: Literal["lightweight", "stylegan2", "dcgan", "progan"] = "lightweight"
     data: str = "data/dataset"  # a dataset folder, a dataset.zip, or a folder holding one
     image_size: Annotated[int, Field(ge=16, le=1024)] = 256
     steps: StepCount = 150_000  # optimizer steps of G
@@ -165,6 +247,8 @@ class TrainParams(Section):
     resume_from: str | None = None  # a checkpoint to start from (transfer learning)
     lightweight: LightweightParams = LightweightParams()
     stylegan2: StyleGAN2Params = StyleGAN2Params()
+    dcgan: DCGANParams = DCGANParams()
+    progan: ProGANParams = ProGANParams()
 
     @model_validator(mode="after")
     def _divisible_batch(self) -> TrainParams:
@@ -174,4 +258,16 @@ class TrainParams(Section):
             )
         if self.image_size & (self.image_size - 1):
             raise ValueError(f"image_size {self.image_size} must be a power of two")
+        if self.model in ("dcgan", "progan"):
+            section = getattr(self, self.model)
+            if self.image_size <= section.latent_size:
+                raise ValueError(
+                    f"{self.model}.latent_size {section.latent_size} must be below image_size "
+                    f"{self.image_size}"
+                )
+        if self.model == "progan" and self.progan.stages[-1].size != self.image_size:
+            raise ValueError(
+                f"progan.stages: the last stage's size {self.progan.stages[-1].size} must "
+                f"equal image_size {self.image_size}"
+            )
         return self

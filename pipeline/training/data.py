@@ -389,5 +389,9 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        # The loader draws its workers' base seed from this generator, not from torch's
+        # global RNG: otherwise every (re)start of the loader moves the global RNG, and a
+        # resumed run's global draws (a model's dropout) would be one draw off.
+        generator=torch.Generator().manual_seed(0),
     )
     return iter(loader)

@@ -18,6 +18,7 @@ from stages import (
     report,
     resize,
     train,
+    translate,
     validate,
 )
 from stages.common import one_line_errors, params_help
@@ -33,6 +34,7 @@ STAGES = {
     "reference": reference,
     "evaluate": evaluate,
     "render": render,
+    "translate": translate,
     "report": report,
 }
 

@@ -46,6 +46,7 @@ class Picture:
 
     name: str
     read: Callable[[], Image.Image]
+    where: str  # the file (or zip member) for messages
 
 
 def natural_key(name: str) -> list:
@@ -58,12 +59,16 @@ def list_pictures(path: str | Path, what: str) -> list[Picture]:
     folder holding one), in natural order of their names."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return [Picture(path.stem, lambda: open_image(path))]
+        return [Picture(path.stem, lambda: open_image(path), str(path))]
     if not path.exists():
         raise StageError(f"{what}: {path} not found; give an image, a folder or a dataset zip")
     dataset = ImageDataset(resolve_dataset(path, what), what)
     pictures = [
-        Picture(name.rsplit(".", 1)[0], lambda i=index: decode_image(dataset.read_bytes(i)))
+        Picture(
+            name.rsplit(".", 1)[0],
+            lambda i=index: decode_image(dataset.read_bytes(i)),
+            f"{dataset.path}{':' if dataset.is_zip else '/'}{name}",
+        )
         for index, name in enumerate(dataset.names)
     ]
     if not pictures:
@@ -88,13 +93,14 @@ def load_picture(picture: Picture, size: int, what: str) -> torch.Tensor:
     try:
         im = to_rgb(picture.read())
     except ImageProblem as exc:
-        raise StageError(f"{what}: {picture.name}: cannot be read ({exc})") from None
+        raise StageError(f"{what}: {picture.where}: cannot be read ({exc})") from None
     except Exception as exc:  # Pillow and zipfile raise many types for damaged data
-        raise StageError(f"{what}: {picture.name}: cannot be read ({exc})"[:300]) from None
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise StageError(f"{what}: {picture.where}: cannot be read ({first})") from None
     width, height = im.size
     if min(width, height) < size:
         raise StageError(
-            f"{what}: {picture.name} is {width}x{height}, smaller than the model's "
+            f"{what}: {picture.where} is {width}x{height}, smaller than the model's "
             f"{size}x{size}; use images at least that large"
         )
     side = min(width, height)
@@ -142,7 +148,7 @@ def reference_domain(picture: Picture, classes: list[str]) -> int:
         return domain_index(prefix, classes, f"translate.reference: {picture.name}")
     known = ", ".join(classes)
     raise StageError(
-        f"translate.reference: {picture.name}: no domain; name it <domain>-… or put it in a "
+        f"translate.reference: {picture.where}: no domain; name it <domain>-… or put it in a "
         f"folder named after its domain ({known})"
     )
 

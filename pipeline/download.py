@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -210,11 +210,14 @@ def journal_path(manifest_path: Path) -> Path:
 
 
 def previous_records(manifest_path: Path) -> dict[str, dict]:
-    """What earlier (possibly killed) runs finished, by URL; the newest record wins."""
+    """What earlier (possibly killed) runs finished, by URL; the newest record wins. Labels
+    are not part of a record: they come from the current app list."""
     records: dict[str, dict] = {}
     if manifest_path.exists():
         for row in pd.read_parquet(manifest_path).to_dict("records"):
-            records[row["url"]] = {k: (None if pd.isna(v) else v) for k, v in row.items()}
+            records[row["url"]] = {
+                k: (None if pd.isna(v) else v) for k, v in row.items() if k in MANIFEST_COLUMNS
+            }
     for row in Journal(journal_path(manifest_path)).read():
         records[row["url"]] = row
     return records
@@ -235,12 +238,18 @@ def is_done(record: dict | None, retry_missing: bool) -> bool:
     return record["status"] == Status.missing and not retry_missing
 
 
-def manifest_frame(records: Iterable[Record | dict]) -> pd.DataFrame:
+def manifest_frame(
+    records: Iterable[Record | dict], labels: Mapping[int, str] | None = None
+) -> pd.DataFrame:
+    """The manifest: one row per record, and each app's ``labels`` from the app list ("" for
+    an app not in ``labels``, such as a delisted one)."""
     rows = [asdict(r) if isinstance(r, Record) else r for r in records]
     df = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     df = df.astype(MANIFEST_DTYPES).sort_values("appid", kind="stable").reset_index(drop=True)
     for column in ("kind", "url", "status", "sha256", "error", "path"):
         df[column] = df[column].astype("string")
+    labels = labels or {}
+    df["labels"] = [str(labels.get(int(appid), "")) for appid in df["appid"]]
     return df
 
 
@@ -348,8 +357,11 @@ def download_images(
     manifest_path: str | Path,
     session: requests.Session | None = None,
     on_result: Callable[[Record], None] | None = None,
+    labels: Mapping[int, str] | None = None,
 ) -> pd.DataFrame:
     """Fetch ``plan.todo``; write the manifest (settled + fetched + delisted) and return it.
+
+    ``labels``: each app's labels cell from the app list, carried into the manifest.
 
     With ``prune: true``, files in ``out_dir`` that are not an ``ok`` image of the manifest
     (apps no longer listed) are removed once the manifest is written; otherwise nothing is.
@@ -377,7 +389,7 @@ def download_images(
     finally:
         journal.close()  # on Ctrl-C the journal keeps what finished
 
-    manifest = manifest_frame([*plan.done, *fetched, *plan.delisted])
+    manifest = manifest_frame([*plan.done, *fetched, *plan.delisted], labels)
     pio.write_table(manifest_path, manifest)
     journal.close(remove=True)
     if params.prune:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,45 @@ PARTIAL_SUFFIX = ".part"
 # the image file to use from then on). Inserting a stage is one entry here plus its dvc.yaml
 # entry.
 CURATION_CHAIN: tuple[str, ...] = ("validate", "faces", "resize", "dataset")
+
+# What each image keeps through the chain, whatever a stage adds or drops: where it came
+# from (url), the bytes it was (sha256) and its labels. A stage that builds its accepted
+# table afresh takes them over from its upstream table (carry_trace).
+TRACE_COLUMNS: tuple[str, ...] = ("url", "sha256", "labels")
+
+# An app's labels (the requested SteamSpy tags and genres it has, in params order, or a
+# file's ``label`` cells) are one string column, names joined by "|" ("" for none): it
+# round-trips through parquet and CSV as is. A name may not contain "|" (params check it).
+LABEL_SEPARATOR = "|"
+
+
+def join_labels(names: Iterable[str]) -> str:
+    """The ``labels`` cell of ``names``: stripped, empties and repeats dropped, in order."""
+    kept: list[str] = []
+    for name in names:
+        name = str(name).strip()
+        if name and name not in kept:
+            kept.append(name)
+    return LABEL_SEPARATOR.join(kept)
+
+
+def split_labels(cell: object) -> list[str]:
+    """The names in a ``labels`` cell ("" or a missing value: none)."""
+    if not isinstance(cell, str) or not cell:
+        return []
+    return [name for name in cell.split(LABEL_SEPARATOR) if name]
+
+
+def carry_trace(table: pd.DataFrame, upstream: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the trace columns (TRACE_COLUMNS) it lacks taken from ``upstream``,
+    matched on appid; a column upstream lacks too stays absent, except ``labels`` ("")."""
+    wanted = [c for c in TRACE_COLUMNS if c in upstream.columns and c not in table.columns]
+    if wanted:
+        trace = upstream[["appid", *wanted]].drop_duplicates("appid")
+        trace = trace.astype({"appid": "int64"})
+        table = table.merge(trace, on="appid", how="left", validate="many_to_one")
+    labels = table["labels"].fillna("").astype(str) if "labels" in table.columns else ""
+    return table.assign(labels=labels)
 
 
 def stage_dir(stage: str) -> Path:

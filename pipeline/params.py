@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipeline.errors import StageError
+from pipeline.io import LABEL_SEPARATOR
 from pipeline.param_types import (
     BatchSize,
     ImageCount,
@@ -37,6 +45,10 @@ RGB = tuple[
 ]
 
 
+# A SteamSpy tag or genre as the store spells it ("Pixel Graphics"): the name of a class.
+LabelName = Annotated[str, Field(min_length=1, max_length=100)]
+
+
 class AppidsParams(Section):
     source: Literal["steam", "steamspy", "file"] = "steam"
     steam_api_url: str = STEAM_APP_LIST_URL
@@ -44,10 +56,40 @@ class AppidsParams(Section):
     # SteamSpy allows one "all" request a minute; tests point at a local server and use 0.
     steamspy_delay_s: Annotated[float, Field(ge=0)] = 60.0
     steamspy_max_pages: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # With tags and/or genres (source steamspy), the app list is the union of SteamSpy's
+    # request=tag / request=genre lists, each app labelled with those it is in; empty: all.
+    tags: tuple[LabelName, ...] = ()
+    genres: tuple[LabelName, ...] = ()
+    # SteamSpy allows one request a second for everything but request=all.
+    steamspy_request_delay_s: Annotated[float, Field(ge=0)] = 1.0
     file: str | None = None
     limit: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     retries: Annotated[int, Field(ge=0, le=20)] = 5
+
+    @field_validator("tags", "genres")
+    @classmethod
+    def _label_names(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if value and info.data.get("source") != "steamspy":
+            raise ValueError(
+                "tags and genres are SteamSpy lists: set appids.source=steamspy "
+                "(a file carries its labels in a 'label' column)"
+            )
+        for name in value:
+            if name != name.strip() or LABEL_SEPARATOR in name:
+                raise ValueError(
+                    f"{name!r}: no leading or trailing spaces, no {LABEL_SEPARATOR!r} in a name"
+                )
+        earlier = info.data.get("tags", ()) if info.field_name == "genres" else ()
+        repeated = sorted({n for n in value if value.count(n) > 1 or n in earlier})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)}: each tag or genre may appear once")
+        return value
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The requested tags, then the genres: the order of an app's labels and classes."""
+        return (*self.tags, *self.genres)
 
 
 class DownloadParams(Section):
@@ -198,6 +240,21 @@ class FacesParams(Section):
 class DatasetParams(Section):
     format: Literal["folder", "zip"] = "zip"
     mirror: bool = False
+    # none: unlabelled ({"labels": null}); tags: one class per appids tag/genre (or per file
+    # label); folders: one class per folder under folders_root (<root>/<class>/*.png).
+    labels: Literal["none", "tags", "folders"] = "none"
+    # tags: an app with several of the classes goes to the first (first) or is left out (drop)
+    multi_label: Literal["first", "drop"] = "first"
+    folders_root: str | None = Field(None, validate_default=True)
+
+    @field_validator("folders_root")
+    @classmethod
+    def _root_for_folders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("labels") == "folders" and not value:
+            raise ValueError(
+                "required with dataset.labels=folders: a folder of <class>/ image folders"
+            )
+        return value
 
 
 class ReferenceParams(Section):

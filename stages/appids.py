@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from pipeline import io as pio
@@ -23,7 +24,12 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         with progress_bar(None, f"appids ({cfg.source})") as advance:
             table = collect_appids(cfg, session, on_page=lambda page, n: advance(status=f"{n:,}"))
         pio.write_table(OUTPUT, table)
-        say(f"appids: {len(table):,} apps from {cfg.source} → {OUTPUT}")
+        counts = Counter(name for cell in table["labels"] for name in pio.split_labels(cell))
+        labelled = ", ".join(f"{name} {n:,}" for name, n in counts.items())
+        say(
+            f"appids: {len(table):,} apps from {cfg.source} → {OUTPUT}"
+            + (f" ({labelled})" if labelled else "")
+        )
 
 
 if __name__ == "__main__":

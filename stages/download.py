@@ -22,7 +22,10 @@ app = stage_app(__doc__, "download")
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Download download.kind for every app id; resumable, atomic, rate-limited."""
     with run_stage("download", params, overrides) as p:
-        appids = pio.read_table(APPIDS, columns=("appid",))["appid"].tolist()
+        listed = pio.read_table(APPIDS, columns=("appid",))
+        appids = listed["appid"].tolist()
+        # each app's labels go into the manifest (an app list older than labels has none)
+        labels = dict(zip(appids, listed["labels"], strict=True)) if "labels" in listed else None
         plan = plan_downloads(appids, p.download, MANIFEST)
         counts: Counter[str] = Counter()
         with progress_bar(plan.total, f"download {p.download.kind.value}") as advance:
@@ -32,7 +35,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
                 counts[record.status] += 1
                 advance(1, status=" ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
 
-            manifest = download_images(plan, p.download, IMAGES, MANIFEST, on_result=on_result)
+            manifest = download_images(
+                plan, p.download, IMAGES, MANIFEST, on_result=on_result, labels=labels
+            )
         summary = summarize(manifest)
         pio.write_json(SUMMARY, summary)
         say("download: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))

@@ -67,7 +67,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             say(f"render: {reason}: no {names}")
         with (
             pio.atomic_dir(OUT_DIR) as tmp,
-            progress_bar(work_units(cfg, skipped), f"render {trained.model}") as advance,
+            progress_bar(
+                work_units(cfg, skipped, bool(trained.num_classes)), f"render {trained.model}"
+            ) as advance,
         ):
             summary = render(
                 trained, cfg, tmp, device, advance=advance, load_features=projection_features

@@ -34,6 +34,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
                 results.append(row)
                 advance()
         accepted, rejected = split_results(results)
+        accepted = pio.carry_trace(accepted, table)  # url, sha256, labels
         staging = pio.staging_dir(IMAGES)
         pio.prune_dir(staging, {Path(x).name for x in accepted["path"]} | {STAMP})
         pio.write_table(ACCEPTED, accepted)

@@ -35,6 +35,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         accepted, rejected = split_verdicts(
             verdicts, cfg.dedup_max_distance, cfg.dedup_confirm_distance
         )
+        accepted = pio.carry_trace(accepted, manifest)  # url, sha256, labels
         pio.write_table(ACCEPTED, accepted)
         pio.write_table(REJECTED, rejected)
         pio.prune_dir(CONVERTED, {Path(x).name for x in accepted["path"]})

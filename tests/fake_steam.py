@@ -5,6 +5,9 @@ them for every failure the curation stages must survive. Routes:
 
 - ``/api/ISteamApps/GetAppList/v2/``: ``{"applist": {"apps": [...]}}``
 - ``/steamspy/api.php?request=all&page=N``: ``{"<appid>": {...}}`` pages, then ``{}``
+- ``/steamspy/api.php?request=tag&tag=NAME`` (``request=genre&genre=NAME``): every app
+  whose ``tags`` in apps.csv hold NAME (genres: those tags that are Steam genres), in the
+  same shape; ``[]`` for a name no app has, as SteamSpy answers
 - ``/cdn/<appid>/capsule_184x69.jpg``: the image bytes, or the fixture's behaviour (the
   capsule is the only kind it has: any other kind is a 404)
 """
@@ -70,6 +73,13 @@ FIXTURES = {
 }
 
 
+# Steam's genres: the fake's apps have a genre when their apps.csv tags name it.
+GENRES = (
+    "Action", "Adventure", "Casual", "Early Access", "Free to Play", "Indie",
+    "Massively Multiplayer", "Racing", "RPG", "Simulation", "Sports", "Strategy",
+)  # fmt: skip
+
+
 def real_capsules() -> pd.DataFrame:
     return pd.read_csv(CAPSULES / "apps.csv", keep_default_na=False)
 
@@ -131,6 +141,11 @@ class FakeSteam:
         }
         if with_fixtures:
             self.routes.update(fixture_routes(self.apps, slow_s))
+        # each app's apps.csv tags ("|"-separated there); a fixture has none
+        self.tags: dict[int, list[str]] = {
+            int(a): [t for t in str(tags).split("|") if t]
+            for a, tags in zip(self.apps["appid"], self.apps["tags"], strict=True)
+        }
         self.page_size = steamspy_page_size
         self.delay_s = delay_s
         self.requests: Counter[str] = Counter()
@@ -209,7 +224,14 @@ class FakeSteam:
                     body = json.dumps({"applist": {"apps": apps}}).encode()
                     return self.send(200, body, "application/json")
                 if url.path == "/steamspy/api.php":
-                    page = int(parse_qs(url.query).get("page", ["0"])[0])
+                    query = parse_qs(url.query)
+                    kind = query.get("request", ["all"])[0]
+                    if kind in ("tag", "genre"):
+                        ids = steam.apps_with(kind, query.get(kind, [""])[0])
+                        data = {str(a): {"appid": a, "name": steam.name(a)} for a in ids}
+                        body = json.dumps(data or []).encode()  # PHP's empty array
+                        return self.send(200, body, "application/json")
+                    page = int(query.get("page", ["0"])[0])
                     ids = sorted(steam.routes)[
                         page * steam.page_size : (page + 1) * steam.page_size
                     ]
@@ -233,6 +255,12 @@ class FakeSteam:
                 self.send(route.status, route.body, route.content_type, route=route)
 
         return Handler
+
+    def apps_with(self, kind: str, name: str) -> list[int]:
+        """The served apps SteamSpy lists for ``request=tag`` / ``request=genre`` NAME."""
+        if kind == "genre" and name not in GENRES:
+            return []
+        return [a for a in sorted(self.routes) if name in self.tags.get(a, ())]
 
     def name(self, appid: int) -> str:
         match = self.apps.loc[self.apps["appid"] == appid, "name"]

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from pipeline import io as pio
+from pipeline.images import open_image
+from pipeline.resize import resize_image
 from tests.conftest import run_cli
-from tests.images import capsule
+from tests.images import capsule, save
 
 
 @pytest.fixture
@@ -79,3 +81,181 @@ def test_rerun_replaces_the_previous_dataset(resized):
     hidden = [p.name for p in (resized / "data").iterdir() if p.name.startswith(".")]
     assert [name for name in hidden if not name.endswith(".lock")] == []  # stage locks stay
     assert not (resized / "data/dataset/10.png").exists()
+
+
+TAGS = ["-S", "appids.source=steamspy", "-S", "appids.tags=[Anime, Horror]"]
+
+
+@pytest.fixture
+def labelled(capsules, params_file):
+    """Four real capsules resized by the resize stage, whose upstream table carries labels:
+    one app per tag, one with both, one with neither."""
+    root = params_file.parent
+    labels = {10: "Anime", 20: "Horror", 30: "Anime|Horror", 40: ""}
+    rows = []
+    for appid, cell in labels.items():
+        path = root / f"data/download/images/{appid}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        capsule(appid).save(path)
+        rows.append({"appid": appid, "path": str(path.relative_to(root)), "labels": cell})
+    upstream = root / pio.upstream_table("resize")
+    upstream.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(upstream)
+    assert run_cli("resize", "-S", "resize.size=32").exit_code == 0
+    assert pd.read_parquet(root / "data/resize/accepted.parquet")["labels"].tolist() == list(
+        labels.values()
+    )  # resize carries the labels over
+    return root
+
+
+def read_zip_json(path, name="dataset.json"):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read(name)), archive.namelist()
+
+
+def test_tags_one_class_per_tag_first_listed_wins(labelled):
+    result = run_cli("dataset", *TAGS, "-S", "dataset.labels=tags", "-S", "dataset.mirror=true")
+    assert result.exit_code == 0, result.output
+    out = labelled / "data/dataset"
+    meta, names = read_zip_json(out / "dataset.zip")
+    assert meta == {
+        "labels": [
+            ["10.png", 0], ["10_m.png", 0], ["20.png", 1], ["20_m.png", 1],
+            ["30.png", 0], ["30_m.png", 0],
+        ],
+        "classes": ["Anime", "Horror"],
+    }  # fmt: skip
+    assert names[:-1] == [name for name, _ in meta["labels"]]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["classes"] == {"Anime": 4, "Horror": 2} and stats["count"] == 6
+    assert stats["rejected"] == {"no_label": 1, "multi_label": 0}
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    assert rejected[["appid", "reason", "detail"]].values.tolist() == [
+        [40, "no_label", "no labels"]
+    ]
+    assert "2 classes (Anime 4, Horror 2)" in result.output and "no_label 1" in result.output
+
+
+def test_tags_in_another_order_or_dropping_multi_label_apps(labelled):
+    reordered = ["-S", "appids.source=steamspy", "-S", "appids.tags=[Horror]"]
+    reordered += ["-S", "appids.genres=[Anime]"]  # classes: tags, then genres
+    result = run_cli("dataset", *reordered, "-S", "dataset.labels=tags")
+    assert result.exit_code == 0, result.output
+    meta, _ = read_zip_json(labelled / "data/dataset/dataset.zip")
+    assert meta["classes"] == ["Horror", "Anime"]
+    assert meta["labels"] == [["10.png", 1], ["20.png", 0], ["30.png", 0]]
+    result = run_cli(
+        "dataset", *TAGS, "-S", "dataset.labels=tags", "-S", "dataset.multi_label=drop",
+        "-S", "dataset.format=folder",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = labelled / "data/dataset"
+    assert json.loads((out / "dataset.json").read_text())["labels"] == [
+        ["10.png", 0],
+        ["20.png", 1],
+    ]
+    assert json.loads((out / "stats.json").read_text())["rejected"] == {
+        "no_label": 1,
+        "multi_label": 1,
+    }
+    rejected = pd.read_parquet(out / "rejected.parquet").set_index("appid")
+    assert (
+        rejected.loc[30, "reason"] == "multi_label" and rejected.loc[30, "detail"] == "Anime|Horror"
+    )
+
+
+def test_tags_without_any_class_stops_in_one_line(labelled):
+    pd.DataFrame(
+        {"appid": [10], "path": ["data/resize/images/10.png"], "labels": [""], "pixels": [1]}
+    ).to_parquet(labelled / "data/resize/accepted.parquet")
+    result = run_cli("dataset", "-S", "dataset.labels=tags")
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith("steamgan dataset: error: dataset.labels=tags: no classes: set appids.tags")
+    )
+
+
+def class_tree(root, capsules_dir):
+    """<root>/<class>/ folders of real capsules: Anime (3 JPEGs, one unreadable PNG, a text
+    file), Horror (2 PNGs, a WebP, and a test/ folder of 2 JPEGs)."""
+    for index, name in enumerate(["a.jpg", "b.jpg", "c.jpg"]):
+        save(capsule(index), root / "Anime" / name)
+    (root / "Anime" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "Anime" / "notes.txt").write_text("not an image")
+    save(capsule(3), root / "Horror" / "d.png")
+    save(capsule(4), root / "Horror" / "e.png")
+    save(capsule(5), root / "Horror" / "e.webp")  # the same stem as e.png
+    save(capsule(6), root / "Horror" / "test" / "f.jpg")
+    save(capsule(7), root / "Horror" / "test" / "g.jpg")
+    return root
+
+
+def test_folders_one_class_per_folder_with_a_test_split(capsules, params_file):
+    root = class_tree(params_file.parent / "mine", capsules)
+    result = run_cli(
+        "dataset", "-S", "dataset.labels=folders", "-S", f"dataset.folders_root={root}",
+        "-S", "resize.size=32", "-S", "dataset.format=folder",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = params_file.parent / "data/dataset"
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta == {
+        "labels": [
+            ["Anime/a.png", 0], ["Anime/b.png", 0], ["Anime/c.png", 0],
+            ["Horror/d.png", 1], ["Horror/e.png", 1], ["Horror/e_webp.png", 1],
+        ],
+        "classes": ["Anime", "Horror"],
+    }  # fmt: skip
+    # each image is the resize stage's centre crop of its source, at resize.size
+    for name, source in [("Anime/b.png", "Anime/b.jpg"), ("Horror/e_webp.png", "Horror/e.webp")]:
+        expected = resize_image(open_image(root / source), 32, "crop")
+        assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(expected))
+    test, names = read_zip_json(out / "test.zip")
+    assert test == {
+        "labels": [["Horror/f.png", 1], ["Horror/g.png", 1]],
+        "classes": meta["classes"],
+    }
+    assert names == ["Horror/f.png", "Horror/g.png", "dataset.json"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["count"] == 6 and stats["classes"] == {"Anime": 3, "Horror": 3}
+    assert stats["test"] == {"count": 2, "classes": {"Anime": 0, "Horror": 2}}
+    assert list(stats["rejected"]) == ["unreadable"] and stats["rejected"]["unreadable"] == 1
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    assert rejected["path"].tolist() == [str(root / "Anime" / "broken.png")]
+    assert rejected["appid"].isna().all()
+    assert not (out / ".resized").exists()
+    images = [Image.open(out / name).convert("RGB") for name, _ in meta["labels"]]
+    assert stats["mean"] == pytest.approx(pixels(images).mean(0).tolist(), abs=1e-3)
+
+
+def test_folders_zip_with_mirror_keeps_each_copy_s_label(capsules, params_file):
+    root = class_tree(params_file.parent / "mine", capsules)
+    result = run_cli(
+        "dataset", "-S", "dataset.labels=folders", "-S", f"dataset.folders_root={root}",
+        "-S", "resize.size=16", "-S", "dataset.mirror=true",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta, names = read_zip_json(params_file.parent / "data/dataset/dataset.zip")
+    assert ["Horror/d_m.png", 1] in meta["labels"] and ["Anime/a_m.png", 0] in meta["labels"]
+    assert len(meta["labels"]) == 12 and names[:-1] == [name for name, _ in meta["labels"]]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda root: None, "is not a folder; point it at a folder of class folders"),
+        (lambda root: root.mkdir(), "has no class folders; expected <root>/<class>/*.png"),
+        (lambda root: (root / "Empty").mkdir(parents=True), "Empty has no images"),
+    ],
+)
+def test_folders_layout_errors_are_one_line(params_file, make, message):
+    root = params_file.parent / "mine"
+    make(root)
+    result = run_cli(
+        "dataset", "-S", "dataset.labels=folders", "-S", f"dataset.folders_root={root}"
+    )
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("steamgan dataset: error: dataset.folders_root: ") and message in last

@@ -40,6 +40,24 @@ def run_download(steam, appids, out, **changes) -> pd.DataFrame:
     return download_images(plan, params, out / "images", manifest)
 
 
+def test_labels_come_from_the_current_app_list(steam, tmp_path):
+    """Each app's labels go into the manifest; a re-run takes the new list's labels (even
+    for images it does not fetch again), and a delisted app has none."""
+    first, second, third = steam.app_ids()[:3]
+    params = params_for(steam)
+    manifest_path = tmp_path / "manifest.parquet"
+
+    def run(labels: dict[int, str]) -> pd.DataFrame:
+        plan = plan_downloads(labels, params, manifest_path)
+        return download_images(plan, params, tmp_path / "images", manifest_path, labels=labels)
+
+    run({first: "Anime", second: "Anime|Horror", third: ""})
+    manifest = run({first: "Horror", second: "Anime|Horror"}).set_index("appid")
+    assert manifest["labels"].to_dict() == {first: "Horror", second: "Anime|Horror", third: ""}
+    assert manifest.loc[third, "status"] == Status.delisted
+    assert pd.read_parquet(manifest_path).equals(manifest.reset_index())
+
+
 def cdn_requests(steam: FakeSteam, appid: int) -> int:
     return steam.requests[f"/cdn/{appid}/capsule_184x69.jpg"]
 
@@ -57,7 +75,9 @@ def test_every_fixture_gets_its_status(steam, tmp_path):
         "sha256",
         "error",
         "path",
+        "labels",
     ]
+    assert (manifest["labels"] == "").all()  # an app list without labels
     status = manifest["status"]
     assert status[9_000_001] == Status.missing and manifest.loc[9_000_001, "http_status"] == 404
     assert status[9_000_004] == Status.invalid and "text/html" in manifest.loc[9_000_004, "error"]

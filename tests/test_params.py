@@ -109,6 +109,16 @@ def test_unknown_section_is_refused():
         ({"evaluate": {"device": "gpu"}}, "evaluate.device: 'gpu' is not allowed"),
         ({"evaluate": {"one_face": {"nms": 2}}}, "evaluate.one_face.nms: 2 is not allowed"),
         ({"reference": {"max_images": 0}}, "reference.max_images: 0 is not allowed"),
+        (
+            {"dataset": {"labels": "genres"}},
+            "dataset.labels: 'genres' is not allowed: Input should be 'none', 'tags' or 'folders'",
+        ),
+        ({"dataset": {"multi_label": "all"}}, "dataset.multi_label: 'all' is not allowed"),
+        (
+            {"dataset": {"labels": "folders"}},
+            "dataset.folders_root: None is not allowed: required with dataset.labels=folders",
+        ),
+        ({"train": {"balance_classes": "yes please"}}, "train.balance_classes: 'yes please'"),
     ],
 )
 def test_bad_value_is_one_line_naming_key_value_and_rule(raw, expected):

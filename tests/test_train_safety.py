@@ -100,6 +100,24 @@ def test_params_hash_ignores_other_models_and_unused_augmentations(data):
     assert params_hash(diff, "data", "diffaugment") != digest
 
 
+def test_keys_added_later_keep_old_runs_hashes_at_their_default(data):
+    """A run from before ``balance_classes`` / ``stylegan2.conditional`` existed hashes as
+    it did (so upgrading does not set it aside); a changed value makes another run."""
+    from pipeline.training.checkpoint import defining_params
+
+    base = tiny_stylegan2(data)
+    dump = base.model_dump(mode="json")
+    old = {k: v for k, v in dump.items() if k != "balance_classes"}
+    old["stylegan2"] = {k: v for k, v in dump["stylegan2"].items() if k != "conditional"}
+    assert defining_params(old, "ada") == defining_params(dump, "ada")
+    assert "conditional" in dump["stylegan2"]  # the dump itself is left whole
+    digest = params_hash(base, "data", "ada")
+    balanced = base.model_copy(update={"balance_classes": True})
+    assert params_hash(balanced, "data", "ada") != digest
+    dump["stylegan2"]["conditional"] = False
+    assert params_hash(TrainParams.model_validate(dump), "data", "ada") != digest
+
+
 def test_a_lightweight_key_does_not_set_a_stylegan2_run_aside(data, tmp_path):
     train(tiny_stylegan2(data, steps=1), tmp_path, live_dir=None)
     other = tiny_stylegan2(data, steps=2, lightweight=dict(lr=0.1, channels=4))

@@ -27,14 +27,13 @@ from pipeline.training.sampling import image_grid
 
 IMAGES, VIDEOS = "images", "videos"
 W_SAMPLES_SEED = 0  # the z drawn for W's statistics (GANSpace, edit and projection scales)
-ANY, STYLED, CONDITIONAL = "any", "styled", "conditional"
+ANY, STYLED = "any", "styled"
 # Every render, in order, and which generators can draw it.
 RENDERS = {
     "fakes": ANY,
     "reals": ANY,
     "progress": ANY,
     "interpolation_z": ANY,
-    "class_interpolation": CONDITIONAL,
     "truncation": STYLED,
     "mixing": STYLED,
     "interpolation_w": STYLED,
@@ -47,8 +46,6 @@ RENDERS = {
 def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
     """Renders this generator cannot draw, each with the reason."""
     reasons = {}
-    if not getattr(G, "num_classes", 0) or not has_mapping(G):
-        reasons["class_interpolation"] = f"{model} is not class-conditional (dataset.labels)"
     if not has_mapping(G):
         for name, needs in RENDERS.items():
             if needs == STYLED:
@@ -58,9 +55,10 @@ def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
     return reasons
 
 
-def work_units(p: RenderParams, skipped: dict[str, str]) -> int:
-    """The progress bar's total: one per render, plus one per projection step."""
-    units = sum(1 for name in RENDERS if name not in skipped)
+def work_units(p: RenderParams, skipped: dict[str, str], conditional: bool = False) -> int:
+    """The progress bar's total: one per render, plus one per projection step (and the
+    class interpolation of a conditional G, the only render it alone has)."""
+    units = sum(1 for name in RENDERS if name not in skipped) + int(conditional)
     if "projection" not in skipped and p.project.targets:
         units += p.project.steps
     return units

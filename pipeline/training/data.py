@@ -1,8 +1,12 @@
 """Training data: the dataset stage's PNGs (folder or zip), in a resumable, rank-aware order.
 
 The order is a pure function of (seed, position): a fresh permutation per epoch, read as one
-endless stream. A resumed run starts at the position its checkpoint recorded and sees the
-same images in the same order as an uninterrupted run would.
+endless stream (or, class-balanced, a class drawn uniformly then one of its images). A
+resumed run starts at the position its checkpoint recorded and sees the same images in the
+same order as an uninterrupted run would.
+
+A labelled dataset's ``dataset.json`` (NVlabs' ``{"labels": [[name, class_index], ...]}``,
+plus our ``"classes"`` names) gives each image its class.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,7 @@ from pipeline.images import decode_image
 from pipeline.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+DATASET_JSON = "dataset.json"
 
 
 def resolve_dataset(path: str | Path, param: str | None = "train.data") -> Path:
@@ -38,9 +43,17 @@ def resolve_dataset(path: str | Path, param: str | None = "train.data") -> Path:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """RGB images of one size as uint8 C×H×W tensors, from a folder or a zip (NVlabs layout)."""
+    """RGB images of one size as uint8 C×H×W tensors, from a folder or a zip (NVlabs layout).
 
-    def __init__(self, path: str | Path, param: str | None = "train.data"):
+    ``classes`` names the classes of a labelled dataset (empty when unlabelled) and
+    ``labels`` holds each image's class index in ``names`` order (None when unlabelled).
+    With ``with_labels`` an item is ``(image, class_index)``, so a DataLoader's batches are
+    ``(images, labels)``.
+    """
+
+    def __init__(
+        self, path: str | Path, param: str | None = "train.data", with_labels: bool = False
+    ):
         self.path = resolve_dataset(path, param)
         self.is_zip = self.path.suffix == ".zip"
         self._zip: zipfile.ZipFile | None = None
@@ -61,6 +74,51 @@ class ImageDataset(torch.utils.data.Dataset):
         self.entries = sorted(e for e in entries if e[0].lower().endswith(IMAGE_SUFFIXES))
         self.names = [name for name, _ in self.entries]
         self.skipped: dict[str, str] = {}  # images that cannot be decoded → why (see check)
+        self.classes, self._class_of = self._read_labels()
+        self.with_labels = with_labels
+
+    def _read_labels(self) -> tuple[list[str], dict[str, int] | None]:
+        """(class names, image name → class index) from dataset.json; ([], None) when it is
+        absent or says ``"labels": null``. A file that does not fit the images stops."""
+        where = f"{self.path}/{DATASET_JSON}" if self.is_zip else self.path / DATASET_JSON
+        try:
+            if self.is_zip:
+                with zipfile.ZipFile(self.path) as archive:
+                    if DATASET_JSON not in archive.namelist():
+                        return [], None
+                    text = archive.read(DATASET_JSON)
+            elif (self.path / DATASET_JSON).is_file():
+                text = (self.path / DATASET_JSON).read_bytes()
+            else:
+                return [], None
+            meta = json.loads(text)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise StageError(f"{where}: unreadable ({exc}); re-run the dataset stage") from None
+        return parse_labels(meta, set(self.names), where)
+
+    @property
+    def with_labels(self) -> bool:
+        return self._with_labels
+
+    @with_labels.setter
+    def with_labels(self, value: bool) -> None:
+        if value and self._class_of is None:
+            raise StageError(
+                f"{self.path}: has no labels (dataset.json says none); build a labelled "
+                "dataset (dataset.labels=tags or folders) or train without labels"
+            )
+        self._with_labels = bool(value)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def labels(self) -> torch.Tensor | None:
+        """Each image's class index (int64), in ``names`` order; None when unlabelled."""
+        if self._class_of is None:
+            return None
+        return torch.tensor([self._class_of[name] for name in self.names], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -89,10 +147,13 @@ class ImageDataset(torch.utils.data.Dataset):
             return (self.path / name).read_bytes()
         return self._archive().read(name)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
         with decode_image(self.read_bytes(index)) as im:  # upright (EXIF orientation)
             arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        if self._with_labels:
+            return image, self._class_of[self.names[index]]  # type: ignore[index]
+        return image
 
     def check(self, image_size: int, record: str | Path | None = None) -> dict[str, str]:
         """Decode every image once; set aside those that cannot be decoded, stop with one line
@@ -162,11 +223,57 @@ class ImageDataset(torch.utils.data.Dataset):
         return digest.hexdigest()[:32]
 
     def fingerprint(self) -> str:
-        """Names and sizes of the images: which dataset a checkpoint was trained on."""
+        """Names and sizes of the images, and the classes and each image's class when
+        labelled: which dataset a checkpoint was trained on (a relabelled dataset is another
+        one; an unlabelled one's fingerprint is what it was before labels existed)."""
         digest = hashlib.sha256()
         for name, size in self.entries:
             digest.update(f"{name}\0{size}\n".encode())
+        if self._class_of is not None:
+            digest.update(json.dumps(self.classes).encode())
+            for name, _ in self.entries:
+                digest.update(f"{name}\0{self._class_of[name]}\n".encode())
         return digest.hexdigest()[:16]
+
+
+def parse_labels(meta: object, names: set[str], where: object) -> tuple[list[str], dict | None]:
+    """(classes, image name → class index) of a parsed dataset.json, checked against the
+    dataset's image ``names``: every image labelled, every label an image, every index a
+    class. ``classes`` absent (an NVlabs dataset): the indices' own numbers as names."""
+
+    def fail(problem: str) -> StageError:
+        return StageError(f"{where}: {problem}; re-run the dataset stage (dvc repro dataset)")
+
+    if not isinstance(meta, dict):
+        raise fail('expected an object with "labels"')
+    entries = meta.get("labels")
+    if entries is None:
+        return [], None
+    ok = isinstance(entries, list) and all(
+        isinstance(e, list | tuple) and len(e) == 2 and isinstance(e[0], str)
+        and isinstance(e[1], int) and not isinstance(e[1], bool)
+        for e in entries
+    )  # fmt: skip
+    if not ok:
+        raise fail('"labels" must be a list of [file name, class index] pairs')
+    class_of = {name: index for name, index in entries}
+    classes = meta.get("classes")
+    if classes is None:
+        classes = [str(i) for i in range(max(class_of.values(), default=-1) + 1)]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise fail('"classes" must be a list of names')
+    unknown = sorted(set(class_of) - names)
+    if unknown:
+        raise fail(f"labels name {len(unknown)} file(s) not in the dataset, e.g. {unknown[0]}")
+    missing = sorted(names - set(class_of))
+    if missing:
+        raise fail(f"{len(missing)} image(s) have no label, e.g. {missing[0]}")
+    bad = next(((n, i) for n, i in class_of.items() if not 0 <= i < len(classes)), None)
+    if bad is not None:
+        raise fail(
+            f"{bad[0]} has class {bad[1]}, outside 0..{len(classes) - 1} ({len(classes)} classes)"
+        )
+    return list(classes), class_of
 
 
 def _read_record(record: str | Path | None, key: str, image_size: int) -> dict[str, str] | None:
@@ -202,22 +309,55 @@ class StreamSampler(torch.utils.data.Sampler):
     Global batch ``b`` holds stream positions ``b·batch … b·batch + batch − 1`` of the
     concatenated per-epoch permutations; rank ``r`` of ``world`` takes its contiguous
     ``batch / world`` rows of it, so the ranks together see exactly what one process would.
+
+    With ``balance`` and ``labels`` (each index's class), each position is instead a class
+    drawn uniformly (among those with images), then one of its images uniformly: a small
+    class is seen as often as a big one. Still a pure function of (seed, position).
     """
 
     def __init__(
-        self, size: int, batch: int, seed: int, rank: int = 0, world: int = 1, start: int = 0
+        self,
+        size: int,
+        batch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+        labels: Sequence[int] | torch.Tensor | None = None,
+        balance: bool = False,
     ):
         if batch % world:
             raise ValueError(f"batch {batch} is not divisible by {world} processes")
         self.size, self.batch, self.seed = size, batch, seed
         self.rank, self.world, self.start = rank, world, start
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+        self._members: torch.Tensor | None = None  # balanced: indices grouped by class
+        if balance and labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            if labels.shape != (size,):
+                raise ValueError(f"{labels.numel()} labels for {size} images")
+            # indices sorted by class (stable), each class's first position and its count
+            self._members = torch.argsort(labels, stable=True)
+            _, self._counts = torch.unique(labels, return_counts=True)
+            self._starts = torch.cumsum(self._counts, 0) - self._counts
 
     def _permutation(self, epoch: int) -> torch.Tensor:
+        """The indices of stream positions ``epoch·size … epoch·size + size − 1``."""
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=generator)
+            if self._members is None:
+                self._perm = torch.randperm(self.size, generator=generator)
+            else:
+                self._perm = self._balanced_draws(generator)
+            self._epoch = epoch
         return self._perm
+
+    def _balanced_draws(self, generator: torch.Generator) -> torch.Tensor:
+        """``size`` indices, each of a uniformly drawn class, then uniform within it."""
+        classes = torch.randint(len(self._counts), (self.size,), generator=generator)
+        within = torch.rand(self.size, generator=generator, dtype=torch.float64)
+        offset = (within * self._counts[classes]).long().clamp_max(self._counts[classes] - 1)
+        return self._members[self._starts[classes] + offset]
 
     def batch_indices(self, number: int) -> list[int]:
         local = self.batch // self.world

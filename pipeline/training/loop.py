@@ -124,6 +124,16 @@ def _drop_links_to(link: Path, original: Path) -> None:
         link.unlink()
 
 
+def layer_group(name: str) -> str:
+    """A parameter's layer group for gradient-flow curves: its path up to the first block
+    index (``synthesis_net.blocks.3``, ``mapper.layers.0``), else its first two parts."""
+    parts = name.split(".")[:-1] or name.split(".")
+    for i, part in enumerate(parts[:3]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:2])
+
+
 def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
     """Logged values as floats, with one device sync for all the tensors among them."""
     keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
@@ -498,9 +508,37 @@ class Trainer:
             for param in group["params"]
         ]
 
-    def _apply(self, phase: str, losses: list[torch.Tensor]) -> bool:
+    def _layer_groups(self, phase: str) -> list[tuple[str, list[nn.Parameter]]]:
+        """The phase's parameters by layer group (``grad/<network>/<layer>``), in the order
+        the networks define them (input to output)."""
+        cache = self.__dict__.setdefault("_groups", {})
+        if phase not in cache:
+            ours = {id(param) for param in self._phase_params(phase)}
+            groups: dict[str, list[nn.Parameter]] = {}
+            for network, module in self.model.trained_modules().items():
+                for name, param in module.named_parameters():
+                    if id(param) in ours:
+                        key = f"grad/{network}/{layer_group(name)}"
+                        groups.setdefault(key, []).append(param)
+            cache[phase] = list(groups.items())
+        return cache[phase]
+
+    def _gradient_flow(self, phase: str) -> dict[str, torch.Tensor]:
+        """Mean |gradient| per layer group (unscaled), as device tensors: read at log time
+        only. A dying layer shows as a line falling to zero, an exploding one rising."""
+        scaler = self.scalers[phase]
+        unscale = 1 / scaler.get_scale() if scaler.is_enabled() else 1.0
+        flow = {}
+        for key, params in self._layer_groups(phase):
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                total = torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
+                flow[key] = total * unscale / sum(g.numel() for g in grads)
+        return flow
+
+    def _apply(self, phase: str, losses: list[torch.Tensor], logs: dict | None = None) -> bool:
         """Average gradients, then step the phase's optimizers unless a loss or gradient is
-        not finite."""
+        not finite. ``logs``: add the phase's gradient flow to them (a logging step)."""
         params, scaler = self._phase_params(phase), self.scalers[phase]
         optimizers = [self.optimizers[name] for name in self.phase_optimizers[phase]]
         average_gradients(params, self.procs.world)
@@ -509,6 +547,8 @@ class Trainer:
             grads = [p.grad for p in params if p.grad is not None]
             # one sync for all gradients (a GradScaler checks them itself)
             ok = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if logs is not None:
+            logs.update(self._gradient_flow(phase))
         if ok:
             scale = scaler.get_scale() if scaler.is_enabled() else None
             for opt in optimizers:
@@ -535,10 +575,18 @@ class Trainer:
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
             self.augmenter.observe(outcome.real_logits)
-        return self._apply("D", losses), reals
+        return self._apply("D", losses, logs if self._logging_step() else None), reals
 
-    def _phase(self, phase: str, loss_fn, reals: list[Batch], augment, logs) -> bool:
-        """One optimizer step of ``phase`` over the accumulated micro-batches."""
+    def _logging_step(self) -> bool:
+        """Whether the step being taken is one the run logs (``train.log_every``)."""
+        step = self.state.step + 1
+        return step % self.p.log_every == 0 or step >= self.p.steps
+
+    def _phase(
+        self, phase: str, loss_fn, reals: list[Batch], augment, logs, flow: bool = False
+    ) -> bool:
+        """One optimizer step of ``phase`` over the accumulated micro-batches (``flow``:
+        log its gradient flow)."""
         losses, rounds = [], len(reals)
         for real in reals:
             ctx = self._context(augment)
@@ -547,7 +595,7 @@ class Trainer:
             self.scalers[phase].scale(loss / rounds).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
-        return self._apply(phase, losses)
+        return self._apply(phase, losses, logs if flow else None)
 
     def train_step(self, batches: Iterator) -> tuple[bool, dict]:
         model, step = self.model, self.state.step
@@ -564,7 +612,7 @@ class Trainer:
         d_params = self._phase_params("D")
         for param in d_params:
             param.requires_grad_(False)
-        g_ok = self._phase("G", model.g_loss, reals, augment, logs)
+        g_ok = self._phase("G", model.g_loss, reals, augment, logs, self._logging_step())
         if model.g_reg_interval and step % model.g_reg_interval == 0:
             g_ok &= self._phase("G", model.g_reg_loss, reals, augment, logs)
         for param in d_params:

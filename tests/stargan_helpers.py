@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from pipeline.training.data import ImageDataset
 from pipeline.training.params import TrainParams
 from tests.conftest import needs_shared
 from tests.train_helpers import tiny
@@ -40,34 +38,6 @@ def two_domains(folder: Path, per_domain: int = 8, size: int = 32) -> Path:
     meta = {"labels": labels, "classes": list(DOMAINS)}
     (folder / "dataset.json").write_text(json.dumps(meta) + "\n")
     return folder
-
-
-class LabelledImages(ImageDataset):
-    """``ImageDataset`` with ``dataset.json``'s classes and labels, as branch ``labels``
-    adds them (``classes``, ``labels``, ``with_labels``): used only while the engine's
-    dataset has no labels of its own."""
-
-    def __init__(self, path, param: str | None = "train.data"):
-        super().__init__(path, param)
-        meta = json.loads((self.path / "dataset.json").read_text())
-        self.classes = list(meta.get("classes") or [])
-        self._label_of = {name: index for name, index in meta.get("labels") or []}
-        self.with_labels = False
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.tensor([self._label_of[name] for name in self.names], dtype=torch.long)
-
-    def __getitem__(self, index: int):
-        image = super().__getitem__(index)
-        return (image, self._label_of[self.names[index]]) if self.with_labels else image
-
-
-def labelled_engine(monkeypatch, data: Path) -> None:
-    """Make the engine read ``data``'s labels: natively once ImageDataset has them, else
-    through ``LabelledImages``."""
-    if not hasattr(ImageDataset(data), "classes"):
-        monkeypatch.setattr("pipeline.training.loop.ImageDataset", LabelledImages)
 
 
 def tiny_stargan2(data: Path, **changes) -> TrainParams:

@@ -155,3 +155,27 @@ def test_stage_translates_the_dataset_and_skips_other_models(run, tmp_path, monk
     checkpoint = f"translate.checkpoint={other / 'checkpoints/latest.pt'}"
     result = run_cli("translate", *set_args([checkpoint]))
     assert result.exit_code == 0 and "lightweight does not translate images" in result.output
+
+
+def test_stargan_metrics_fid_per_domain_and_null_lpips_with_reason(tmp_path):
+    from pipeline.metrics.inception import load_inception
+    from pipeline.metrics.stargan import stargan_metrics
+
+    data = two_domains(tmp_path / "data", per_domain=3, held_out=2)
+    trained = train(tiny_stargan2(data, steps=1), tmp_path / "train", live_dir=None)
+    inception = load_inception("auto", "cpu")
+    generator = load_generator(tmp_path / "train/checkpoints/latest.pt")
+    metrics, notes = stargan_metrics(
+        generator, data, inception, lpips_reason="vgg.pth missing", styles=2
+    )
+    for guide in ("latent", "reference"):
+        fids = metrics[f"fid_{guide}"]
+        assert set(fids) == {"c1", "c2"} and all(v > 0 for v in fids.values())
+        assert metrics[f"fid_mean_{guide}"] == pytest.approx(sum(fids.values()) / 2)
+        assert metrics[f"lpips_{guide}"] is None and notes[f"lpips_{guide}"] == "vgg.pth missing"
+    assert metrics["fid_latent"] != metrics["fid_reference"]
+    assert trained.state.step == 1
+
+    (data / "test.zip").unlink()
+    metrics, notes = stargan_metrics(generator, data, inception)
+    assert all(v is None for v in metrics.values()) and "test.zip not found" in notes["fid_latent"]

@@ -179,3 +179,21 @@ def test_stargan_metrics_fid_per_domain_and_null_lpips_with_reason(tmp_path):
     (data / "test.zip").unlink()
     metrics, notes = stargan_metrics(generator, data, inception)
     assert all(v is None for v in metrics.values()) and "test.zip not found" in notes["fid_latent"]
+
+
+def test_render_draws_translation_grids_and_says_what_it_cannot(run, monkeypatch):
+    monkeypatch.chdir(run)
+    (run / "params.yaml").write_text("{}\n")
+    result = run_cli("render", *set_args(["render.grid=[2, 3]", "render.device=cpu"]))
+    assert result.exit_code == 0, result.output
+    assert "stargan2 translates real images" in result.output
+    images = run / "data/render/images"
+    # a row per source: the source, then two seeded styles in each of the two domains
+    assert Image.open(images / "translation.png").size == ((1 + 2 * 2) * 32, 2 * 32)
+    # a blank and a reference per domain on top, then a row per source
+    reference = Image.open(images / "translation-reference.png")
+    assert reference.size == (3 * 32, 3 * 32)
+    summary = json.loads((run / "data/render/render.json").read_text())
+    assert list(summary["rendered"]) == ["reals", "translation", "translation_reference"]
+    assert "fakes" in summary["unsupported"] and "reals" not in summary["unsupported"]
+    assert summary["rendered"]["translation"]["domains"] == ["c1", "c2"]

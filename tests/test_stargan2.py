@@ -182,3 +182,16 @@ def test_resume_is_bit_identical_and_the_checkpoint_samples(tmp_path):
         expected = straight.sampler.sample(z, torch.tensor([0, 1])).clamp(-1, 1)
     assert torch.allclose(images, expected)
     assert len(list((tmp_path / "a/snapshots").glob("step-*.pt"))) == 2
+
+
+def test_lpips_diversity_is_zero_for_one_style_and_positive_for_several(real_batch):
+    from pipeline.lpips import LPIPS
+    from pipeline.metrics.stargan import lpips_diversity
+
+    lpips = LPIPS()  # random weights (the real ones are not available offline), made positive
+    for lin in lpips.lins:
+        lin.weight.data.abs_()
+    images = real_batch.images[:4].reshape(2, 2, 3, 32, 32)  # 2 sources x 2 "styles"
+    same = images[:, :1].expand(-1, 2, -1, -1, -1).reshape(4, 3, 32, 32)
+    assert lpips_diversity(lpips, same, 2) == 0
+    assert lpips_diversity(lpips, images.reshape(4, 3, 32, 32), 2) > 0

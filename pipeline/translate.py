@@ -15,6 +15,7 @@ records what the outputs were made from, and a different checkpoint or settings 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -77,14 +78,17 @@ def list_pictures(path: str | Path, what: str) -> list[Picture]:
 
 
 def is_sequence(pictures: list[Picture]) -> bool:
-    """Frames of one video: two or more images named one prefix + a number."""
-    prefixes = set()
+    """Frames of one video: two or more images named one prefix + consecutive numbers
+    (``frame_0001.png`` …, ``0001.png`` …; a dataset's appid names are not consecutive)."""
+    prefixes, numbers = set(), []
     for picture in pictures:
         match = FRAME_NUMBER.match(Path(picture.name).name)
         if not match:
             return False
         prefixes.add((str(Path(picture.name).parent), match.group(1)))
-    return len(pictures) > 1 and len(prefixes) == 1
+        numbers.append(int(match.group(2)))
+    consecutive = all(b == a + 1 for a, b in itertools.pairwise(numbers))
+    return len(pictures) > 1 and len(prefixes) == 1 and consecutive
 
 
 def load_picture(picture: Picture, size: int, what: str) -> torch.Tensor:

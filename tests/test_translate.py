@@ -52,6 +52,12 @@ def mp4_frames(path: Path) -> int:
 def test_sequence_gets_every_frame_per_domain_and_an_mp4_and_resumes(trained, tmp_path):
     source = frames(tmp_path / "clip")
     assert is_sequence(list_pictures(source, "translate.source"))
+    (tmp_path / "apps").mkdir()
+    for name in ("570.png", "1091500.png"):  # a dataset's appids: not frames
+        flower_images("c3", 1, 32)[0].save(tmp_path / "apps" / name)
+    assert not is_sequence(list_pictures(tmp_path / "apps", "translate.source"))
+    (tmp_path / "apps/1091500.png").rename(tmp_path / "apps/571.png")
+    assert is_sequence(list_pictures(tmp_path / "apps", "translate.source"))
     cfg = TranslateParams(source=str(source), styles=1, device="cpu")
     out = tmp_path / "out"
     summary = translate(trained, cfg, out, torch.device("cpu"))

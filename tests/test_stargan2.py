@@ -51,6 +51,8 @@ def test_blocks_scale_with_size(size, hpf, blocks):
     style = model.mapping(torch.randn(3, 16), domains)
     assert style.shape == (3, 16) and model.style_encoder(x, domains).shape == (3, 16)
     assert model.G(x, style).shape == x.shape and model.D(x, domains).shape == (3,)
+    with pytest.raises(ValueError, match=r"not G\(z\): sample it with"):
+        model.G(torch.randn(3, 16))  # a z → G(z) sampler gets one line, not a TypeError
 
 
 def test_style_codes_differ_per_domain():

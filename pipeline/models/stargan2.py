@@ -158,7 +158,12 @@ class StarGAN2Generator(nn.Module):
         )
         self.register_buffer("sources_filled", torch.zeros((), dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        if s is None:  # a z → G(z) caller (a sampler that does not go through model.sample)
+            raise ValueError(
+                "stargan2's G translates an image in a style code, not G(z): sample it with "
+                "the model's sample(z, labels) (trained.sample) or the translate stage"
+            )
         x = self.from_rgb(x)
         cache = {}
         for block in self.encode:

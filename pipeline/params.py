@@ -318,6 +318,16 @@ class EvaluateParams(Section):
         return FacesParams._device(value)
 
 
+class MixParams(Section):
+    """The mix stage: which snapshots of the run to average (README "Mixing snapshots")."""
+
+    # the newest N snapshots of the train run (data/train/snapshots, the run of
+    # data/train/checkpoints/latest.pt), or of mix.snapshots when given; 0: all of
+    # mix.snapshots, and no mix when mix.snapshots is empty
+    last: NonNegativeInt = 0
+    snapshots: list[str] = Field(default_factory=list)  # paths or globs of one run's files
+
+
 class ReportParams(Section):
     examples: Annotated[int, Field(ge=0, le=200)] = 24  # thumbnails per contact sheet
     thumb_height: Annotated[int, Field(ge=32, le=512)] = 120  # thumbnail height in pixels
@@ -357,6 +367,7 @@ class Params(BaseModel):
     resize: ResizeParams = ResizeParams()
     dataset: DatasetParams = DatasetParams()
     train: TrainParams = TrainParams()
+    mix: MixParams = MixParams()
     reference: ReferenceParams = ReferenceParams()
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()

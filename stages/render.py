@@ -13,6 +13,7 @@ from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
+from stages.mix import MIXED
 
 OUT_DIR = pio.stage_dir("render")
 app = stage_app(__doc__, "render")
@@ -20,7 +21,7 @@ app = stage_app(__doc__, "render")
 
 @app.command()
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
-    """Draw every render render.checkpoint's model supports into data/render/."""
+    """Draw every render the model of render.checkpoint (or of the mix: render.mix) supports."""
     with run_stage("render", params, overrides) as p:
         # torch: imported only when rendering
         from pipeline.devices import pick_device
@@ -29,7 +30,13 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         from pipeline.training.checkpoint import load_generator
 
         cfg = p.render
-        if not Path(cfg.checkpoint).is_file():
+        checkpoint = MIXED if cfg.mix else Path(cfg.checkpoint)
+        if cfg.mix and not checkpoint.is_file():
+            raise StageError(
+                f"render.mix: {checkpoint} not found; set mix.last (e.g. -S mix.last=4) or "
+                "mix.snapshots and run the mix stage (dvc repro mix), or set render.mix false"
+            )
+        if not checkpoint.is_file():
             raise StageError(
                 f"render.checkpoint: {cfg.checkpoint} not found; run the train stage "
                 "(dvc repro train) or point it at a checkpoint or snapshot"
@@ -61,7 +68,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
 
             return inception_features(features)
 
-        trained = load_generator(cfg.checkpoint, device)
+        trained = load_generator(checkpoint, device)
         skipped = unsupported(trained.G, trained.model)
         for reason in dict.fromkeys(skipped.values()):  # said plainly, once per reason
             names = ", ".join(name for name, why in skipped.items() if why == reason)
@@ -79,7 +86,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             pio.write_json(tmp / "render.json", summary)
             pio.write_json(tmp / "metrics.json", metrics(summary))
         drawn = ", ".join(summary["rendered"])
-        say(f"render: {drawn} from {cfg.checkpoint} ({trained.kimg:,g} kimg) → {OUT_DIR}/")
+        say(f"render: {drawn} from {checkpoint} ({trained.kimg:,g} kimg) → {OUT_DIR}/")
         projected = summary["rendered"].get("projection")
         if projected:
             say(f"render: projection loss {projected['loss']}")

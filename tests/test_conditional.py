@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from pipeline.errors import StageError
+from pipeline.models.base import set_noise_mode
+from pipeline.models.stylegan2 import StyleGAN2
 from pipeline.training.checkpoint import load_checkpoint, load_generator
 from pipeline.training.loop import Trainer, train
 from tests.train_helpers import flowers, tiny, tiny_stylegan2
@@ -52,6 +54,7 @@ def test_conditional_stylegan2_trains_samples_by_class_and_resumes_exactly(label
     trained = load_generator(tmp_path / "a/checkpoints/latest.pt")
     assert trained.classes == ["red", "blue"]
     z = torch.randn(3, trained.latent_dim, generator=torch.Generator().manual_seed(0))
+    set_noise_mode(trained.G, "const")  # the same noise maps in every call
     red, blue = (trained.sample(z, torch.full((3,), k)) for k in (0, 1))
     assert red.shape == (3, 3, 32, 32) and not torch.allclose(red, blue)
     again = trained.sample(z, torch.zeros(3, dtype=torch.long))
@@ -59,8 +62,32 @@ def test_conditional_stylegan2_trains_samples_by_class_and_resumes_exactly(label
     # truncation pulls towards the class's own average w: at psi 0 every z gives one image
     centre = trained.sample(z, torch.full((3,), 1), truncation_psi=0.0)
     assert torch.allclose(centre[0], centre[1], atol=1e-5)
+    assert not torch.allclose(centre[0], trained.sample(z, torch.zeros(3), 0.0)[0], atol=1e-3)
     with pytest.raises(ValueError, match="conditional"):
         trained.sample(z)
+
+
+def test_balanced_classes_feed_the_model_every_class_equally(tmp_path):
+    """Six of one class, two of the other: balanced batches hold both about equally."""
+    data = flowers(tmp_path / "uneven", count=8)
+    names = sorted(p.name for p in data.glob("*.png"))
+    labels = [[name, int(i >= 6)] for i, name in enumerate(names)]
+    (data / "dataset.json").write_text(json.dumps({"labels": labels, "classes": ["a", "b"]}))
+    seen = []
+
+    class Counting(StyleGAN2):
+        def d_loss(self, batch, ctx):
+            seen.extend(batch.labels.tolist())
+            return super().d_loss(batch, ctx)
+
+    params = tiny_stylegan2(data, steps=6, balance_classes=True)
+    train(
+        params, tmp_path / "run", live_dir=None,
+        model_factory=lambda p, num_classes: Counting(
+            p.image_size, p.stylegan2, p.batch_size, num_classes=num_classes
+        ),
+    )  # fmt: skip
+    assert len(seen) == 48 and 16 <= seen.count(1) <= 32  # unbalanced: 12 of 48 expected
 
 
 def test_labels_switch_conditioning_off_or_are_required(labelled, tmp_path):

@@ -12,7 +12,7 @@ from pipeline.steam import BannerKind
 from tests.conftest import REPO
 
 SECTIONS = (
-    "appids", "download", "validate", "faces", "resize", "dataset", "train", "reference",
+    "appids", "download", "validate", "faces", "resize", "dataset", "train", "mix", "reference",
     "evaluate", "render", "translate", "report",
 )  # fmt: skip
 
@@ -205,8 +205,8 @@ def test_out_of_range_sizes_are_refused(size):
 
 def test_params_model_is_the_single_source_of_sections():
     assert set(Params.model_fields) == {
-        "appids", "download", "validate_", "faces", "resize", "dataset", "train", "reference",
-        "evaluate", "render", "translate", "report",
+        "appids", "download", "validate_", "faces", "resize", "dataset", "train", "mix",
+        "reference", "evaluate", "render", "translate", "report",
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()
 

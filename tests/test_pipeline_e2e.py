@@ -148,8 +148,8 @@ def commit(repo: Path, message: str) -> None:
     )
 
 
-STAGES = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "reference",
-          "evaluate", "render", "report")  # fmt: skip
+STAGES = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "mix",
+          "reference", "evaluate", "render", "report")  # fmt: skip
 
 
 def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):

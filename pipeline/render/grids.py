@@ -37,7 +37,7 @@ def fakes_grid(synth: Synth, rows: int, cols: int, noise_seed: int = 0) -> Image
         z = seeded_latents(grid_seeds(rows, cols), synth.latent_dim)
     images = generate(
         synth.G, z, noise_seed, synth.device, synth.batch, noise_mode=synth.noise_mode,
-        labels=labels,
+        labels=labels, sample=synth.sample,
     )  # fmt: skip
     return image_grid(images, rows, cols)
 
@@ -119,7 +119,7 @@ def progress_strip(
     column_images, kimgs = [], []
     for path in ours:
         snapshot = load_generator(path, synth_options["device"])
-        synth = Synth(snapshot.G, **synth_options)
+        synth = Synth(snapshot.G, **synth_options, sample=snapshot.sample)
         column_images.append(synth.images(synth.z(seeds)))
         kimgs.append(snapshot.kimg)
     stacked = torch.stack(column_images, dim=1)  # seeds × snapshots × 3 × H × W

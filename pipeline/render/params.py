@@ -57,6 +57,7 @@ class ProjectParams(Section):
 
 class RenderParams(Section):
     checkpoint: str = "data/train/checkpoints/latest.pt"  # or a snapshot
+    mix: bool = False  # true: draw the mix stage's data/mix/mixed.pt instead of checkpoint
     snapshots: str | None = "data/train/snapshots"  # the progress strip's; null: no strip
     data: str = "data/dataset"  # real images: their grid and the projection targets
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -121,7 +121,7 @@ def render(
 
     if translation.translates(G):
         return render_translations(trained, p, out, device, finish, skipped, done)
-    synth = Synth(G, **synth_options)
+    synth = Synth(G, **synth_options, sample=trained.sample)
 
     def interpolation_video(space: str, frames) -> None:
         """A loop through ``p.seeds`` in Z or W, as GIF (a plot) and MP4."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -80,8 +80,12 @@ class Synth:
         batch: int = 16,
         noise_mode: str = "const",
         noise_seed: int = 0,
+        sample: Callable | None = None,
     ):
         self.G, self.device, self.batch = G.eval(), device, batch
+        # the model's own sample(z, labels, psi) (``TrainedGenerator.sample``): images from
+        # z go through it, so a model whose sampling is not G(z) renders too
+        self.sample = sample
         self.noise_mode, self.noise = noise_mode, FrozenNoise(noise_seed)
         self.latent_dim = G.latent_dim
         self.styled = has_mapping(G)
@@ -125,7 +129,11 @@ class Synth:
                 self.noise.reset()
                 chunk = z[start : start + self.batch].to(self.device)
                 c = self.classes(len(chunk))
-                out.append((self.G(chunk) if c is None else self.G(chunk, c)).float().cpu())
+                if self.sample is not None:
+                    images = self.sample(chunk, c)
+                else:
+                    images = self.G(chunk) if c is None else self.G(chunk, c)
+                out.append(images.float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()

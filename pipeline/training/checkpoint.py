@@ -217,8 +217,12 @@ class TrainedGenerator:
     ) -> torch.Tensor:
         """Images for latents ``z`` (and class ``labels`` for a conditional model), made by
         the model's own ``sample`` so that evaluate and render work for every model."""
-        if self.net is None:
-            raise ValueError(f"{self.path}: no model to sample from")
+        if self.net is None:  # a bare generator (built in code, not from a checkpoint)
+            from pipeline.training.sampling import generator_call
+
+            if labels is not None:
+                raise ValueError(f"{self.path}: a bare generator takes no labels")
+            return generator_call(self.G, z, truncation_psi, truncation_cutoff)
         return self.net.sample(z, labels, truncation_psi, truncation_cutoff)
 
 

@@ -3,14 +3,19 @@
     python bench/train.py --model lightweight --size 256 --batch 64 [--steps 20] [--data DIR]
     python bench/train.py --model dcgan --size 64 --batch 32
     python bench/train.py --model progan --size 64 --batch 32   # at its first stage (16 px)
+    python bench/train.py --model stargan2 --size 256 --batch 8   # labelled: --domains 2
 
-Without --data it uses ../shared/data/flowers256 (resized to --size). Steps after --warmup
-are timed; on a GPU the engine's defaults apply (bf16 autocast, channels_last).
+Without --data it uses ../shared/data/flowers256 (resized to --size), labelled by flower
+class (the first --domains classes, dataset.json) for a model that needs labels. Steps
+after --warmup are timed; on a GPU the engine's defaults apply (bf16 autocast,
+channels_last). Peak memory: the GPU's, or on the CPU the process's peak resident size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import sys
 import tempfile
 import time
@@ -30,23 +35,42 @@ MODELS = get_args(TrainParams.model_fields["model"].annotation)
 FLOWERS = REPO.parent / "shared" / "data" / "flowers256"
 
 
-def prepare_data(size: int, work: Path, count: int) -> Path:
+MODELS = get_args(TrainParams.model_fields["model"].annotation)
+LABELLED = {"stargan2"}  # models that need a labelled dataset
+
+
+def prepare_data(size: int, work: Path, count: int, domains: int = 0) -> Path:
+    """``count`` flowers as PNGs; with ``domains``, only the first ``domains`` classes and a
+    dataset.json labelling each by its class (c<class>_image_<n>.jpg)."""
     folder = work / f"flowers{size}"
     folder.mkdir()
-    files = sorted(FLOWERS.glob("*.jpg"))[:count]
+    files = sorted(FLOWERS.glob("*.jpg"))
+    classes = sorted({p.name.split("_")[0] for p in files})[:domains]
+    if domains:
+        files = [p for p in files if p.name.split("_")[0] in classes]
+    files = files[:count]
     if not files:
         sys.exit(f"no images in {FLOWERS}; pass --data")
+    labels = []
     for path in files:
         im = Image.open(path).convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.LANCZOS)
         im.save(folder / f"{path.stem}.png")
+        if domains:
+            labels.append([f"{path.stem}.png", classes.index(path.name.split("_")[0])])
+    if domains:
+        meta = {"labels": labels, "classes": classes}
+        (folder / "dataset.json").write_text(json.dumps(meta) + "\n")
     return folder
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lightweight", choices=MODELS)
+    parser.add_argument(
+        "--domains", type=int, default=None, help="classes of the data (stargan2: 2, others 0)"
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -69,7 +93,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="steamgan-bench-train-") as tmp:
         work = Path(tmp)
-        data = args.data or prepare_data(args.size, work, args.images)
+        domains = args.domains if args.domains is not None else 2 * (args.model in LABELLED)
+        data = args.data or prepare_data(args.size, work, args.images, domains)
         settings: dict = dict(
             model=args.model,
             data=str(data),
@@ -113,6 +138,9 @@ def main() -> None:
         print(f"images/s {images / seconds:,.1f}   s/kimg {seconds / images * 1000:,.2f}")
         if device.type == "cuda":
             print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+        else:  # ru_maxrss is in KiB on Linux
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(f"peak resident memory {peak:.2f} GiB (the whole process)")
 
 
 if __name__ == "__main__":

@@ -342,6 +342,28 @@ class ReportParams(Section):
     experiments: bool = True  # list `dvc exp show` runs (a few seconds of dvc)
 
 
+class TranslateParams(Section):
+    """StarGAN v2 translation of pictures, folders or frame sequences into the domains."""
+
+    checkpoint: str = "data/train/checkpoints/latest.pt"  # or a snapshot
+    # an image, a folder of images (or frames), a dataset zip or a folder holding one
+    source: str = "data/dataset"
+    max_images: Annotated[int, Field(ge=1, le=1_000_000)] | None = 16  # first N; null: all
+    domains: list[NonNegativeInt | str] | None = None  # by index or name; null: all
+    # null: latent-guided (``styles`` random styles per domain); else an image or folder of
+    # references, each of the domain its name prefix ``<domain>-`` or sub-folder names
+    reference: str | None = None
+    styles: Annotated[int, Field(ge=1, le=1000)] = 4
+    seed: NonNegativeInt = 0  # the random styles
+    sequence: Literal["auto"] | bool = "auto"  # frames of a video: one style for all, an MP4
+    # latent-guided frames: the style moves to the next random one over 1/style_motion
+    # frames (0: the same style for every frame)
+    style_motion: Annotated[float, Field(ge=0, le=1)] = 0.0
+    fps: Annotated[int, Field(ge=1, le=240)] = 24
+    batch_size: BatchSize = 16
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -356,6 +378,7 @@ class Params(BaseModel):
     reference: ReferenceParams = ReferenceParams()
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
+    translate: TranslateParams = TranslateParams()
     report: ReportParams = ReportParams()
 
     @field_validator("*", mode="before")

@@ -19,6 +19,7 @@ from stages import (
     report,
     resize,
     train,
+    translate,
     validate,
 )
 from stages.common import one_line_errors, params_help
@@ -35,6 +36,7 @@ STAGES = {
     "reference": reference,
     "evaluate": evaluate,
     "render": render,
+    "translate": translate,
     "report": report,
 }
 

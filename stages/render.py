@@ -26,6 +26,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         # torch: imported only when rendering
         from pipeline.devices import pick_device
         from pipeline.render.run import metrics, render, unsupported, work_units
+        from pipeline.render.translation import translates
         from pipeline.training.checkpoint import load_generator
 
         cfg = p.render
@@ -75,7 +76,8 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         with (
             pio.atomic_dir(OUT_DIR) as tmp,
             progress_bar(
-                work_units(cfg, skipped, bool(trained.num_classes)), f"render {trained.model}"
+                work_units(cfg, skipped, bool(trained.num_classes), translates(trained.G)),
+                f"render {trained.model}",
             ) as advance,
         ):
             summary = render(

@@ -8,7 +8,7 @@ from stages.cli import COMMANDS, STAGES
 from tests.conftest import REPO, run_cli
 
 ORDER = ["appids", "download", "validate", "faces", "resize", "dataset", "train", "mix",
-         "reference", "evaluate", "render", "report"]  # fmt: skip
+         "reference", "evaluate", "render", "translate", "report"]  # fmt: skip
 
 
 def test_steamgan_lists_every_stage_and_command():

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 SECTIONS = (
     "appids", "download", "validate", "faces", "resize", "dataset", "train", "mix", "reference",
-    "evaluate", "render", "report",
+    "evaluate", "render", "translate", "report",
 )  # fmt: skip
 
 
@@ -215,7 +215,7 @@ def test_out_of_range_sizes_are_refused(size):
 def test_params_model_is_the_single_source_of_sections():
     assert set(Params.model_fields) == {
         "appids", "download", "validate_", "faces", "resize", "dataset", "train", "mix",
-        "reference", "evaluate", "render", "report",
+        "reference", "evaluate", "render", "translate", "report",
     }  # fmt: skip
     assert Path(REPO / "pipeline" / "params.py").exists()
 

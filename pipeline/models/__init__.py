@@ -29,6 +29,10 @@ def build_model(params: TrainParams, for_sampling: bool = False, num_classes: in
         from pipeline.models.progan import ProGAN
 
         return ProGAN(params.image_size, params.progan)
+    if params.model == "stargan2":
+        from pipeline.models.stargan2 import StarGAN2
+
+        return StarGAN2(params.image_size, params.stargan2, for_sampling, num_classes)
     raise ValueError(f"unknown model {params.model!r}")
 
 

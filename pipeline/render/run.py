@@ -18,7 +18,7 @@ import torch
 from pipeline import io as pio
 from pipeline.models.base import has_mapping
 from pipeline.render import directions as dirs
-from pipeline.render import grids, interpolation, mixing, projection
+from pipeline.render import grids, interpolation, mixing, projection, translation
 from pipeline.render.params import RenderParams
 from pipeline.render.synthesis import Synth, WStats
 from pipeline.render.video import write_videos
@@ -41,10 +41,15 @@ RENDERS = {
     "sefa": STYLED,
     "projection": STYLED,
 }
+# StarGAN v2 draws these (and the reals) instead: real images translated into its domains
+TRANSLATIONS = ("translation", "translation_reference")
 
 
 def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
     """Renders this generator cannot draw, each with the reason."""
+    if translation.translates(G):  # StarGAN v2 draws from real images, not from z
+        why = f"{model} translates real images (its translation grids; the translate stage)"
+        return {name: why for name in RENDERS if name != "reals"}
     reasons = {}
     if not has_mapping(G):
         for name, needs in RENDERS.items():
@@ -55,10 +60,14 @@ def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
     return reasons
 
 
-def work_units(p: RenderParams, skipped: dict[str, str], conditional: bool = False) -> int:
+def work_units(
+    p: RenderParams, skipped: dict[str, str], conditional: bool = False, translator: bool = False
+) -> int:
     """The progress bar's total: one per render, plus one per projection step (and the
-    class interpolation of a conditional G, the only render it alone has)."""
+    class interpolation of a conditional G, the only render it alone has; StarGAN v2's
+    translation grids)."""
     units = sum(1 for name in RENDERS if name not in skipped) + int(conditional)
+    units += len(TRANSLATIONS) if translator else 0
     if "projection" not in skipped and p.project.targets:
         units += p.project.steps
     return units
@@ -101,7 +110,6 @@ def render(
     out = Outputs(Path(out_dir))
     G = trained.G
     synth_options = dict(device=device, batch=p.batch_size, noise_mode=p.noise_mode)
-    synth = Synth(G, **synth_options, sample=trained.sample)
     skipped = unsupported(G, trained.model)
     rows, cols = p.grid
     done: dict[str, dict[str, Any]] = {}
@@ -110,6 +118,10 @@ def render(
     def finish(name: str, **record: Any) -> None:
         done[name] = record
         advance(status=name)
+
+    if translation.translates(G):
+        return render_translations(trained, p, out, device, finish, skipped, done)
+    synth = Synth(G, **synth_options, sample=trained.sample)
 
     def interpolation_video(space: str, frames) -> None:
         """A loop through ``p.seeds`` in Z or W, as GIF (a plot) and MP4."""
@@ -215,6 +227,39 @@ def render(
     return summary(trained, p, done, skipped)
 
 
+def render_translations(trained, p, out, device, finish, skipped, done) -> dict[str, Any]:
+    """StarGAN v2: the reals grid, then ``render.grid`` rows of real images translated into
+    every domain, latent-guided (the first two ``render.seeds`` as styles) and
+    reference-guided (the first image of each domain in ``render.data`` as reference)."""
+    rows, cols = p.grid
+    finish(
+        "reals",
+        files=[out.save(grids.reals_grid(p.data, rows, cols, trained.image_size), "reals.png")],
+        data=p.data,
+    )
+    sources = translation.real_sources(p.data, rows, trained.image_size)
+    seeds = p.seeds[: translation.STYLES_PER_DOMAIN]
+    table, columns = translation.latent_grid(trained, sources, seeds, device)
+    finish(
+        "translation",
+        files=[out.save(image_grid(table, len(sources), columns), "translation.png")],
+        domains=trained.classes,
+        seeds=seeds,
+    )
+    references = translation.domain_references(p.data, trained.num_classes, trained.image_size)
+    if references is None:
+        skipped["translation_reference"] = f"{p.data} has no image of some domain (labels)"
+    else:
+        table = translation.reference_grid(trained, sources, references, device)
+        picture = image_grid(table, len(sources) + 1, len(references) + 1)
+        finish(
+            "translation_reference",
+            files=[out.save(picture, "translation-reference.png")],
+            domains=trained.classes,
+        )
+    return summary(trained, p, done, skipped)
+
+
 def project_reals(
     synth: Synth,
     trained: TrainedGenerator,
@@ -265,7 +310,9 @@ def summary(
         "kimg": trained.kimg,
         "noise_mode": p.noise_mode,
         "rendered": done,
-        "unsupported": {name: skipped[name] for name in RENDERS if name in skipped},
+        "unsupported": {
+            name: skipped[name] for name in (*RENDERS, *TRANSLATIONS) if name in skipped
+        },
     }
 
 

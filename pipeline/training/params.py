@@ -212,8 +212,42 @@ class ProGANParams(DCGANParams):
         return self
 
 
+class StarGAN2Params(Section):
+    """StarGAN v2 (Choi et al., CVPR 2020): multi-domain image-to-image translation; the
+    defaults are the official release's (clovaai/stargan-v2) non-face settings."""
+
+    latent_dim: PositiveInt = 16  # z of the mapping network
+    style_dim: PositiveInt = 64
+    # width of the first conv of G, D and the style encoder (doubling per down block up to
+    # max_channels); null: 2**14 / image_size (the official: 64 at 256 px)
+    channels: PositiveInt | None = None
+    max_channels: PositiveInt = 512
+    mapping_dim: PositiveInt = 512  # hidden width of the mapping network
+    # high-pass filter skips (the paper's face models, w_hpf); 0: off. No face landmarks
+    # here: the whole image's high frequencies pass (mask of ones)
+    hpf: Annotated[float, Field(ge=0)] = 0.0
+    lambda_sty: Annotated[float, Field(ge=0)] = 1.0  # style reconstruction
+    lambda_ds: Annotated[float, Field(ge=0)] = 1.0  # diversity sensitivity (faces: 2)
+    lambda_cyc: Annotated[float, Field(ge=0)] = 1.0  # cycle consistency
+    # lambda_ds falls linearly to 0 over this many kimg (the official 100k iterations of 8);
+    # null: constant
+    ds_decay_kimg: Annotated[float, Field(gt=0)] | None = 800.0
+    r1_gamma: Annotated[float, Field(ge=0)] = 1.0  # R1 on reals, every step: γ/2·‖∇D‖²
+    lr: Annotated[float, Field(gt=0)] = 1e-4  # G, style encoder and D
+    mapping_lr: Annotated[float, Field(gt=0)] = 1e-6  # the mapping network
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.0,
+        0.99,
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    # probability of a random resized crop of a real image (scale 0.8-1, ratio 0.9-1.1)
+    random_crop: Probability = 0.5
+    # real images kept in G for sample() (grids, evaluate, render): the first batch's
+    sample_sources: Annotated[int, Field(ge=1, le=64)] = 8
+
+
 class TrainParams(Section):
-    model: Literal["lightweight", "stylegan2", "dcgan", "progan"] = "lightweight"
+    model: Literal["lightweight", "stylegan2", "dcgan", "progan", "stargan2"] = "lightweight"
     data: str = "data/dataset"  # a dataset folder, a dataset.zip, or a folder holding one
     image_size: Annotated[int, Field(ge=16, le=1024)] = 256
     steps: StepCount = 150_000  # optimizer steps of G
@@ -249,6 +283,7 @@ class TrainParams(Section):
     stylegan2: StyleGAN2Params = StyleGAN2Params()
     dcgan: DCGANParams = DCGANParams()
     progan: ProGANParams = ProGANParams()
+    stargan2: StarGAN2Params = StarGAN2Params()
 
     @model_validator(mode="after")
     def _divisible_batch(self) -> TrainParams:

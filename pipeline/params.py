@@ -272,7 +272,8 @@ class ReferenceParams(Section):
 # params.yaml (every stage does) does not import the metrics, which every stage would then
 # depend on (dvc.yaml deps).
 MetricName = Literal[
-    "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face", "fid_per_class"
+    "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face", "fid_per_class",
+    "translation",
 ]  # fmt: skip
 METRIC_NAMES: tuple[str, ...] = MetricName.__args__
 DEFAULT_METRICS = ("fid", "kid", "precision_recall", "inception_score", "ppl", "one_face")

@@ -66,10 +66,19 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         if "one_face" in cfg.metrics:
             detector, face_note = load_one_face_detector(cfg)
         lpips, lpips_note = (None, None)
-        if "ppl" in cfg.metrics:
+        if {"ppl", "translation"} & set(cfg.metrics):
             lpips, lpips_note = load_ppl_distance(cfg, pick_device(cfg.device))
         results = evaluate_generator(
-            cfg, reference, model, detector, face_note, lpips, lpips_note, vgg, vgg_note
+            cfg,
+            reference,
+            model,
+            detector,
+            face_note,
+            lpips,
+            lpips_note,
+            vgg,
+            vgg_note,
+            data=p.reference.data,
         )
         notes = results.pop("notes", {})
         settings = {

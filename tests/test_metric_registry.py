@@ -35,7 +35,8 @@ CLASSES = ["daffodil", "snowdrop"]  # Oxford 17 Flowers' classes 1 and 2 (files 
 
 def test_registry_names_every_metric_in_report_order():
     assert list_metrics() == [
-        "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face", "fid_per_class"
+        "fid", "kid", "precision_recall", "inception_score", "ppl", "one_face", "fid_per_class",
+        "translation",
     ]  # fmt: skip
     assert "fid_per_class" not in DEFAULT_METRICS  # seconds per class: asked for, not default
     assert get_metric("kid").keys == ("kid", "kid_std")
@@ -56,7 +57,7 @@ def test_registry_names_every_metric_in_report_order():
 
 def test_the_registry_refuses_to_load_with_names_params_does_not_know(monkeypatch):
     monkeypatch.setattr(registry, "METRIC_NAMES", (*list_metrics()[:-1], "fid_per_klass"))
-    with pytest.raises(ImportError, match=r"registers fid, .*, fid_per_class but pipeline\.params"):
+    with pytest.raises(ImportError, match=r"registers fid, .*, translation but pipeline\.params"):
         registry._check_names()
 
 

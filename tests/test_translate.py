@@ -182,6 +182,23 @@ def test_stargan_metrics_fid_per_domain_and_null_lpips_with_reason(tmp_path):
     assert metrics["fid_latent"] != metrics["fid_reference"]
     assert trained.state.step == 1
 
+    # the same through evaluate's registry (evaluate.metrics: [translation])
+    from pipeline.metrics.registry import MetricContext, get_metric, run_metric
+    from pipeline.params import EvaluateParams
+
+    cfg = EvaluateParams(metrics=["translation"])
+    ctx = MetricContext(cfg, generator, torch.device("cpu"), None, inception, data=str(data))
+    results = run_metric(get_metric("translation"), ctx)
+    assert results["fid_latent"].keys() == {"c1", "c2"} and results["fid_mean_reference"] > 0
+    assert ctx.notes["lpips_latent"]  # no LPIPS network given: null, with the reason
+    plain = train(tiny_stargan2(flowers(tmp_path / "plain", 8), model="lightweight", steps=1),
+                  tmp_path / "lw", live_dir=None)  # fmt: skip
+    assert plain.state.step == 1
+    other = MetricContext(cfg, load_generator(tmp_path / "lw/checkpoints/latest.pt"),
+                          torch.device("cpu"), None, inception, data=str(data))  # fmt: skip
+    assert all(v is None for v in run_metric(get_metric("translation"), other).values())
+    assert "StarGAN v2's; this is lightweight" in other.notes["fid_latent"]
+
     (data / "test.zip").unlink()
     metrics, notes = stargan_metrics(generator, data, inception)
     assert all(v is None for v in metrics.values()) and "test.zip not found" in notes["fid_latent"]

@@ -49,7 +49,8 @@ from pipeline.progress import progress_bar
 # 2: the precision/recall network in the key, VGG16 features; 3: the classes of a labelled
 # dataset's images (and their digest in the key)
 REFERENCE_FORMAT = 3
-FEATURE_METRICS = metrics_needing("inception")  # those that need the Inception network
+# those that need the Inception network (translation runs it on its own translations)
+FEATURE_METRICS = (*metrics_needing("inception"), "translation")
 
 
 def load_one_face_detector(cfg: EvaluateParams) -> tuple[FaceDetector | None, str | None]:
@@ -327,6 +328,7 @@ def evaluate_generator(
     lpips_note: str | None = None,
     vgg: VGG16FC2 | None = None,
     vgg_note: str | None = None,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Every metric of ``cfg.metrics`` for ``cfg.checkpoint``'s G_ema (``model`` is the
     Inception network), as a dict of numbers (null where a metric could not be computed,
@@ -346,7 +348,7 @@ def evaluate_generator(
         )
     ctx = MetricContext(
         cfg, trained, device, reference, model, vgg, vgg_note, detector, detector_note,
-        lpips, lpips_note,
+        lpips, lpips_note, data=data,
     )  # fmt: skip
     for metric in metrics:
         if metric.check is not None:

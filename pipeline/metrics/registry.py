@@ -91,6 +91,7 @@ class MetricContext:
     generated: GeneratedFeatures = field(default_factory=GeneratedFeatures)
     notes: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)  # small samples, beyond the usual
+    data: str | None = None  # the real dataset (reference.data): its held-out split
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,30 @@ def fid_per_class(ctx: MetricContext) -> Results:
         ctx.warnings["fid_per_class"] = warning
     mean = float(np.mean([values[name] for name in measured]))
     return {"fid_per_class": values, "fid_per_class_mean": mean}
+
+
+TRANSLATION_KEYS = tuple(
+    f"{kind}_{guide}" for guide in ("latent", "reference") for kind in ("fid", "fid_mean", "lpips")
+)
+
+
+@register_metric(keys=TRANSLATION_KEYS)
+def translation(ctx: MetricContext) -> Results:
+    """StarGAN v2's own metrics (``pipeline.metrics.stargan``): FID per target domain of
+    latent- and reference-guided translations of the dataset's held-out images (test.zip),
+    their mean, and LPIPS diversity between styles of one source."""
+    from pipeline.metrics.stargan import stargan_metrics
+
+    if ctx.trained.model != "stargan2":
+        raise ValueError(f"translation metrics are StarGAN v2's; this is {ctx.trained.model}")
+    if ctx.inception is None or ctx.data is None:
+        raise ValueError("translation needs the Inception network and reference.data")
+    metrics, notes = stargan_metrics(
+        ctx.trained, ctx.data, ctx.inception, ctx.lpips, ctx.lpips_note or "",
+        seed=ctx.cfg.seed, device=ctx.device,
+    )  # fmt: skip
+    ctx.notes.update(notes)
+    return metrics
 
 
 def _check_names() -> None:

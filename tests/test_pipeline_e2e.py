@@ -443,3 +443,26 @@ def test_dvc_exp_run_trains_dcgan_and_progan(steam, tmp_path):
         assert summary["model"] == model
     live = json.loads((repo / "dvclive/metrics.json").read_text())
     assert live["progan"]["size"] == 32 and live["progan"]["alpha"] == 1.0
+
+    # StarGAN v2 on the user's own class folders (dataset.labels: folders, with test/)
+    folders = tmp_path / "domains"
+    for domain in ("c1", "c2"):
+        pictures = sorted(needs_shared("data", "flowers256").glob(f"{domain}_image_*.jpg"))
+        for number, picture in enumerate(pictures[:6]):
+            target = folders / domain / ("test" if number >= 4 else "") / picture.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(picture, target)
+    section = {"channels": 8, "max_channels": 32, "style_dim": 16, "mapping_dim": 32}
+    dvc(
+        "exp", "run", "-S", "train.model=stargan2", "-S", "dataset.labels=folders",
+        "-S", f"dataset.folders_root={folders}", "-S", "translate.max_images=2",
+        *(arg for key, value in section.items() for arg in ("-S", f"train.stargan2.{key}={value}")),
+        cwd=repo,
+    )  # fmt: skip
+    checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
+    assert checkpoint["model"] == "stargan2" and checkpoint["classes"] == ["c1", "c2"]
+    assert set(checkpoint["ema"]) >= {"mapping", "style"}  # averaged beside G
+    translated = json.loads((repo / "data/translate/translate.json").read_text())
+    assert translated["complete"] and translated["written"] > 0
+    summary = json.loads((repo / "data/render/render.json").read_text())
+    assert summary["model"] == "stargan2" and "translation" in summary["rendered"]

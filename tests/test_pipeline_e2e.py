@@ -135,6 +135,7 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc("init", "-q", cwd=repo)
     dvc("config", "core.analytics", "false", cwd=repo)
+    shutil.copytree(REPO / ".dvc/plots", repo / ".dvc/plots")  # dvc.yaml's plot templates
     commit(repo, "pipeline")  # as a clone is: DVCLive needs a repository with a commit
     return repo
 

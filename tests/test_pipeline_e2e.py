@@ -462,7 +462,7 @@ def test_dvc_exp_run_trains_dcgan_and_progan(steam, tmp_path):
     )  # fmt: skip
     checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
     assert checkpoint["model"] == "stargan2" and checkpoint["classes"] == ["c1", "c2"]
-    assert set(checkpoint["ema"]) >= {"mapping", "style"}  # averaged beside G
+    assert set(checkpoint["ema"]) >= {"mapping", "style_encoder"}  # averaged beside G
     translated = json.loads((repo / "data/translate/translate.json").read_text())
     assert translated["complete"] and translated["written"] > 0
     summary = json.loads((repo / "data/render/render.json").read_text())

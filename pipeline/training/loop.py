@@ -207,6 +207,7 @@ class Trainer:
         if unknown:
             raise StageError(f"train.model {params.model}: no optimizer named {unknown[0]}")
         self.phase_optimizers = {"D": d_names, "G": g_names}
+        self._groups: dict[str, list] = {}  # each phase's parameters by layer group
         self.base_lrs = {
             name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()
         }
@@ -511,7 +512,7 @@ class Trainer:
     def _layer_groups(self, phase: str) -> list[tuple[str, list[nn.Parameter]]]:
         """The phase's parameters by layer group (``grad/<network>/<layer>``), in the order
         the networks define them (input to output)."""
-        cache = self.__dict__.setdefault("_groups", {})
+        cache = self._groups
         if phase not in cache:
             ours = {id(param) for param in self._phase_params(phase)}
             groups: dict[str, list[nn.Parameter]] = {}

@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ from PIL import Image
 
 from pipeline.weights import WEIGHTS
 from tests.conftest import REPO, needs_shared, steam_overrides
+from tests.fake_steam import FakeSteam
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +79,8 @@ def train_overrides() -> list[str]:
         "render.directions.count=2",
         "render.directions.steps=3",
         "render.project.targets=2",
-        "render.project.steps=10",
-        "render.project.video_every=5",
+        "render.project.steps=2",  # each step runs Inception (no LPIPS weights): seconds
+        "render.project.video_every=1",
         "render.project.download_weights=false",  # no test touches the network
     ]
 
@@ -123,7 +126,20 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    set_params(repo, overrides)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    shutil.copytree(REPO / ".dvc/plots", repo / ".dvc/plots")  # dvc.yaml's plot templates
+    commit(repo, "pipeline")  # as a clone is: DVCLive needs a repository with a commit
+    return repo
+
+
+def set_params(repo: Path, overrides: list[str]) -> None:
+    """Edit the repository's params.yaml (``section.key=value`` or ``section.sub.key=value``,
+    values in YAML) as a user would, for settings ``dvc exp run -S`` cannot spell."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     for item in overrides:
         key, value = item.split("=", 1)
         *parents, name = key.split(".")
@@ -132,12 +148,6 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
             node = node[part]
         node[name] = yaml.safe_load(value)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc("init", "-q", cwd=repo)
-    dvc("config", "core.analytics", "false", cwd=repo)
-    shutil.copytree(REPO / ".dvc/plots", repo / ".dvc/plots")  # dvc.yaml's plot templates
-    commit(repo, "pipeline")  # as a clone is: DVCLive needs a repository with a commit
-    return repo
 
 
 def commit(repo: Path, message: str) -> None:
@@ -153,15 +163,40 @@ STAGES = ("appids", "download", "validate", "faces", "resize", "dataset", "train
           "reference", "evaluate", "render", "report")  # fmt: skip
 
 
-def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
-    overrides = [
-        *steam_overrides(steam),
-        *faces_overrides(tmp_path),
-        *train_overrides(),
-        *evaluate_overrides(tmp_path),
-    ]
-    repo = scratch_repo(tmp_path, overrides)
-    first = dvc("repro", cwd=repo)
+@dataclass
+class PipelineRun:
+    repo: Path  # the scratch repository after its first `dvc repro`
+    steam: FakeSteam  # the server its params point at, alive for the whole module
+    output: str  # what that `dvc repro` printed
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory) -> Iterator[PipelineRun]:
+    """One `dvc repro` of the whole pipeline, shared by this module's tests (each full run
+    costs a minute or more of stage start-ups). Tests only read it: one that runs more
+    stages or experiments works on its own copy (``copy_repo``)."""
+    needs_shared("data", "steam_capsules")
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    with FakeSteam() as steam:
+        overrides = [
+            *steam_overrides(steam),
+            *faces_overrides(tmp_path),
+            *train_overrides(),
+            *evaluate_overrides(tmp_path),
+        ]
+        repo = scratch_repo(tmp_path, overrides)
+        yield PipelineRun(repo, steam, dvc("repro", cwd=repo))
+
+
+def copy_repo(run: PipelineRun, tmp_path: Path) -> Path:
+    """A copy of the shared run's repository (git, DVC cache, outputs) for a test to change."""
+    repo = tmp_path / "repo"
+    shutil.copytree(run.repo, repo, symlinks=True)
+    return repo
+
+
+def test_dvc_repro_curates_then_does_nothing(pipeline_run):
+    repo, steam, first = pipeline_run.repo, pipeline_run.steam, pipeline_run.output
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first
 
@@ -263,16 +298,8 @@ def test_dvc_repro_curates_then_does_nothing(steam, tmp_path):
     assert "Data and pipelines are up to date" in second
 
 
-def test_dvc_exp_run_set_param_reruns_only_downstream(steam, tmp_path):
-    overrides = [
-        *steam_overrides(steam),
-        *faces_overrides(tmp_path),
-        *train_overrides(),
-        *evaluate_overrides(tmp_path),
-        "appids.limit=40",
-    ]
-    repo = scratch_repo(tmp_path, overrides)
-    dvc("repro", cwd=repo)
+def test_dvc_exp_run_set_param_reruns_only_downstream(pipeline_run, tmp_path):
+    repo = copy_repo(pipeline_run, tmp_path)
     commit(repo, "base")
     before = json.loads((repo / "data/dataset/stats.json").read_text())
     # up to the dataset only
@@ -343,18 +370,15 @@ def json_out(text: str):
     return json.JSONDecoder().raw_decode(text[start:])[0]
 
 
-def test_dvc_exp_show_compares_the_metrics_of_two_experiments(steam, tmp_path):
+def test_dvc_exp_show_compares_the_metrics_of_two_experiments(pipeline_run, tmp_path):
     """Two experiments on different data: `dvc exp show` reads every metric of each from its
-    commit (DVC's cache), not only the workspace's, and `dvc plots diff` compares curves."""
-    overrides = [
-        *steam_overrides(steam),
-        *faces_overrides(tmp_path),
-        *train_overrides(),
-        *evaluate_overrides(tmp_path),
-    ]
-    repo = scratch_repo(tmp_path, overrides)
-    for name, limit in (("small", 24), ("large", 40)):
-        dvc("exp", "run", "-n", name, "-S", f"appids.limit={limit}", "evaluate", cwd=repo)
+    commit (DVC's cache), not only the workspace's, and `dvc plots diff` compares curves.
+    "large" is the shared run (every app) kept as an experiment, "small" a run on 24 apps
+    (allow_shrink: download otherwise refuses an app list cut by half, as it tells users)."""
+    repo = copy_repo(pipeline_run, tmp_path)
+    dvc("exp", "run", "-n", "large", "evaluate", cwd=repo)
+    fewer_apps = ["-S", "appids.limit=24", "-S", "download.allow_shrink=true"]
+    dvc("exp", "run", "-n", "small", *fewer_apps, "evaluate", cwd=repo)
 
     records = exp_records(json_out(dvc("exp", "show", "--json", cwd=repo)))
     small, large = records["small"], records["large"]
@@ -412,27 +436,17 @@ def dcgan_overrides() -> list[str]:
     ]
 
 
-def test_dvc_exp_run_trains_dcgan_and_progan(steam, tmp_path):
-    """``-S train.model=dcgan`` and ``=progan``: checkpoints, sample grids, a finite FID
-    (the first as the base run, to keep this test to one curation)."""
+def test_dvc_exp_run_trains_dcgan_progan_and_stargan2(pipeline_run, tmp_path):
+    """``-S train.model=dcgan``, ``=progan`` and ``=stargan2`` as experiments on a copy of the
+    shared run: only train and what follows it rerun; checkpoints, sample grids, a finite FID."""
     from pipeline.training.checkpoint import load_checkpoint
 
-    overrides = [
-        *steam_overrides(steam),
-        *faces_overrides(tmp_path),
-        *train_overrides(),
-        *evaluate_overrides(tmp_path),
-        *dcgan_overrides(),
-        "appids.limit=40",
-        "train.model=dcgan",
-    ]
-    repo = scratch_repo(tmp_path, overrides)
-    dvc("repro", cwd=repo)
-    commit(repo, "dcgan")
+    repo = copy_repo(pipeline_run, tmp_path)
+    set_params(repo, dcgan_overrides())  # progan's stage list: easier in the file than in -S
+    commit(repo, "tiny dcgan and progan sections")
     for model in ("dcgan", "progan"):
-        if model == "progan":
-            out = dvc("exp", "run", "-S", "train.model=progan", cwd=repo)
-            assert "Running stage 'train'" in out and "Running stage 'dataset'" not in out
+        out = dvc("exp", "run", "-S", f"train.model={model}", cwd=repo)
+        assert "Running stage 'train'" in out and "Running stage 'dataset'" not in out
         checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
         assert checkpoint["model"] == model and checkpoint["state"]["step"] == 4
         assert checkpoint["augment"]["kind"] == "none"

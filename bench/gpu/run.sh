@@ -9,7 +9,7 @@
 #   bench/gpu/run.sh [OUTDIR] --dry-run   the rehearsal on a CPU machine: builds .whl/ and
 #       the carry (prepare.py), a stand-in venv with only the machine's packages
 #       (rehearsal.py), installs the same wheels for this Python with --no-index, and runs
-#       the same steps on the CPU at 32 px for 2 steps. CI runs it.
+#       the same steps on the CPU at 32 px for 1 step. CI runs it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD

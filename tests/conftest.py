@@ -30,6 +30,31 @@ def output_state(root: Path = REPO) -> dict[str, tuple[int, int]]:
     return state
 
 
+# The modules that take longest (minutes of `dvc` runs and trainings killed and resumed),
+# longest first. The suite runs on pytest-xdist workers a module at a time (pyproject's
+# addopts: ``--dist loadfile``, so a module's shared fixtures are set up once, in this order:
+# ``--no-loadscope-reorder``); a long module started last would end the run alone while the
+# other workers sit idle.
+LONGEST_FIRST = (
+    "test_pipeline_e2e.py",
+    "test_models_e2e.py",
+    "test_train.py",
+    "test_train_safety.py",
+    "test_translate.py",
+    "test_faces_retinaface.py",
+    "test_evaluate.py",
+    "test_stylegan2.py",
+    "test_mix.py",
+    "test_report.py",
+    "test_download.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: test order kept
+
+
 @pytest.fixture(autouse=True)
 def repo_outputs_untouched():
     """Fail the test that created, changed or removed a file in the work tree's outputs."""
@@ -48,6 +73,9 @@ def torch_default_threads() -> int:
     """torch's own thread count in this process, before any stage changed it."""
     import torch  # once per session; nearly every test module imports it anyway
 
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # pytest-xdist: share the cores, or each worker's threads fight the others'
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     return torch.get_num_threads()
 
 

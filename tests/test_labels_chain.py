@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from tests.conftest import run_cli, set_args, steam_overrides
-from tests.test_pipeline_e2e import faces_overrides
+from tests.e2e_helpers import faces_overrides
 
 # Four capsules: 7860 is Alternate History only, 204880 Real-Time only, 17480 and 222750
 # both (apps.csv), so the first listed tag must win for two of them.

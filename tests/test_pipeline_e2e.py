@@ -1,9 +1,8 @@
-"""``dvc repro`` of the whole curation pipeline in a scratch copy of the repository."""
+"""``dvc repro`` of the whole curation pipeline in a scratch copy of the repository, then
+experiments on copies of that run (other models: tests/test_models_e2e.py)."""
 
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,78 +10,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
-from pipeline.weights import WEIGHTS
-from tests.conftest import REPO, needs_shared, steam_overrides
+from tests.conftest import needs_shared, steam_overrides
+from tests.e2e_helpers import (
+    commit,
+    dvc,
+    evaluate_overrides,
+    faces_overrides,
+    scratch_repo,
+    train_overrides,
+)
 from tests.fake_steam import FakeSteam
 
 pytestmark = pytest.mark.slow
-
-
-def dvc(*args: str, cwd: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def faces_overrides(tmp_path: Path) -> list[str]:
-    """The faces stage on the capsules, fast and real: RetinaFace MobileNet-0.25 (the shared
-    1MB checkpoint, copied into a scratch weights cache under its registry name) at long side
-    320, keeping banners with no face, since Steam's capsules are mostly logos."""
-    weights = needs_shared("weights", "retinaface_mobilenet0.25.pth")
-    cache = tmp_path / "weights"
-    cache.mkdir()
-    shutil.copy(weights, cache / WEIGHTS["retinaface_mobilenet0.25_1mb"].file)
-    return [
-        "faces.detectors=[retinaface]",
-        "faces.resolutions=[original]",
-        "faces.require_exactly=0",
-        f"faces.weights_dir={cache}",
-        "faces.download_weights=false",
-        "faces.retinaface.variant=mobilenet0.25_1mb",
-        "faces.retinaface.confidence=0.9",
-        "faces.retinaface.nms=0.4",
-        "faces.retinaface.max_size=320",
-    ]
-
-
-def train_overrides() -> list[str]:
-    """A tiny Lightweight GAN on the 32×32 dataset: a few CPU seconds. The data path is the
-    shipped one (dataset.zip read by train.workers: 2 loader processes)."""
-    return [
-        "resize.size=32",
-        "train.image_size=32",
-        "train.steps=4",
-        "train.batch_size=8",
-        "train.checkpoint_every=2",
-        "train.sample_every=2",
-        "train.log_every=1",
-        "train.grid=[2, 4]",
-        "train.lightweight.latent_dim=32",
-        "train.lightweight.channels=8",
-        "train.lightweight.attn_res=[16]",
-        "render.grid=[2, 3]",
-        "render.seeds=[0, 1]",
-        "render.frames=4",
-        "render.w_samples=500",
-        "render.mixing.rows=[1, 2]",
-        "render.mixing.cols=[3, 4]",
-        "render.directions.count=2",
-        "render.directions.steps=3",
-        "render.project.targets=2",
-        "render.project.steps=2",  # each step runs Inception (no LPIPS weights): seconds
-        "render.project.video_every=1",
-        "render.project.download_weights=false",  # no test touches the network
-    ]
 
 
 def stylegan2_overrides() -> list[str]:
@@ -99,64 +40,6 @@ def stylegan2_overrides() -> list[str]:
         "ada.interval": 1,
     }
     return [arg for key, value in values.items() for arg in ("-S", f"train.{key}={value}")]
-
-
-def evaluate_overrides(tmp_path: Path) -> list[str]:
-    """reference and evaluate on 8 real and 8 generated images (Inception is slow on a CPU),
-    the shared RetinaFace from faces_overrides' weights cache, no LPIPS weights (PPL null)."""
-    return [
-        "reference.max_images=8",
-        "reference.workers=0",
-        "evaluate.num_images=8",
-        "evaluate.batch_size=8",
-        "evaluate.kid_subsets=5",
-        "evaluate.ppl_samples=4",
-        "evaluate.device=cpu",
-        f"evaluate.weights_dir={tmp_path / 'weights'}",
-        "evaluate.download_weights=false",
-    ]
-
-
-def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
-    """The pipeline's files (not data/) in a new git + DVC repository, params pointed at
-    the fake Steam (``section.key=value`` or ``section.sub.key=value``)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("pipeline", "stages"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
-    set_params(repo, overrides)
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc("init", "-q", cwd=repo)
-    dvc("config", "core.analytics", "false", cwd=repo)
-    shutil.copytree(REPO / ".dvc/plots", repo / ".dvc/plots")  # dvc.yaml's plot templates
-    commit(repo, "pipeline")  # as a clone is: DVCLive needs a repository with a commit
-    return repo
-
-
-def set_params(repo: Path, overrides: list[str]) -> None:
-    """Edit the repository's params.yaml (``section.key=value`` or ``section.sub.key=value``,
-    values in YAML) as a user would, for settings ``dvc exp run -S`` cannot spell."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for item in overrides:
-        key, value = item.split("=", 1)
-        *parents, name = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[name] = yaml.safe_load(value)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def commit(repo: Path, message: str) -> None:
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message],
-        cwd=repo,
-        check=True,
-    )
 
 
 STAGES = ("appids", "download", "validate", "faces", "resize", "dataset", "train", "mix",
@@ -418,66 +301,3 @@ def test_dvc_exp_show_compares_the_metrics_of_two_experiments(pipeline_run, tmp_
     # render and report did not run in these experiments: theirs are the only plots without data
     missing = {e["name"] for e in diff.get("errors") or []}
     assert missing <= {"data/render/images", "data/report/funnel.svg"}
-
-
-def dcgan_overrides() -> list[str]:
-    """Tiny DCGAN and progressive DCGAN sections at 32 px (progan: 16 px for 2 steps of 8
-    images, then 32 px, fading in over 1 step)."""
-    section = {"latent_dim": 16, "channels": 4, "channel_max": 16}
-    stages = [{"size": 16, "kimg": 0.016}, {"size": 32, "kimg": 1}]
-    return [
-        *(
-            f"train.{model}.{key}={value}"
-            for model in ("dcgan", "progan")
-            for key, value in section.items()
-        ),
-        f"train.progan.stages={json.dumps(stages)}",
-        "train.progan.fade_kimg=0.008",
-    ]
-
-
-def test_dvc_exp_run_trains_dcgan_progan_and_stargan2(pipeline_run, tmp_path):
-    """``-S train.model=dcgan``, ``=progan`` and ``=stargan2`` as experiments on a copy of the
-    shared run: only train and what follows it rerun; checkpoints, sample grids, a finite FID."""
-    from pipeline.training.checkpoint import load_checkpoint
-
-    repo = copy_repo(pipeline_run, tmp_path)
-    set_params(repo, dcgan_overrides())  # progan's stage list: easier in the file than in -S
-    commit(repo, "tiny dcgan and progan sections")
-    for model in ("dcgan", "progan"):
-        out = dvc("exp", "run", "-S", f"train.model={model}", cwd=repo)
-        assert "Running stage 'train'" in out and "Running stage 'dataset'" not in out
-        checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
-        assert checkpoint["model"] == model and checkpoint["state"]["step"] == 4
-        assert checkpoint["augment"]["kind"] == "none"
-        assert checkpoint["G_ema"]["stage_size"].item() == 32
-        assert (repo / "dvclive/plots/images/samples/0000004.png").exists()
-        evaluated = json.loads((repo / "data/evaluate/metrics.json").read_text())
-        assert evaluated["fid"] > 0 and evaluated["fid"] < float("inf"), model
-        summary = json.loads((repo / "data/render/render.json").read_text())
-        assert summary["model"] == model
-    live = json.loads((repo / "dvclive/metrics.json").read_text())
-    assert live["progan"]["size"] == 32 and live["progan"]["alpha"] == 1.0
-
-    # StarGAN v2 on the user's own class folders (dataset.labels: folders, with test/)
-    folders = tmp_path / "domains"
-    for domain in ("c1", "c2"):
-        pictures = sorted(needs_shared("data", "flowers256").glob(f"{domain}_image_*.jpg"))
-        for number, picture in enumerate(pictures[:6]):
-            target = folders / domain / ("test" if number >= 4 else "") / picture.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(picture, target)
-    section = {"channels": 8, "max_channels": 32, "style_dim": 16, "mapping_dim": 32}
-    dvc(
-        "exp", "run", "-S", "train.model=stargan2", "-S", "dataset.labels=folders",
-        "-S", f"dataset.folders_root={folders}", "-S", "translate.max_images=2",
-        *(arg for key, value in section.items() for arg in ("-S", f"train.stargan2.{key}={value}")),
-        cwd=repo,
-    )  # fmt: skip
-    checkpoint = load_checkpoint(repo / "data/train/checkpoints/latest.pt")
-    assert checkpoint["model"] == "stargan2" and checkpoint["classes"] == ["c1", "c2"]
-    assert set(checkpoint["ema"]) >= {"mapping", "style_encoder"}  # averaged beside G
-    translated = json.loads((repo / "data/translate/translate.json").read_text())
-    assert translated["complete"] and translated["written"] > 0
-    summary = json.loads((repo / "data/render/render.json").read_text())
-    assert summary["model"] == "stargan2" and "translation" in summary["rendered"]

@@ -24,8 +24,8 @@ from pipeline.report.experiments import parse_exp_show
 from pipeline.report.page import not_run
 from pipeline.validate import Frame
 from tests.conftest import REPO, needs_shared, run_cli, set_args, steam_overrides
+from tests.e2e_helpers import faces_overrides
 from tests.fake_steam import FakeSteam
-from tests.test_pipeline_e2e import faces_overrides
 
 CURATION = ("appids", "download", "validate", "faces", "resize", "dataset")
 

@@ -183,7 +183,11 @@ def test_resume_is_bit_identical_and_the_checkpoint_samples(tmp_path):
         images = trained.sample(z, torch.tensor([0, 1]))
         expected = straight.sampler.sample(z, torch.tensor([0, 1])).clamp(-1, 1)
     assert torch.allclose(images, expected)
-    assert len(list((tmp_path / "a/snapshots").glob("step-*.pt"))) == 2
+    snapshots = sorted((tmp_path / "a/snapshots").glob("step-*.pt"))
+    assert len(snapshots) == 2  # each with the averaged mapping network and style encoder
+    snapshot = load_checkpoint(snapshots[-1])  # step 4: the final checkpoint's averages
+    assert "D" not in snapshot and set(snapshot["ema"]) == {"mapping", "style_encoder"}
+    assert states_equal(snapshot["ema"]["style_encoder"], checkpoint["ema"]["style_encoder"])
 
 
 def test_lpips_diversity_is_zero_for_one_style_and_positive_for_several(real_batch):

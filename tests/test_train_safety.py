@@ -313,7 +313,7 @@ def test_cli_run_then_dvc_exp_run_loses_no_checkpoint(tmp_path, monkeypatch):
     import subprocess
 
     from tests.conftest import REPO
-    from tests.test_pipeline_e2e import commit, dvc
+    from tests.e2e_helpers import commit, dvc
 
     repo = tmp_path / "repo"
     repo.mkdir()

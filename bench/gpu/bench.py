@@ -4,9 +4,10 @@ with a time limit, then bench/gpu/summary.py):
 
     python bench/gpu/bench.py lightweight     --results DIR [--dry-run]   ours vs lightweight-gan
     python bench/gpu/bench.py stylegan2       --results DIR [--dry-run]   ours vs NVlabs
+    python bench/gpu/bench.py stargan2        --results DIR [--dry-run]   256 px, batch 8
     python bench/gpu/bench.py faces           --results DIR [--dry-run]
     python bench/gpu/bench.py inception       --results DIR [--dry-run]
-    python bench/gpu/bench.py all             --results DIR [--dry-run]   the four in one process
+    python bench/gpu/bench.py all             --results DIR [--dry-run]   the five in one process
 
 Timing: warm-up steps first (allocations, cuDNN autotuning, kernel builds), then
 ``repeats`` blocks of ``steps`` steps, each block timed between device syncs; the figure is
@@ -177,10 +178,14 @@ def random_batches(images: torch.Tensor, batch: int, seed: int = 0):
 # --- ours -----------------------------------------------------------------------------------
 
 
-def our_trainer(setup: Setup, work: Path, model: str, batch: int, **settings) -> Trainer:
+def our_trainer(
+    setup: Setup, work: Path, model: str, batch: int, domains: int = 0, **settings
+) -> Trainer:
+    """Our Trainer on flowers at the benchmark size (``domains``: a labelled dataset of that
+    many flower classes); ``settings`` are train params (``section.key``: value)."""
     train_bench = bench_module("train")
     count = 32 if setup.dry_run else 128
-    data = train_bench.prepare_data(setup.size, work, count)
+    data = train_bench.prepare_data(setup.size, work, count, domains)
     params = dict(
         model=model,
         data=str(data),
@@ -203,8 +208,8 @@ def our_trainer(setup: Setup, work: Path, model: str, batch: int, **settings) ->
     return Trainer(TrainParams(**params), work / "out", live_dir=None)
 
 
-def time_ours(setup, results, bench, work, model, batch, steps, **settings) -> Trainer:
-    trainer = our_trainer(setup, work, model, batch, **settings)
+def time_ours(setup, results, bench, work, model, batch, steps, domains=0, **settings) -> Trainer:
+    trainer = our_trainer(setup, work, model, batch, domains, **settings)
     batches = trainer._batches()
     blocks = setup.time_blocks(lambda: trainer.train_step(batches), steps)
     params = sum(p.numel() for m in (trainer.model.G, trainer.model.D) for p in m.parameters())
@@ -315,6 +320,33 @@ def run_lightweight(setup: Setup, results: Path) -> None:
         guarded(results, bench, "lightweight-gan", lambda: time_lightweight_gan(
             setup, results, bench, work, batch, steps, attn, amp, latent, fmap_max
         ))  # fmt: skip
+
+
+# --- StarGAN v2 (no peer: the official code needs its own data layout and a GPU loop) --------
+
+
+def run_stargan2(setup: Setup, results: Path) -> None:
+    """StarGAN v2 at the official setting: 256 px, batch 8, default widths, two flower
+    classes as domains, fp32 and bf16 (the seed: batch 3-4 fits an 11 GB GPU at 256 px).
+    4 timed steps: two latent-guided and two reference-guided (they alternate)."""
+    batch = 2 if setup.dry_run else 8
+    steps = 1 if setup.dry_run else 4
+    bench = f"stargan2 {setup.size}px batch {batch}"
+    if shared_absent(results, bench, "data", "flowers256"):
+        return
+    small = (
+        {"stargan2.channels": 8, "stargan2.max_channels": 32, "stargan2.style_dim": 16,
+         "stargan2.mapping_dim": 32}
+        if setup.dry_run else {}
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
+        for precision in ["fp32", "bf16"] if setup.cuda else ["fp32"]:
+            sub = Path(tmp) / precision
+            sub.mkdir()
+            guarded(results, bench, "ours", lambda sub=sub, precision=precision: time_ours(
+                setup, results, bench, sub, "stargan2", batch, steps, domains=2,
+                precision=precision, **small,
+            ))  # fmt: skip
 
 
 # --- StyleGAN2-ADA: ours vs NVlabs stylegan2-ada-pytorch ------------------------------------
@@ -605,7 +637,9 @@ def environment(results: Path, setup: Setup) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["lightweight", "stylegan2", "faces", "inception", "all"])
+    parser.add_argument(
+        "what", choices=["lightweight", "stylegan2", "stargan2", "faces", "inception", "all"]
+    )
     parser.add_argument("--results", type=Path, required=True, help="folder of the records")
     parser.add_argument("--dry-run", action="store_true", help="CPU, 32 px, 1 step")
     args = parser.parse_args()
@@ -614,6 +648,7 @@ def main() -> None:
     runs = {
         "lightweight": run_lightweight,
         "stylegan2": run_stylegan2,
+        "stargan2": run_stargan2,
         "faces": run_faces,
         "inception": run_inception,
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics.image.kid import poly_mmd
 
 SUBSETS = 100
 SUBSET_SIZE = 1000
@@ -25,6 +24,10 @@ def kernel_inception_distance(
 ) -> tuple[float, float]:
     """(mean, std) of the unbiased MMD² over ``subsets`` subsets of min(subset_size, N)
     images of each set, drawn without replacement within a subset."""
+    # imported here: torchmetrics takes 4 s to import (its audio and scipy.signal modules),
+    # which every stage and test importing pipeline.metrics would pay without computing KID
+    from torchmetrics.image.kid import poly_mmd
+
     size = min(len(real), len(fake), subset_size)
     if size < 2:
         raise ValueError("KID needs at least two images in each set")

@@ -102,6 +102,7 @@ def stargan_metrics(
         return metrics, dict.fromkeys(keys, why)
     held_images, held_labels = labelled_images(ImageDataset(folder / HELD_OUT, "evaluate.data"))
     train_images, train_labels = labelled_images(ImageDataset(folder, "evaluate.data"))
+    real_features: dict[int, np.ndarray] = {}  # a domain's training images, for both guides
     for guide in GUIDES:
         fids, diversities = {}, []
         for target, name in enumerate(classes):
@@ -116,7 +117,9 @@ def stargan_metrics(
                 notes[f"fid_{guide}"] = f"domain {name}: too few held-out or training images"
                 continue
             fakes = translations(net, sources, target, styles, guide, seed, references, device)
-            fids[name] = frechet_distance(features(inception, reals), features(inception, fakes))
+            if target not in real_features:
+                real_features[target] = features(inception, reals)
+            fids[name] = frechet_distance(real_features[target], features(inception, fakes))
             if lpips is not None and styles > 1:
                 diversities.append(lpips_diversity(lpips, fakes, styles, device))
         metrics[f"fid_{guide}"] = fids or None

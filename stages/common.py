@@ -95,6 +95,16 @@ def params_help(sections: tuple[str, ...]) -> str:
     return "Params (params.yaml, or -S key=value):\n\n" + "\n".join(lines)
 
 
+def require_checkpoint(key: str, path: str | Path) -> Path:
+    """``path`` (params ``key``) as a Path, or stop naming it and how to make one."""
+    if not Path(path).is_file():
+        raise StageError(
+            f"{key}: {path} not found; run the train stage "
+            "(dvc repro train) or point it at a checkpoint or snapshot"
+        )
+    return Path(path)
+
+
 def fail(stage: str, message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"steamgan {stage}: error: {message}", err=True)
     return typer.Exit(code)

@@ -12,7 +12,15 @@ from pathlib import Path
 from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.progress import progress_bar
-from stages.common import ParamsOption, SetOption, run_stage, say, say_reasons, stage_app
+from stages.common import (
+    ParamsOption,
+    SetOption,
+    require_checkpoint,
+    run_stage,
+    say,
+    say_reasons,
+    stage_app,
+)
 from stages.mix import MIXED
 
 OUT_DIR = pio.stage_dir("render")
@@ -36,11 +44,8 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
                 f"render.mix: {checkpoint} not found; set mix.last (e.g. -S mix.last=4) or "
                 "mix.snapshots and run the mix stage (dvc repro mix), or set render.mix false"
             )
-        if not checkpoint.is_file():
-            raise StageError(
-                f"render.checkpoint: {cfg.checkpoint} not found; run the train stage "
-                "(dvc repro train) or point it at a checkpoint or snapshot"
-            )
+        if not cfg.mix:
+            require_checkpoint("render.checkpoint", checkpoint)
         device = pick_device(cfg.device)
 
         def projection_features():

@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 
 from pipeline import io as pio
-from pipeline.errors import StageError
 from pipeline.progress import progress_bar
-from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
+from stages.common import ParamsOption, SetOption, require_checkpoint, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("translate")
 app = stage_app(__doc__, "translate")
@@ -31,11 +30,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         from pipeline.translate import SUMMARY, translate
 
         cfg = p.translate
-        if not Path(cfg.checkpoint).is_file():
-            raise StageError(
-                f"translate.checkpoint: {cfg.checkpoint} not found; run the train stage "
-                "(dvc repro train) or point it at a checkpoint or snapshot"
-            )
+        require_checkpoint("translate.checkpoint", cfg.checkpoint)
         device = pick_device(cfg.device)
         trained = load_generator(cfg.checkpoint, device)
         if trained.model != "stargan2":

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.weights import WEIGHTS
-from tests.conftest import REPO, needs_shared
+from tests.conftest import REPO, needs_shared, steam_overrides
+from tests.fake_steam import FakeSteam
 
 
 def dvc(*args: str, cwd: Path) -> str:
@@ -90,6 +91,17 @@ def evaluate_overrides(tmp_path: Path) -> list[str]:
         "evaluate.device=cpu",
         f"evaluate.weights_dir={tmp_path / 'weights'}",
         "evaluate.download_weights=false",
+    ]
+
+
+def pipeline_overrides(steam: FakeSteam, tmp_path: Path) -> list[str]:
+    """The whole tiny pipeline's settings: the fake Steam, the shared RetinaFace, a tiny
+    Lightweight GAN and an 8-image evaluation."""
+    return [
+        *steam_overrides(steam),
+        *faces_overrides(tmp_path),
+        *train_overrides(),
+        *evaluate_overrides(tmp_path),
     ]
 
 

@@ -8,14 +8,12 @@ import shutil
 
 import pytest
 
-from tests.conftest import needs_shared, steam_overrides
+from tests.conftest import needs_shared
 from tests.e2e_helpers import (
     commit,
     dvc,
-    evaluate_overrides,
-    faces_overrides,
+    pipeline_overrides,
     scratch_repo,
-    train_overrides,
 )
 
 pytestmark = pytest.mark.slow
@@ -44,10 +42,7 @@ def test_dvc_repro_dcgan_then_exp_run_progan_and_stargan2(steam, tmp_path):
     from pipeline.training.checkpoint import load_checkpoint
 
     overrides = [
-        *steam_overrides(steam),
-        *faces_overrides(tmp_path),
-        *train_overrides(),
-        *evaluate_overrides(tmp_path),
+        *pipeline_overrides(steam, tmp_path),
         *dcgan_overrides(),
         "appids.limit=40",
         "train.model=dcgan",

@@ -12,14 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import needs_shared, steam_overrides
+from tests.conftest import needs_shared
 from tests.e2e_helpers import (
     commit,
     dvc,
-    evaluate_overrides,
-    faces_overrides,
+    pipeline_overrides,
     scratch_repo,
-    train_overrides,
 )
 from tests.fake_steam import FakeSteam
 
@@ -61,12 +59,7 @@ def pipeline_run(tmp_path_factory) -> Iterator[PipelineRun]:
     needs_shared("data", "steam_capsules")
     tmp_path = tmp_path_factory.mktemp("pipeline")
     with FakeSteam() as steam:
-        overrides = [
-            *steam_overrides(steam),
-            *faces_overrides(tmp_path),
-            *train_overrides(),
-            *evaluate_overrides(tmp_path),
-        ]
+        overrides = pipeline_overrides(steam, tmp_path)
         repo = scratch_repo(tmp_path, overrides)
         yield PipelineRun(repo, steam, dvc("repro", cwd=repo))
 

@@ -153,6 +153,68 @@ def diff_augment(
     return torch.where(chosen, out, x)
 
 
+# -- resampling that R1 can differentiate twice ---------------------------------------------
+
+_PADDING = {"zeros": 0, "border": 1, "reflection": 2}
+
+
+class _GridSample(torch.autograd.Function):
+    """Bilinear ``grid_sample`` whose backward is itself differentiable in the images.
+
+    R1 and the gradient penalty differentiate D's gradient w.r.t. the real images, which
+    passes through ADA's warp. On CUDA PyTorch has no derivative for
+    ``grid_sampler_2d_backward`` ("derivative ... is not implemented", seen on the H200),
+    and kornia's ``warp_affine`` calls ``F.grid_sample`` directly, so no library fits.
+    Sampling is linear in the image: the backward w.r.t. the images is the transposed
+    sampling, whose own derivative is the sampling again. The grid is drawn, never learnt,
+    so second-order terms through the grid are not needed (its first-order gradient is
+    still returned)."""
+
+    @staticmethod
+    def forward(ctx, images, grid, padding, align_corners):
+        ctx.save_for_backward(images, grid)
+        ctx.padding, ctx.align_corners = padding, align_corners
+        return torch.ops.aten.grid_sampler_2d(images, grid, 0, padding, align_corners)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        images, grid = ctx.saved_tensors
+        grad_images, grad_grid = _GridSampleBackward.apply(
+            grad_out, images, grid, ctx.padding, ctx.align_corners, ctx.needs_input_grad[:2]
+        )
+        return grad_images, grad_grid, None, None
+
+
+class _GridSampleBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad_out, images, grid, padding, align_corners, mask):
+        ctx.save_for_backward(grid)
+        ctx.padding, ctx.align_corners = padding, align_corners
+        op = torch.ops.aten.grid_sampler_2d_backward
+        return op(grad_out, images, grid, 0, padding, align_corners, list(mask))
+
+    @staticmethod
+    def backward(ctx, grad_grad_images, _grad_grad_grid):
+        (grid,) = ctx.saved_tensors
+        grad_grad_out = None
+        if ctx.needs_input_grad[0] and grad_grad_images is not None:
+            grad_grad_out = _GridSample.apply(
+                grad_grad_images, grid, ctx.padding, ctx.align_corners
+            )
+        return grad_grad_out, None, None, None, None, None
+
+
+def grid_sample(
+    images: torch.Tensor,
+    grid: torch.Tensor,
+    padding_mode: str = "reflection",
+    align_corners: bool = True,
+) -> torch.Tensor:
+    """``F.grid_sample(images, grid, "bilinear", padding_mode, align_corners)`` that can be
+    differentiated twice w.r.t. ``images`` on every device (see ``_GridSample``)."""
+    return _GridSample.apply(images, grid.to(images.dtype), _PADDING[padding_mode], align_corners)
+
+
 # -- ADA: adaptive discriminator augmentation (Karras et al., NeurIPS 2020) -----------------
 
 ADA_STAGES = {"b": "blit", "g": "geometric", "c": "colour"}
@@ -256,16 +318,15 @@ def ada_augment(
     blit (x-flip, 90° rotations, whole-pixel shifts), ``g`` geometric (isotropic and
     anisotropic scaling, rotation, fractional shifts), ``c`` colour (brightness, contrast,
     luma flip, hue rotation, saturation). Geometric transforms are composed into one matrix
-    and applied by kornia's ``warp_affine`` (bilinear, reflection padding: differentiable,
-    also twice for R1); the colour transforms are one 4×4 matrix per image written here,
-    since kornia's colour augmentations clamp to [0, 1] and go through HSV. NVlabs'
+    and applied by one bilinear resampling with reflection padding (``grid_sample`` above:
+    differentiable twice, for R1, on CUDA too); the colour transforms are one 4×4 matrix
+    per image written here, since kornia's colour augmentations clamp to [0, 1] and go
+    through HSV. NVlabs'
     pipeline also upsamples 2× with a wavelet filter around the warp to limit aliasing;
     this one warps at the image's own size. Random numbers are drawn as ``diff_augment``'s.
     """
     if p <= 0:
         return x
-    from kornia.geometry.transform import warp_affine  # kornia imports slowly
-
     n, _, height, width = x.shape
     part = part or BatchPart(n, 0)
     # The per-image matrices are built on the CPU (where the numbers are drawn) and moved
@@ -275,22 +336,11 @@ def ada_augment(
     if "b" in stages or "g" in stages:
         m = _geometric_matrix(draws, n, p, height, stages)
         moved = ((m - torch.eye(3)).abs().amax((1, 2)) > 1e-7).to(x.device)
-        m = m.to(x.device)
-        # normalised [-1, 1] → pixel coordinates (align_corners: ±1 at pixel centres)
-        to_pixels = torch.tensor(
-            [[(width - 1) / 2, 0, (width - 1) / 2], [0, (height - 1) / 2, (height - 1) / 2]],
-            device=x.device,
-        )
-        to_pixels = torch.cat([to_pixels, torch.tensor([[0.0, 0, 1]], device=x.device)])
-        pixel_m = to_pixels @ m @ torch.linalg.inv(to_pixels)
-        warped = warp_affine(
-            out.float(),
-            pixel_m[:, :2].float(),
-            (height, width),
-            mode="bilinear",
-            padding_mode="reflection",
-            align_corners=True,
-        ).to(x.dtype)
+        # m maps each source point to its place in the output (normalised coordinates,
+        # ±1 at the border pixels' centres); sampling needs the way back
+        back = torch.linalg.inv(m)[:, :2].to(x.device)
+        grid = F.affine_grid(back, [n, x.shape[1], height, width], align_corners=True)
+        warped = grid_sample(out.float(), grid).to(x.dtype)
         out = torch.where(moved[:, None, None, None], warped, out)
     if "c" in stages:
         c = _colour_matrix(draws, n, p).to(x.device, x.dtype)

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pipeline.augment import BatchPart, ada_augment
+from pipeline.augment import BatchPart, ada_augment, grid_sample
 from pipeline.models.base import Batch, StepContext, has_mapping, set_noise_mode
 from pipeline.models.stylegan2 import (
     ModulatedConv2d,
@@ -160,6 +161,35 @@ def test_ada_blit_is_a_rearrangement_of_pixels():
     for i in range(2):
         nearest = (out[i].flatten()[:, None] - x[i].flatten()[None]).abs().amin(1)
         assert nearest.max() < 1e-4  # a blend of neighbours would be ~1/1536 off
+
+
+@pytest.mark.parametrize("padding", ["reflection", "zeros", "border"])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_grid_sample_matches_torch_and_differentiates_twice(padding, align_corners):
+    """ADA's resampling (R1 differentiates through it twice; CUDA's grid_sample cannot):
+    the values of F.grid_sample, and first and second derivatives that pass gradcheck."""
+    images = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([[[0.9, 0.2, 0.1], [-0.1, 1.1, 0.05]]] * 2, dtype=torch.float64)
+    grid = F.affine_grid(theta, [2, 3, 7, 6], align_corners=True)
+
+    def sample(x):
+        return grid_sample(x, grid, padding, align_corners)
+
+    expected = F.grid_sample(images, grid, "bilinear", padding, align_corners)
+    assert torch.allclose(sample(images), expected)
+    assert torch.autograd.gradcheck(sample, images)
+    assert torch.autograd.gradgradcheck(sample, images)
+
+
+def test_r1_through_ada_differentiates_twice():
+    """R1's gradient of the gradient w.r.t. the reals, through every ADA stage at p = 1."""
+    model = tiny_model()
+    real = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    logits = model.D(ada_augment(real, 1.0, torch.Generator().manual_seed(0)))
+    (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    grads.square().sum().backward()
+    weight = next(model.D.parameters())
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
 def test_gradients_reach_g_through_ada():

@@ -54,12 +54,17 @@ def test_two_processes_match_one_with_the_whole_batch(tmp_path):
             assert torch.allclose(value.float(), reference[key].float(), atol=bound, rtol=1e-4), (
                 f"{name}.{key} differs"
             )
-    for name, opt in (("opt_G", single.opt_G), ("opt_D", single.opt_D)):
+    # D's gradients are taken at identical weights: they match to float noise (relative L2
+    # distance under 1e-3 measured). G's are taken through D after its Adam step, which has
+    # amplified that noise (above): 3% median, 8% worst measured. Batch norm over each
+    # process's half batch instead of the whole (the bug this guards against) gives 65%
+    # median for G and 44% worst for D.
+    for name, opt, bound in (("opt_G", single.opt_G, 0.2), ("opt_D", single.opt_D, 1e-2)):
         reference = opt.state_dict()["state"]
         for index, moments in ddp[name]["state"].items():
             expected = reference[index]["exp_avg"]
-            scale = float(expected.abs().max()) + 1e-12
-            assert float((moments["exp_avg"] - expected).abs().max()) <= 1e-3 * scale
+            distance = (moments["exp_avg"] - expected).norm() / (expected.norm() + 1e-12)
+            assert float(distance) <= bound, f"{name} parameter {index}: {float(distance):.3g}"
     # and training moved the weights, so the comparison means something
     torch.manual_seed(params.seed)
     initial = build_model(params).G.state_dict()

@@ -208,10 +208,33 @@ def our_trainer(
     return Trainer(TrainParams(**params), work / "out", live_dir=None)
 
 
-def time_ours(setup, results, bench, work, model, batch, steps, domains=0, **settings) -> Trainer:
+def profile_steps(results: Path, bench: str, step: Callable[[], object], count: int) -> None:
+    """Append the operators that took the most device time over ``count`` steps to
+    ``profile.txt`` (run.sh returns it): where a step's time goes, read in the same call
+    that measured it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        for _ in range(count):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60)
+    with open(results / "profile.txt", "a") as out:
+        out.write(f"== {bench}: {count} steps, sorted by {key}\n{table}\n")
+
+
+def time_ours(
+    setup, results, bench, work, model, batch, steps, domains=0, profile=0, **settings
+) -> Trainer:
     trainer = our_trainer(setup, work, model, batch, domains, **settings)
     batches = trainer._batches()
     blocks = setup.time_blocks(lambda: trainer.train_step(batches), steps)
+    if profile:
+        profile_steps(results, f"{bench} (ours)", lambda: trainer.train_step(batches), profile)
     params = sum(p.numel() for m in (trainer.model.G, trainer.model.D) for p in m.parameters())
     training_record(
         results, setup, bench, "ours", blocks, steps, batch,
@@ -364,6 +387,43 @@ NVLABS_BGC = dict(
 )  # fmt: skip
 
 
+def register_loaded_extensions() -> None:
+    """NVlabs' ``custom_ops.get_plugin`` builds with ``cpp_extension.load`` and then imports
+    the module by name; today's torch returns the loaded module without making it importable
+    that way, so a build that succeeded was reported as failed ("No module named
+    'upfirdn2d_plugin'", the H200 check on torch 2.11). Patched here at run time: each module
+    ``load`` returns is also put on ``sys.modules`` under its name."""
+    import torch.utils.cpp_extension as extension
+
+    if getattr(extension.load, "registers_module", False):
+        return
+    original = extension.load
+
+    def load(name, *args, **kwargs):
+        module = original(name, *args, **kwargs)
+        sys.modules.setdefault(name, module)
+        return module
+
+    load.registers_module = True
+    extension.load = load
+
+
+def twice_differentiable_grid_sample() -> None:
+    """NVlabs' ``grid_sample_gradfix`` (the double-differentiable resampling R1 needs through
+    the augment pipe) only runs on torch 1.7–1.9; on today's torch it falls back to
+    ``F.grid_sample``, whose second derivative CUDA lacks, so their R1 step failed. It is
+    replaced at run time by ours (``pipeline.augment.grid_sample``), with their padding and
+    corner settings: the same numbers, as their op gave on the torch it was written for."""
+    from torch_utils.ops import grid_sample_gradfix
+
+    from pipeline.augment import grid_sample
+
+    def resample(input, grid):
+        return grid_sample(input, grid, padding_mode="zeros", align_corners=False)
+
+    grid_sample_gradfix.grid_sample = resample
+
+
 def nvlabs_ops_build(results: Path, setup: Setup) -> dict:
     """Build NVlabs' custom CUDA ops (bias_act, upfirdn2d) with the machine's nvcc and time
     it; on the CPU they are never used (their reference code runs)."""
@@ -372,12 +432,16 @@ def nvlabs_ops_build(results: Path, setup: Setup) -> dict:
     if not setup.cuda:
         return {"built": False, "reason": "CPU: reference implementations"}
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # Hopper only: a shorter build
+    register_loaded_extensions()
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ok = bias_act._init() and upfirdn2d._init()
     seconds = time.perf_counter() - start
-    reason = "; ".join(str(w.message).splitlines()[0] for w in caught)[:300]
+    # the warning's first line says which op, its last the error behind it
+    lines = [[line for line in str(w.message).splitlines() if line.strip()] for w in caught]
+    reason = "; ".join(f"{ls[0]} ... {ls[-1]}" if len(ls) > 1 else ls[0] for ls in lines if ls)
+    reason = reason[:600]
     record(results, bench="stylegan2-ada-pytorch custom ops build", impl="nvlabs",
            status="ok" if ok else "failed", build_s=seconds, reason=reason)  # fmt: skip
     return {"built": bool(ok), "build_s": seconds}
@@ -395,6 +459,7 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
     device = setup.device
     torch.backends.cudnn.benchmark = True
     conv2d_gradfix.enabled = grid_sample_gradfix.enabled = True
+    twice_differentiable_grid_sample()
     small = setup.dry_run  # a network small enough for a CPU step
     base = 1024 if small else spec["channel_base"]
     dims = 64 if small else 512
@@ -463,6 +528,8 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
             augment_pipe.p.copy_((augment_pipe.p + adjust).max(misc.constant(0, device=device)))
 
     blocks = setup.time_blocks(step, steps)
+    if config == "auto":  # beside ours in profile.txt
+        profile_steps(results, f"{bench} (nvlabs)", step, 4)
     params = sum(p.numel() for m in (G, D) for p in m.parameters())
     training_record(
         results, setup, bench, "nvlabs", blocks, steps, batch, precision="fp16 top4",
@@ -485,8 +552,15 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
     nvlabs_ok = (NVLABS / "training" / "networks.py").is_file()
     benches = {config: f"stylegan2 {setup.size}px batch {batch} {config} ADA" for config in
                NVLABS_CONFIGS}  # fmt: skip
+    if nvlabs_ok:
+        sys.path.insert(0, str(NVLABS))
+        guarded(results, "stylegan2-ada-pytorch custom ops build", "nvlabs",
+                lambda: ops.update(nvlabs_ops_build(results, setup)))  # fmt: skip
+    # config by config, ours then NVlabs': a run cut short by its time limit still leaves
+    # a pair measured on the same settings (the H200 check of 2026-12-04 timed out after
+    # ours alone, at 1.2 s a step)
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
-        for config, bench in benches.items():  # ours first: NVlabs' build may run long
+        for config, bench in benches.items():
             work = Path(tmp) / config
             work.mkdir()
             settings = {
@@ -495,27 +569,23 @@ def run_stylegan2(setup: Setup, results: Path) -> None:
                 "stylegan2.map_layers": None if config == "auto" else 8,
                 **small,
             }
-            guarded(results, bench, "ours", lambda w=work, s=settings, b=bench: time_ours(
-                setup, results, b, w, "stylegan2", batch, steps, **s
+            # the auto config's steps also profiled: 4 steps, both lazy regularisers
+            guarded(results, bench, "ours", lambda w=work, s=settings, b=bench, c=config: (
+                time_ours(setup, results, b, w, "stylegan2", batch, steps,
+                          profile=4 if c == "auto" else 0, **s)
             ))  # fmt: skip
-    if not nvlabs_ok:
-        for bench in benches.values():
-            record(results, bench=bench, impl="nvlabs", status="skipped",
-                   reason=f"{NVLABS} is absent (python bench/gpu/prepare.py fills it "
-                   "from the fetch tool's mirror; CI has none)")  # fmt: skip
-        return
-    sys.path.insert(0, str(NVLABS))
-    guarded(results, "stylegan2-ada-pytorch custom ops build", "nvlabs",
-            lambda: ops.update(nvlabs_ops_build(results, setup)))  # fmt: skip
-    for config, bench in benches.items():
-        if setup.dry_run and config != "auto":  # a CPU step of NVlabs' networks costs seconds
-            record(results, bench=bench, impl="nvlabs", status="skipped",
-                   reason="dry run: NVlabs on auto only (this config runs the same code with "
-                   "other numbers; ours runs both)")  # fmt: skip
-            continue
-        guarded(results, bench, "nvlabs", lambda b=bench, c=config: time_nvlabs(
-            setup, results, b, c, batch, steps, ops
-        ))  # fmt: skip
+            if not nvlabs_ok:
+                record(results, bench=bench, impl="nvlabs", status="skipped",
+                       reason=f"{NVLABS} is absent (python bench/gpu/prepare.py fills it "
+                       "from the fetch tool's mirror; CI has none)")  # fmt: skip
+            elif setup.dry_run and config != "auto":  # a CPU step of NVlabs' costs seconds
+                record(results, bench=bench, impl="nvlabs", status="skipped",
+                       reason="dry run: NVlabs on auto only (this config runs the same code "
+                       "with other numbers; ours runs both)")  # fmt: skip
+            else:
+                guarded(results, bench, "nvlabs", lambda b=bench, c=config: time_nvlabs(
+                    setup, results, b, c, batch, steps, ops
+                ))  # fmt: skip
 
 
 # --- faces and Inception --------------------------------------------------------------------

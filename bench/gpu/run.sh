@@ -3,7 +3,8 @@
 # tests, run the benchmarks (ours and the peers'), print one table and write everything
 # under OUTDIR (default $OUT, the device tool's folder, else /tmp/gpu-check):
 #   gpu.json (every figure, the environment and the commit), summary.txt (the table),
-#   pytest.txt (the CUDA tests), log.txt (everything): 4 files, the device tool returns 8.
+#   pytest.txt (the CUDA tests), log.txt (everything), profile.txt (where our StyleGAN2
+#   step's device time goes): 5 files, the device tool returns 8.
 #
 #   bench/gpu/run.sh [OUTDIR]             on the GPU machine (README: "GPU check")
 #   bench/gpu/run.sh [OUTDIR] --dry-run   the rehearsal on a CPU machine: builds .whl/ and
@@ -104,5 +105,6 @@ STRICT=${DRY:+--strict}
 python3 bench/gpu/summary.py --results "$RESULTS" --out "$OUTDIR/gpu.json" $STRICT \
     | tee "$OUTDIR/summary.txt"
 SUMMARY=${PIPESTATUS[0]}
+[ -f "$RESULTS/profile.txt" ] && cp "$RESULTS/profile.txt" "$OUTDIR/profile.txt"
 echo "CUDA tests exit status $TESTS; total $(($(date +%s) - START)) s" | tee -a "$OUTDIR/summary.txt"
 [ "$TESTS" -eq 0 ] && [ "$SUMMARY" -eq 0 ]

@@ -178,11 +178,25 @@ def build(dest: Path, python: str) -> None:
             fetch(missing, dest, python)
         have = wheels(dest)
         for req in pending:
+            if canonicalize_name(req.name) not in have:
+                continue  # dropped this round for a stricter requirement: fetched next round
             done.add(canonicalize_name(req.name))
             for dep in requirements(have[canonicalize_name(req.name)], python):
                 name = canonicalize_name(dep.name)
-                if name not in machine and name not in queued:
+                if name in machine:
+                    continue
+                if name not in queued:
                     queued[name] = dep
+                    continue
+                # a later, stricter requirement (dvc asks for any omegaconf, hydra-core for
+                # <2.4): both specifiers apply, and a wheel already fetched outside them is
+                # dropped and fetched again (its own requirements walked again too)
+                merged = Requirement(f"{name}{queued[name].specifier & dep.specifier}")
+                queued[name] = merged
+                version = parse_wheel_filename(have[name].name)[1] if name in have else None
+                if version and not merged.specifier.contains(version, prereleases=True):
+                    have.pop(name).unlink()
+                    done.discard(name)
     check(dest, python)
 
 
@@ -221,8 +235,14 @@ def same_for(source: Path, dest: Path, python: str) -> None:
             shutil.copy2(path, dest / path.name)
         else:
             specs.append(f"{name}=={parse_wheel_filename(path.name)[1]}")
-    if specs and download(specs, dest, python) is not None:
-        sys.exit(f"could not download {dest}'s wheels for Python {python}")
+    while specs and (missing := download(specs, dest, python)) is not None:
+        # a binary release may have left the local Python behind (PyWavelets 1.10 needs
+        # 3.12): the rehearsal takes that package's newest wheel for this Python instead
+        name = canonicalize_name(Requirement(missing).name)
+        specs = [s for s in specs if canonicalize_name(Requirement(s).name) != name]
+        print(f"no wheel of {missing} for Python {python}: the rehearsal takes {name}'s newest")
+        if download([name], dest, python) is not None:
+            sys.exit(f"could not download {name} for Python {python}")
     print(f"{dest}: {len(wheels(dest))} wheels for Python {python}")
 
 

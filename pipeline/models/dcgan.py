@@ -180,7 +180,10 @@ class DCGANGenerator(nn.Module):
         if previous is None:
             return image
         older = torch.tanh(self.to_rgb[str(size // 2)](previous))
-        return torch.lerp(F.interpolate(older, scale_factor=2, mode="nearest"), image, alpha)
+        # autocast runs interpolate in fp32 and the convolutions in fp16/bf16: lerp needs one
+        # dtype (seen on CUDA)
+        upsampled = F.interpolate(older, scale_factor=2, mode="nearest").to(image.dtype)
+        return torch.lerp(upsampled, image, alpha)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -287,9 +290,12 @@ TARGETED = ("standard", *RELATIVISTIC)  # the losses with BCE targets (label tri
 def gradient_penalty(D, real, fake, ctx: StepContext, alpha: float = 1.0) -> torch.Tensor:
     """WGAN-GP: (‖∇D(x̂)‖ - 1)² on x̂ between each real and a fake, mixed by a drawn ε."""
     eps = ctx.draw(1, 1, 1).to(real.device)
-    # in fp32: under autocast the fakes are bf16/fp16 and the reals fp32
     mixed = torch.lerp(fake.detach().float(), real.detach().float(), eps).requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(mixed, alpha).float().sum(), mixed, create_graph=True)
+    # D's pass for the penalty runs in fp32 whatever the engine's autocast: in fp16 its
+    # double backward, scaled by GradScaler, overflowed to NaN at every step however far
+    # the scale backed off (the CUDA check; DCGAN has no activation clamp as StyleGAN2 has)
+    with torch.autocast(real.device.type, enabled=False):
+        (grad,) = torch.autograd.grad(D(mixed, alpha).float().sum(), mixed, create_graph=True)
     return (grad.float().flatten(1).norm(dim=1) - 1).square().mean()
 
 

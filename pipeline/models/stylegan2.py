@@ -280,16 +280,19 @@ class ModulatedConv2d(nn.Module):
             # Rescale before the products so fp16 cannot overflow; demodulation undoes it.
             weight = weight / weight.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
             styles = styles / styles.abs().amax(1, keepdim=True)
-        if self.demodulate or fused:  # the per-sample weights: for dcoefs and the fused conv
-            modulated = weight[None] * styles[:, None, :, None, None]
         if self.demodulate:
-            dcoefs = (modulated.float().square().sum((2, 3, 4)) + 1e-8).rsqrt().to(x.dtype)
+            # Σ_ik (w_oik·s_ni)² = Σ_i s_ni²·Σ_k w_oik²: one N×I by I×O product, not the
+            # N×O×I×k×k per-sample weights (at 512 channels and batch 32, 75M numbers a
+            # layer, whose products and squares took 44% of a CPU training step)
+            energy = weight.float().square().sum((2, 3)).t()
+            dcoefs = (styles.float().square() @ energy + 1e-8).rsqrt().to(x.dtype)
         if not fused:
             # Scale activations instead of weights: one shared weight, cuDNN's fast path.
             x = x * styles[:, :, None, None]
             x = self._conv(x, weight, groups=1, shared=True)
             return x * dcoefs[:, :, None, None] if self.demodulate else x
         # One grouped convolution with a weight per sample (fast for small batches).
+        modulated = weight[None] * styles[:, None, :, None, None]
         per_sample = modulated * dcoefs[:, :, None, None, None] if self.demodulate else modulated
         out_channels, k = per_sample.shape[1], per_sample.shape[-1]
         x = x.reshape(1, n * in_channels, *x.shape[2:])

@@ -152,6 +152,11 @@ class Trainer:
         self.p = params
         self.procs = init_processes(params.device)
         self.device = self.procs.device
+        if self.device.type == "cuda":
+            # Image sizes are fixed within a run (a growing DCGAN changes them a few times):
+            # let cuDNN time its algorithms once per shape instead of taking its heuristic's
+            # pick, as NVlabs' training loop does. CUDA training is not bit-exact anyway.
+            torch.backends.cudnn.benchmark = True
         self.checkpoint_path = Path(out_dir) / "checkpoints" / CHECKPOINT_NAME
         self.snapshot_dir = Path(out_dir) / "snapshots"
         self.keep_dir = Path(out_dir) / KEEP_NAME

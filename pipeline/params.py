@@ -502,7 +502,20 @@ def _describe(error: dict, source: str) -> str:
         return f"{source}: {key}: unknown key (allowed: {allowed})"
     key = ".".join(_walk(error["loc"])[0])
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and isinstance(error.get("input"), dict):
+        # a check across a section's keys (a model validator): its message names the keys,
+        # and the section's whole dict would bury them
+        if re.match(r"[A-Za-z_][\w.]*: ", message):
+            return f"{source}: {key}.{message}"
+        return f"{source}: {key}: {message}"
     return f"{source}: {key}: {short_repr(error.get('input'))} is not allowed: {message}"
+
+
+def _error_key(error: dict) -> list[str]:
+    """The dotted key an error is about (an unknown key: the key itself)."""
+    if error["type"] == "extra_forbidden":
+        return [*_walk(error["loc"][:-1])[0], str(error["loc"][-1])]
+    return _walk(error["loc"])[0]
 
 
 def _blame(key: list[str], source: str, overrides: Iterable[str]) -> str:
@@ -526,17 +539,16 @@ def validate_params(raw: Any, source: str = "params.yaml", overrides: Iterable[s
         return Params.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
-        # A union reports one error per member; report the key once.
-        keys = {".".join(_walk(e["loc"])[0]) for e in errors}
         first = errors[0]
-        names = _walk(first["loc"][:-1] if first["type"] == "extra_forbidden" else first["loc"])[0]
-        if first["type"] == "extra_forbidden":
-            names = [*names, str(first["loc"][-1])]
+        names = _error_key(first)
         line = _describe(first, _blame(names, source, overrides))
         if len(line) > MAX_LINE:
             line = line[: MAX_LINE - 3] + "..."
-        if len(keys) > 1:
-            line += f" (and {len(keys) - 1} more)"
+        # every problem is named, in one line (a union reports one error per member: a key
+        # once)
+        others = sorted({".".join(_error_key(e)) for e in errors} - {".".join(names)})
+        if others:
+            line += f" (and {len(others)} more: {', '.join(others)})"
         raise StageError(line) from None
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,28 @@ from typer.testing import CliRunner
 from tests.fake_steam import CAPSULES, SHARED, FakeSteam
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def shipped_params_text() -> str:
+    """params.yaml as committed (HEAD), not as the workspace holds it: `dvc exp run` leaves
+    the last experiment's values in the workspace file (DVC's documented behaviour), and the
+    suite must pass whatever the user ran last. Outside a git checkout: the file itself."""
+    shown = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True
+    )
+    if shown.returncode == 0 and shown.stdout.strip():
+        return shown.stdout
+    return (REPO / "params.yaml").read_text()
+
+
+def write_shipped_params(path: Path) -> Path:
+    """The committed params.yaml written to ``path`` (a file or a folder to put it in)."""
+    path = path / "params.yaml" if path.is_dir() else path
+    path.write_text(shipped_params_text())
+    return path
+
+
 # The repository's own outputs: a test writes only under its tmp folder, never here (a
 # stray write makes `dvc status` report the user's pipeline as modified).
 GUARDED_OUTPUTS = ("data", "dvclive", "dvc_plots")
@@ -119,11 +143,15 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def shipped_params(tmp_path) -> Path:
+    """The committed params.yaml in the test's tmp folder (not its working folder)."""
+    return write_shipped_params(tmp_path / "params.yaml")
+
+
+@pytest.fixture
 def params_file(workdir) -> Path:
-    """A copy of the repository's params.yaml in the working folder."""
-    path = workdir / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text())
-    return path
+    """The committed params.yaml in the working folder."""
+    return write_shipped_params(workdir / "params.yaml")
 
 
 def steam_overrides(steam: FakeSteam, timeout_s: float = 1.0) -> list[str]:

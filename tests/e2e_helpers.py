@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.weights import WEIGHTS
-from tests.conftest import REPO, needs_shared, steam_overrides
+from tests.conftest import REPO, needs_shared, steam_overrides, write_shipped_params
 from tests.fake_steam import FakeSteam
 
 
@@ -114,7 +114,7 @@ def scratch_repo(tmp_path: Path, overrides: list[str]) -> Path:
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
-    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    write_shipped_params(repo / "params.yaml")
     set_params(repo, overrides)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc("init", "-q", cwd=repo)

@@ -253,6 +253,54 @@ def test_progan_schedule_is_a_function_of_kimg():
     assert model.lr_factors(700) == {"G": 0.2, "D": 0.2}
 
 
+@pytest.mark.parametrize(
+    ("size", "latent_size", "expected"),
+    [
+        (256, 4, [(16, 200, 5e-4), (32, 400, 2e-4), (64, 800, 2e-4), (128, 1600, 2e-4),
+                  (256, 3200, 2e-4)]),
+        (64, 4, [(16, 200, 5e-4), (32, 400, 2e-4), (64, 800, 2e-4)]),  # PokeGAN's own
+        (32, 4, [(16, 200, 5e-4), (32, 400, 2e-4)]),
+        (64, 8, [(32, 200, 5e-4), (64, 400, 2e-4)]),  # first stage 4 x latent_size
+        (16, 4, [(16, 200, 5e-4)]),  # the smallest image_size: one stage
+    ],
+)  # fmt: skip
+def test_progan_stages_null_grow_to_image_size(size, latent_size, expected):
+    """`-S train.model=progan` alone trains at whatever image_size the pipeline ships."""
+    params = TrainParams(model="progan", image_size=size, progan=dict(latent_size=latent_size))
+    assert params.progan.stages is None
+    stages = params.progan.growth(size)
+    assert [(s.size, s.kimg, s.lr) for s in stages] == expected
+    model = build_model(params)
+    assert model.sizes == [s for s, _, _ in expected] and model.G.image_size == size
+
+
+def test_progan_explicit_stages_that_end_below_image_size_name_the_fix():
+    with pytest.raises(ValueError) as err:
+        TrainParams(model="progan", image_size=256, progan=dict(stages=[dict(size=16, kimg=1)]))
+    message = str(err.value)
+    assert "progan.stages: the stages end at 16 px but image_size is 256" in message
+    assert "leave stages null to grow to image_size, or end them at 256" in message
+
+
+def test_progan_null_stages_and_the_list_they_stand_for_are_one_run():
+    """A run started with the old explicit default list resumes under `stages: null`."""
+    from pipeline.training.checkpoint import params_hash
+
+    null = TrainParams(model="progan", image_size=64)
+    explicit = TrainParams(
+        model="progan",
+        image_size=64,
+        progan=dict(stages=[s.model_dump() for s in null.progan.growth(64)]),
+    )
+    assert params_hash(null, "data", "none") == params_hash(explicit, "data", "none")
+    other = TrainParams(
+        model="progan",
+        image_size=64,
+        progan=dict(stages=[dict(size=16, kimg=1), dict(size=32, kimg=1), dict(size=64, kimg=1)]),
+    )
+    assert params_hash(other, "data", "none") != params_hash(null, "data", "none")
+
+
 def test_wgan_gp_and_fade_train_under_bf16_autocast(data, tmp_path):
     """Under autocast the fakes are bf16 and the reals fp32: the penalty mixes them in fp32."""
     params = progan(

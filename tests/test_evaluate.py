@@ -19,7 +19,7 @@ from pipeline.metrics.ppl import perceptual_path_length
 from pipeline.metrics.vgg16 import VGG16FC2, load_vgg16
 from pipeline.training.checkpoint import load_generator
 from pipeline.weights import WEIGHTS, WeightFile, sha256_file
-from tests.conftest import REPO, needs_shared, run_cli, set_args
+from tests.conftest import needs_shared, run_cli, set_args, write_shipped_params
 from tests.train_helpers import flowers, tiny
 
 
@@ -76,7 +76,7 @@ def project(tmp_path_factory):
     torch.save(vgg, root / "vgg16.pth")
     lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(TAP_CHANNELS)}
     torch.save(lin, root / "lpips_lin.pth")
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(root / "params.yaml")
     return root
 
 
@@ -206,7 +206,7 @@ def test_precision_recall_on_vgg16_features_when_its_weights_load(project, tmp_p
     del loaded
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     args = overrides(
         project,
         f"reference.data={project / 'data/dataset'}",

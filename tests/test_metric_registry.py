@@ -27,7 +27,7 @@ from pipeline.models import build_model
 from pipeline.params import DEFAULT_METRICS, EvaluateParams, validate_params
 from pipeline.training.checkpoint import load_generator, save_checkpoint
 from pipeline.training.sampling import fixed_latents, generate
-from tests.conftest import REPO, needs_shared, run_cli, set_args
+from tests.conftest import needs_shared, run_cli, set_args, write_shipped_params
 from tests.train_helpers import tiny, tiny_stylegan2
 
 CLASSES = ["daffodil", "snowdrop"]  # Oxford 17 Flowers' classes 1 and 2 (files c1_…, c2_…)
@@ -219,7 +219,7 @@ def labelled(tmp_path_factory):
     save_sampling_checkpoint(checkpoints / "others.pt", tiny_stylegan2(data), ["a", "b", "c"])
     save_sampling_checkpoint(checkpoints / "unconditional.pt", tiny(data))
     (root / "weights").mkdir()
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(root / "params.yaml")
     return root
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pipeline.errors import StageError
 from pipeline.params import Params, apply_overrides, load_params, parse_override, validate_params
 from pipeline.steam import BannerKind
-from tests.conftest import REPO
+from tests.conftest import REPO, shipped_params_text
 
 SECTIONS = (
     "appids", "download", "validate", "faces", "resize", "dataset", "train", "mix", "reference",
@@ -18,7 +18,7 @@ SECTIONS = (
 
 
 def test_repository_params_are_valid_and_have_every_section():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(shipped_params_text())
     assert set(raw) == set(SECTIONS)
     params = validate_params(raw)
     assert params.download.kind is BannerKind.library_600x900
@@ -75,9 +75,18 @@ def test_repository_params_are_valid_and_have_every_section():
         ({"train": {"dcgan": {"consistency": 2}}}, "train.dcgan: "),
         (
             {"train": {"progan": {"stages": [{"size": 16, "kimg": 1}, {"size": 64, "kimg": 1}]}}},
-            "train.progan: ",
+            "train.progan.stages: each size doubles the one before (16 -> 64)",
         ),
-        ({"train": {"model": "progan", "image_size": 128}}, "train: "),
+        (
+            {
+                "train": {
+                    "model": "progan",
+                    "image_size": 128,
+                    "progan": {"stages": [{"size": 32, "kimg": 1}, {"size": 64, "kimg": 1}]},
+                }
+            },
+            "train.progan.stages: the stages end at 64 px but image_size is 128",
+        ),
     ],
 )
 def test_nested_train_keys_are_named(raw, expected):
@@ -257,18 +266,18 @@ def test_a_yaml_alias_bomb_gives_a_short_error_line(tmp_path):
         ("download.max_bytes=10000000000", "download.max_bytes: 10000000000 is not allowed"),
     ],
 )
-def test_work_counts_are_bounded(override, expected):
+def test_work_counts_are_bounded(override, expected, shipped_params):
     with pytest.raises(StageError, match=re.escape(f"-S {override}: {expected}")):
-        load_params(REPO / "params.yaml", [override])
+        load_params(shipped_params, [override])
 
 
-def test_workers_bound_follows_the_cores():
+def test_workers_bound_follows_the_cores(shipped_params):
     from pipeline.parallel import available_cores
 
     limit = 4 * available_cores()
-    assert load_params(REPO / "params.yaml", [f"validate.workers={limit}"]).validate_.workers
+    assert load_params(shipped_params, [f"validate.workers={limit}"]).validate_.workers
     with pytest.raises(StageError, match=f"{limit} on this machine's {available_cores()} cores"):
-        load_params(REPO / "params.yaml", [f"validate.workers={limit + 1}"])
+        load_params(shipped_params, [f"validate.workers={limit + 1}"])
 
 
 def test_a_bad_key_or_value_from_s_is_blamed_on_the_s_option(tmp_path):
@@ -286,7 +295,7 @@ def test_a_bad_key_or_value_from_s_is_blamed_on_the_s_option(tmp_path):
     assert str(err.value).startswith(f"{path}: resize.sise: unknown key")
 
 
-def test_offline_overlay_switches_every_network_source_to_a_local_one():
+def test_offline_overlay_switches_every_network_source_to_a_local_one(shipped_params):
     """params.offline.yaml as `steamgan set-args` prints it, applied over params.yaml."""
     from pipeline.params import overlay_overrides
     from tests.conftest import REPO, needs_shared, run_cli
@@ -295,7 +304,7 @@ def test_offline_overlay_switches_every_network_source_to_a_local_one():
     printed = run_cli("set-args", str(REPO / "params.offline.yaml"))
     assert printed.exit_code == 0
     assert printed.stdout.split() == [word for o in overrides for word in ("-S", o)]
-    p = load_params(REPO / "params.yaml", overrides)
+    p = load_params(shipped_params, overrides)
     assert p.appids.source == "file" and p.download.cdn_url.startswith("http://127.0.0.1:")
     flags = [p.faces.download_weights, p.evaluate.download_weights,
              p.train.lightweight.download_weights, p.render.project.download_weights]  # fmt: skip
@@ -314,3 +323,41 @@ def test_overlay_with_a_typo_names_the_overlay_file(tmp_path):
     path.write_text("faces:\n  retinaface:\n    wieghts: x.pth\n")
     with pytest.raises(StageError, match=r"params.offline.yaml: faces.retinaface.wieghts: unknown"):
         overlay_overrides(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            [
+                "train.model=progan",
+                "train.progan.stages=[{size: 32, kimg: 1}, {size: 64, kimg: 1}]",
+            ],
+            "train.progan.stages: the stages end at 64 px but image_size is 256 (leave stages "
+            "null to grow to image_size, or end them at 256)",
+        ),
+        (["train.batch_size=7", "train.accumulate=2"], "train: batch_size 7 must be a multiple"),
+        (["train.dcgan.consistency=1"], "train.dcgan: consistency (CT-GAN) needs loss: wgan_gp"),
+        (
+            ["train.progan.stages=[{size: 16, kimg: 1}, {size: 64, kimg: 1}]"],
+            "train.progan.stages: each size doubles the one before (16 -> 64)",
+        ),
+    ],
+)
+def test_a_check_across_a_section_names_keys_not_the_section_dict(
+    overrides, expected, shipped_params
+):
+    """A model validator's error used to print the whole section's dict before its reason."""
+    with pytest.raises(StageError) as err:
+        load_params(shipped_params, overrides)
+    line = str(err.value)
+    assert expected in line, line
+    assert "{" not in line.replace(overrides[-1], "") and "[" not in line.replace(overrides[-1], "")
+    assert len(line.splitlines()) == 1
+
+
+def test_every_problem_is_named(shipped_params):
+    with pytest.raises(StageError) as err:
+        load_params(shipped_params, ["resize.sise=32", "resize.size=-1", "dataset.mirorr=1"])
+    line = str(err.value)
+    assert line.endswith("(and 2 more: dataset.mirorr, resize.sise)"), line

@@ -28,17 +28,17 @@ class ProGAN(DCGAN):
     name = "progan"
 
     def __init__(self, image_size: int, cfg: ProGANParams):
-        sizes = [stage.size for stage in cfg.stages]
+        self.stages = cfg.growth(image_size)
+        sizes = [stage.size for stage in self.stages]
         if sizes[-1] != image_size:
             raise ValueError(
-                f"progan.stages: the last stage's size {sizes[-1]} must equal image_size "
-                f"{image_size}"
+                f"progan.stages: the stages end at {sizes[-1]} px but image_size is {image_size}"
             )
         super().__init__(image_size, cfg, rgb_sizes=sizes)
         self.sizes = sizes
         # where each stage ends, in images (the last one lasts to the end of training)
         ends, total = [], 0
-        for stage in cfg.stages:
+        for stage in self.stages:
             total += round(stage.kimg * 1000)
             ends.append(total)
         self.ends = ends
@@ -59,7 +59,7 @@ class ProGAN(DCGAN):
         return min(1.0, into / (self.cfg.fade_kimg * 1000))
 
     def lr_factors(self, kimg: float) -> dict[str, float]:
-        lr = self.cfg.stages[self.stage_index(kimg)].lr
+        lr = self.stages[self.stage_index(kimg)].lr
         factor = 1.0 if lr is None else lr / self.cfg.lr
         return {"G": factor, "D": factor}
 

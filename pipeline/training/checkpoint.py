@@ -19,7 +19,7 @@ import torch
 
 from pipeline import io as pio
 from pipeline.errors import StageError
-from pipeline.training.params import TrainParams
+from pipeline.training.params import TrainParams, default_growth
 
 if TYPE_CHECKING:
     from pipeline.models.base import GANModel
@@ -71,6 +71,12 @@ def defining_params(params: dict, augment_kind: str) -> dict:
     model = params.get("model")
     if model in MODEL_SECTIONS:
         defining[model] = params.get(model)
+    progan = defining.get("progan")
+    if model == "progan" and isinstance(progan, dict) and progan.get("stages") is None:
+        # resolved, as augment is: null and the list it stands for are one run
+        size, latent = params.get("image_size"), progan.get("latent_size")
+        if isinstance(size, int) and isinstance(latent, int):
+            defining["progan"] = {**progan, "stages": default_growth(size, latent)}
     section = AUGMENT_SECTIONS.get(augment_kind)
     if section:
         defining[section] = params.get(section)

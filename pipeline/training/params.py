@@ -183,21 +183,39 @@ class ProStage(Section):
     lr: Annotated[float, Field(gt=0)] | None = None  # null: the section's lr
 
 
+def default_growth(image_size: int, latent_size: int) -> list[dict]:
+    """``progan.stages: null``: grow from 16 px (or 4 × latent_size, if larger) doubling up
+    to ``image_size``, with PokeGAN's schedule (16 px: 200 kimg at lr 5e-4, 32 px: 400 at
+    2e-4, 64 px: 800 at 2e-4) extended the same way: each stage twice the images of the one
+    before, at 2e-4. The last stage lasts to the end of training whatever its kimg."""
+    size = min(max(16, 4 * latent_size), image_size)
+    stages = []
+    while size <= image_size:
+        lr = 2e-4 if stages else 5e-4
+        stages.append({"size": size, "kimg": 200.0 * 2 ** len(stages), "lr": lr})
+        size *= 2
+    return stages
+
+
 class ProGANParams(DCGANParams):
     """Progressive DCGAN (PokeGAN): the DCGAN grows one block per stage."""
 
-    stages: list[ProStage] = Field(
-        default_factory=lambda: [
-            ProStage(size=16, kimg=200, lr=5e-4),
-            ProStage(size=32, kimg=400, lr=2e-4),
-            ProStage(size=64, kimg=800, lr=2e-4),
-        ]
-    )
+    # null: PokeGAN's schedule up to train.image_size (default_growth); or a list of
+    # {size, kimg, lr} whose sizes double and end at train.image_size
+    stages: list[ProStage] | None = None
     freeze_previous: bool = True  # train only the newest block (PokeGAN)
     fade_kimg: Annotated[float, Field(ge=0)] = 0.0  # fade new blocks in (ProGAN); 0: switch
 
+    def growth(self, image_size: int) -> list[ProStage]:
+        """The stages a run at ``image_size`` goes through: the list given, or the default."""
+        if self.stages is not None:
+            return list(self.stages)
+        return [ProStage(**stage) for stage in default_growth(image_size, self.latent_size)]
+
     @model_validator(mode="after")
     def _growth(self) -> ProGANParams:
+        if self.stages is None:
+            return self
         sizes = [stage.size for stage in self.stages]
         if not sizes:
             raise ValueError("stages: give at least one {size, kimg}")
@@ -300,9 +318,11 @@ class TrainParams(Section):
                     f"{self.model}.latent_size {section.latent_size} must be below image_size "
                     f"{self.image_size}"
                 )
-        if self.model == "progan" and self.progan.stages[-1].size != self.image_size:
+        stages = self.progan.stages
+        if self.model == "progan" and stages is not None and stages[-1].size != self.image_size:
             raise ValueError(
-                f"progan.stages: the last stage's size {self.progan.stages[-1].size} must "
-                f"equal image_size {self.image_size}"
+                f"progan.stages: the stages end at {stages[-1].size} px but image_size is "
+                f"{self.image_size} (leave stages null to grow to image_size, or end them at "
+                f"{self.image_size})"
             )
         return self

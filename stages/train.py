@@ -12,6 +12,7 @@ from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("train")
+RUN_INFO = OUT_DIR / "run.json"  # what the run is (model, sizes, device, precision, ...)
 LIVE_DIR = Path("dvclive")
 app = stage_app(__doc__, "train")
 
@@ -21,11 +22,11 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Train train.model; resumes from data/train/checkpoints after an interruption."""
     with run_stage("train", params, overrides) as p:
         from pipeline.devices import use_threads
-        from pipeline.training.loop import Trainer  # torch: imported only when training
+        from pipeline.training.loop import Trainer, run_summary  # torch: only when training
 
         cfg = p.train
         # deterministic (not load-aware): a resumed run reduces floats as the run it resumes
-        threads = use_threads(cfg.threads, cfg.workers, load_aware=False)
+        use_threads(cfg.threads, cfg.workers, load_aware=False)
         trainer = Trainer(cfg, OUT_DIR, LIVE_DIR)
         if not trainer.procs.is_main:
             trainer.run()
@@ -33,8 +34,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         for notice in (trainer.dataset_notice, trainer.notice):
             if notice:
                 say(f"train: {notice}")
-        if trainer.device.type == "cpu":
-            say(f"train: {threads} CPU thread(s) (train.threads {cfg.threads})")
+        info = trainer.run_info()
+        pio.write_json(RUN_INFO, info)
+        say(f"train: {run_summary(info)}")
         if cfg.eval_every:
             from pipeline.metrics.samples import sample_warning
 

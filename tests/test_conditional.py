@@ -101,3 +101,23 @@ def test_labels_switch_conditioning_off_or_are_required(labelled, tmp_path):
         Trainer(on, tmp_path / "on", live_dir=None)
     with pytest.raises(StageError, match="balance_classes"):
         Trainer(tiny(plain, steps=1, balance_classes=True), tmp_path / "bal", live_dir=None)
+
+
+def test_a_run_says_it_is_conditional_and_on_which_classes(labelled, tmp_path):
+    """Training on a labelled dataset builds a class-conditional StyleGAN2: the run's
+    summary says so, with the class names (it used to be silent)."""
+    from pipeline.training.loop import run_summary
+
+    trainer = Trainer(tiny_stylegan2(labelled, steps=1), tmp_path, live_dir=None)
+    info = trainer.run_info()
+    assert info["classes"] == ["red", "blue"] and info["dataset"]["images"] == 16
+    line = run_summary(info)
+    assert "stylegan2 32 px" in line and "16 images, conditional on 2 classes: red, blue" in line
+    off = Trainer(
+        tiny_stylegan2(labelled, steps=1, stylegan2={"conditional": False}),
+        tmp_path / "u",
+        live_dir=None,
+    )
+    assert off.run_info()["classes"] == [] and "16 images, unconditional" in run_summary(
+        off.run_info()
+    )

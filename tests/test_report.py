@@ -23,7 +23,13 @@ from pipeline.report import build_report
 from pipeline.report.experiments import parse_exp_show
 from pipeline.report.page import not_run
 from pipeline.validate import Frame
-from tests.conftest import REPO, needs_shared, run_cli, set_args, steam_overrides
+from tests.conftest import (
+    needs_shared,
+    run_cli,
+    set_args,
+    steam_overrides,
+    write_shipped_params,
+)
 from tests.e2e_helpers import faces_overrides
 from tests.fake_steam import FakeSteam
 
@@ -55,7 +61,7 @@ def curated(tmp_path_factory) -> Path:
     shared RetinaFace), each stage run as ``steamgan <stage>`` in a scratch folder."""
     needs_shared("data", "steam_capsules")
     root = tmp_path_factory.mktemp("curated")
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(root / "params.yaml")
     with FakeSteam() as steam, contextlib.chdir(root):
         overrides = [*steam_overrides(steam), *faces_overrides(root), "resize.size=32"]
         for stage in CURATION:
@@ -203,7 +209,7 @@ def test_traceability_rows_and_csv(curated, curated_page):
 
 
 def test_stages_not_run_give_one_line(tmp_path):
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path), root=tmp_path)
     html = page.read_text()
     for stage, what in (
@@ -269,7 +275,7 @@ def test_experiments_sorted_by_fid_with_params_diff(tmp_path):
     assert [r["name"] for r in experiments.rows] == ["exp-c", "exp-a", "main", "exp-b"]
     assert experiments.params == ["train.seed"]  # steps is the same everywhere
     assert experiments.metrics == ["data/evaluate/metrics.json:fid"]
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path), root=tmp_path, experiments=experiments)
     runs = [a["data-run"] for a in Elements(page.read_text()).having("data-run")]
     assert runs == ["exp-c", "exp-a", "main", "exp-b"]
@@ -320,7 +326,7 @@ def test_large_run_builds(tmp_path):
     """10,000 app ids: the page carries them all, the table is paged (the browser test and
     bench/report.py measure the time)."""
     synthetic_run(tmp_path, 10_000)
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path), root=tmp_path)
     html = page.read_text()
     data = html.split('<script id="trace-data" type="application/json">')[1].split("</script>")[0]
@@ -415,7 +421,7 @@ def test_large_page_in_chromium(tmp_path, browser, record_property):
     """10,000 rows: the page loads fast and pages through them; the load time is printed."""
     root = tmp_path / "run"
     synthetic_run(root, 10_000)
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(root / "params.yaml")
     page_path = build_report(report_params(root), root=root)
     page, problems, seconds = open_page(browser, page_path)
     page_size = load_params(root / "params.yaml").report.page_size
@@ -448,7 +454,7 @@ def test_names_cannot_break_the_page(tmp_path):
     hostile = "</script><!--<script>alert(1)</script> & <b>bold</b>"
     appids.loc[0, "name"] = hostile
     pio.write_table(tmp_path / "data/appids/appids.parquet", appids)
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     html = build_report(report_params(tmp_path), root=tmp_path).read_text()
     assert "<script>alert" not in html and "<b>bold" not in html
     data = html.split('<script id="trace-data" type="application/json">')[1].split("</script>")[0]
@@ -477,7 +483,7 @@ def test_face_rejections_show_each_resolution(tmp_path):
     rejected = valid.assign(reason="face_count", detail="face_alignment: original 1, 256 1")
     pio.write_table(tmp_path / "data/faces/rejected.parquet", rejected)
     pio.write_table(tmp_path / "data/faces/accepted.parquet", valid.iloc[:0])
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path, "report.thumb_height=64"), root=tmp_path)
     dom = Elements(page.read_text())
     tiles = _sheets(dom)["faces-face_count"]
@@ -514,7 +520,7 @@ def test_training_and_evaluation_sections(tmp_path):
     )
     notes = {"ppl_w": "lightweight has no W space", "fid_per_class.tulip": "1 generated image"}
     pio.write_json(tmp_path / "data/evaluate/notes.json", {"notes": notes, "settings": {}})
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path), root=tmp_path)
     html = page.read_text()
     rows = {a["data-key"] for a in Elements(html).having("data-key")}
@@ -541,3 +547,24 @@ def test_damaged_files_are_named_not_fatal(curated, tmp_path):
     assert "dvc repro -f faces" in page.read_text()
     assert "faces-face_count" not in _sheets(dom)  # its table is unreadable: no sheet
     assert len(dom.having("data-count")) == len(CURATION)  # the rest is all there
+
+
+def test_training_section_reads_what_the_run_was_from_run_json(tmp_path):
+    """The train stage's data/train/run.json (resolved settings), not guesses from the log:
+    with `train.device: auto` and no GPU memory logged, the page used to infer the device."""
+    live = tmp_path / "dvclive"
+    live.mkdir()
+    pio.write_json(live / "metrics.json", {"step": 2, "kimg": 0.016})
+    info = {
+        "model": "stylegan2", "device": "cuda:0", "precision": "bf16",
+        "parameters": {"G": 1_234_567, "D": 765_432}, "classes": ["Anime", "Horror"],
+    }  # fmt: skip
+    pio.write_json(tmp_path / "data/train/run.json", info)
+    write_shipped_params(tmp_path / "params.yaml")
+    page = build_report(report_params(tmp_path), root=tmp_path)
+    html = page.read_text()
+    cells = {a["data-key"] for a in Elements(html).having("data-key")}
+    assert {"precision", "device", "parameters", "classes"} <= cells
+    assert '<td class="n">bf16</td>' in html and '<td class="n">cuda:0</td>' in html
+    assert "G 1,234,567, D 765,432" in html and "Anime, Horror" in html
+    assert "data/train/run.json" in html

@@ -310,3 +310,35 @@ def test_load_generator_rebuilds_g_ema_and_samples_reproducibly(tmp_path):
     assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
     with pytest.raises(ValueError, match="no mapping network"):
         generate(loaded.G, z, 3, torch.device("cpu"), truncation_psi=0.5)
+
+
+def test_the_train_stage_says_what_the_run_is_and_writes_run_json(data, tmp_path, monkeypatch):
+    """One summary line at the start (model, sizes, data, device, precision, threads,
+    batch, steps, where it starts) and the same, resolved, in data/train/run.json."""
+    import yaml
+
+    from pipeline import io as pio
+    from tests.conftest import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny(data, steps=2, threads=1)
+    Path("params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+    result = run_cli("train")
+    assert result.exit_code == 0, result.output
+    info = pio.read_json("data/train/run.json")
+    trainer = Trainer(params, tmp_path / "other", live_dir=None)
+    assert info["parameters"] == {
+        "G": sum(p.numel() for p in trainer.model.G.parameters()),
+        "D": sum(p.numel() for p in trainer.model.D.parameters()),
+    }
+    assert info["dataset"]["images"] == len(trainer.dataset) and info["classes"] == []
+    assert (info["device"], info["precision"], info["threads"]) == ("cpu", "fp32", 1)
+    assert (info["batch_size"], info["steps"], info["resumed_at_step"]) == (8, 2, None)
+    [line] = [x for x in result.output.splitlines() if x.startswith("train: lightweight 32 px")]
+    assert "images, unconditional · cpu fp32, 1 thread, 0 loader workers · batch 8" in line
+    assert line.endswith("2 steps, starting at step 0")
+
+    result = run_cli("train", "-S", "train.steps=4")  # more steps: the same run, resumed
+    assert result.exit_code == 0, result.output
+    assert "4 steps, resuming at step 2" in result.output
+    assert pio.read_json("data/train/run.json")["resumed_at_step"] == 2

@@ -106,14 +106,28 @@ def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Secti
     cuda = "memory" in m  # the train stage logs peak GPU memory on CUDA only
     section = Section()
     speed = (m.get("speed") or {}).get("images_per_s")
+    info = train.run or {}
+    resolved = "data/train/run.json"
     section.rows = [
         ("model", params.train.model, ""),
         ("step", _number(m.get("step")), f"of train.steps {params.train.steps:,}"),
         ("kimg", _number(m.get("kimg")), "thousands of real images shown to D"),
         ("images/s", _number(speed), "over the last log interval"),
-        ("precision", *_precision(params.train.precision, cuda)),
-        ("device", *_device(params.train.device, cuda)),
     ]
+    if info:  # what the train stage resolved; older runs: inferred from the log below
+        counts = info.get("parameters") or {}
+        classes = info.get("classes") or []
+        section.rows += [
+            ("precision", str(info.get("precision")), resolved),
+            ("device", str(info.get("device")), resolved),
+            ("parameters", f"G {_number(counts.get('G'))}, D {_number(counts.get('D'))}", resolved),
+            ("classes", ", ".join(map(str, classes)) if classes else "unconditional", resolved),
+        ]
+    else:
+        section.rows += [
+            ("precision", *_precision(params.train.precision, cuda)),
+            ("device", *_device(params.train.device, cuda)),
+        ]
     if cuda:
         for key, value in (m.get("memory") or {}).items():
             section.rows.append((f"memory/{key}", _number(value), ""))

@@ -88,6 +88,7 @@ class TrainOutputs:
     metrics: dict[str, Any] | None
     curves: dict[str, pd.DataFrame]
     samples: list[Path]
+    run: dict[str, Any] | None = None  # data/train/run.json: what the run is, resolved
 
     @property
     def ran(self) -> bool:
@@ -107,7 +108,9 @@ def load_train(root: Path, damaged: Damaged) -> TrainOutputs:
         if "step" in df.columns and len(df.columns) == 2:
             curves[tsv.relative_to(metrics_dir).with_suffix("").as_posix()] = df
     samples = sorted((live / "plots" / "images" / "samples").glob("*.png"))
-    return TrainOutputs(_json(live / "metrics.json", damaged), curves, samples)
+    run = _json(root / pio.stage_dir("train") / "run.json", damaged)
+    run = run if isinstance(run, dict) else None
+    return TrainOutputs(_json(live / "metrics.json", damaged), curves, samples, run)
 
 
 @dataclass

@@ -270,6 +270,33 @@ class Trainer:
             barrier(self.procs.world)
         return False
 
+    def run_info(self) -> dict:
+        """What this run is, resolved (``auto`` settings as they came out): the train stage
+        prints it and writes it to ``data/train/run.json``, which the report reads."""
+        p, state = self.p, self.state
+        classes = list(self.dataset_classes)
+        conditional = bool(self.model.num_classes) or (p.model == "stargan2" and bool(classes))
+        return {
+            "model": p.model,
+            "parameters": {
+                "G": sum(t.numel() for t in self.model.G.parameters()),
+                "D": sum(t.numel() for t in self.model.D.parameters()),
+            },
+            "image_size": p.image_size,
+            "dataset": {"path": str(self.dataset.path), "images": len(self.dataset)},
+            "classes": classes if conditional else [],
+            "device": str(self.device),
+            "processes": self.procs.world,
+            "precision": self.precision.name,
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "workers": p.workers,
+            "batch_size": p.batch_size,
+            "steps": p.steps,
+            "augment": self.augment_kind,
+            "resumed_at_step": state.step if self.resumed else None,
+            "params_hash": self.hash,
+        }
+
     @property
     def notice(self) -> str:
         """What happened to checkpoints found at the start (set aside, put back), one line."""
@@ -773,6 +800,35 @@ class Trainer:
         if self.device.type == "cuda":
             metrics["memory/gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return metrics
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
+
+
+def run_summary(info: dict) -> str:
+    """``Trainer.run_info`` as the one line the train stage prints at its start."""
+    classes = info["classes"]
+    if classes:
+        names = ", ".join(classes[:5]) + (
+            f" and {len(classes) - 5} more" if len(classes) > 5 else ""
+        )
+        labels = f"conditional on {len(classes)} classes: {names}"
+    else:
+        labels = "unconditional"
+    where = info["device"] + (f" x{info['processes']}" if info["processes"] > 1 else "")
+    where += f" {info['precision']}"
+    if info["threads"] is not None:
+        where += f", {info['threads']} thread{'s' * (info['threads'] != 1)}"
+    where += f", {info['workers']} loader worker{'s' * (info['workers'] != 1)}"
+    resumed = info["resumed_at_step"]
+    start = "starting at step 0" if resumed is None else f"resuming at step {resumed:,}"
+    return (
+        f"{info['model']} {info['image_size']} px · G {_millions(info['parameters']['G'])}, "
+        f"D {_millions(info['parameters']['D'])} parameters · {info['dataset']['images']:,} "
+        f"images, {labels} · {where} · batch {info['batch_size']} · {info['steps']:,} steps, "
+        f"{start}"
+    )
 
 
 def train(

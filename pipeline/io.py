@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,22 @@ def prune_dir(directory: str | Path, keep: set[str]) -> int:
                 entry.unlink()
                 removed += 1
     return removed
+
+
+def unique_name(stems: Sequence[str], taken: set[str], key: str, suffix: str = "") -> str:
+    """The first of ``stems`` (+ ``suffix``) not in ``taken``, else the last one with a
+    short digest of ``key`` (``a_jpg-3f2a1c.png``); the name is added to ``taken``.
+
+    Two inputs must never get one output name: the second overwrote the first on disk, or a
+    zip held the name twice. A digest of the input's own name, not a counter, keeps a name
+    from depending on which other inputs there are."""
+    for stem in stems:
+        if stem + suffix not in taken:
+            break
+    else:
+        stem = f"{stems[-1]}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+        base, number = stem, 1
+        while stem + suffix in taken:
+            stem, number = f"{base}-{number}", number + 1
+    taken.add(stem + suffix)
+    return stem + suffix

@@ -218,7 +218,7 @@ def safe_name(text: str) -> str:
 
 def domain_folders(classes: list[str]) -> list[str]:
     """Each domain's folder name (``safe_name``), distinct: ``a b`` and ``a|b`` both read
-    ``a_b``, so the second gets a short digest (``a_b-1f0c3e``)."""
+    ``a_b``, so the second gets a short digest (``a_b-0eab8a``)."""
     taken: set[str] = set()
     return [pio.unique_name([safe_name(name)], taken, name) for name in classes]
 

@@ -12,8 +12,10 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ TRACE_COLUMNS: tuple[str, ...] = ("url", "sha256", "labels")
 # file's ``label`` cells) are one string column, names joined by "|" ("" for none): it
 # round-trips through parquet and CSV as is. A name may not contain "|" (params check it).
 LABEL_SEPARATOR = "|"
+# A file name longer than this (UTF-8 bytes) is cut and given a digest (short_name): file
+# systems stop at 255 bytes, and the temporary name of an atomic write adds about 20.
+NAME_BYTES = 200
 
 
 def join_labels(names: Iterable[str]) -> str:
@@ -303,3 +308,19 @@ def unique_name(stems: Sequence[str], taken: set[str], key: str, suffix: str = "
             stem, number = f"{base}-{number}", number + 1
     taken.add(stem + suffix)
     return stem + suffix
+
+
+def short_name(name: str) -> str:
+    """``name``, or its start and a digest of it when longer than NAME_BYTES in UTF-8."""
+    if len(name.encode()) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    cut = name.encode()[: NAME_BYTES - 9].decode(errors="ignore")
+    return f"{cut}-{digest}"
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe, readable form of any text (a domain, a reason): letters and digits
+    of any script stay (アニメ), every other run of characters becomes one ``_``."""
+    text = unicodedata.normalize("NFC", text)  # an accent as one letter, not a mark
+    return short_name(re.sub(r"[^\w.-]+", "_", text).strip("._") or "_")

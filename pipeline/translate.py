@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,6 +35,7 @@ from PIL import Image
 from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.images import ImageProblem, decode_image, open_image, save_png, to_rgb
+from pipeline.io import safe_name
 from pipeline.params import TranslateParams
 from pipeline.training.checkpoint import TrainedGenerator
 from pipeline.training.data import IMAGE_SUFFIXES, ImageDataset, resolve_dataset
@@ -47,9 +47,6 @@ FRAME_NUMBER = re.compile(r"^(.*?)(\d+)$")
 DEFINING = ("source", "max_images", "reference", "styles", "seed", "sequence", "style_motion")
 # How output names are made: part of the key, so outputs named otherwise start over.
 NAMING = 2
-# A name part longer than this (UTF-8 bytes) is cut and given a digest: file systems stop at
-# 255 bytes, and the temporary name of an atomic write adds about 20.
-NAME_BYTES = 200
 
 
 @dataclass
@@ -124,8 +121,8 @@ def _decode_member(dataset: ImageDataset, index: int) -> Image.Image:
 def output_names(pictures: list[Picture]) -> list[str]:
     """Each picture's file under a style folder (``<name>.png``), one per picture: a name two
     pictures share (x.png and x.jpg) keeps its suffix in the later one's (x_jpg.png), as
-    the dataset stage names them; over-long parts are cut (``short``)."""
-    stems = ["/".join(short(part) for part in p.name.split("/")) for p in pictures]
+    the dataset stage names them; over-long parts are cut (``pio.short_name``)."""
+    stems = ["/".join(pio.short_name(part) for part in p.name.split("/")) for p in pictures]
     # a folder's name is taken too: a zip may hold both a.png and a.png/b.png
     taken = {str(d) for stem in stems for d in PurePosixPath(stem).parents if str(d) != "."}
     names = []
@@ -134,15 +131,6 @@ def output_names(pictures: list[Picture]) -> list[str]:
         candidates = [stem, f"{stem}_{kind}"] if kind else [stem]
         names.append(pio.unique_name(candidates, taken, picture.where, ".png"))
     return names
-
-
-def short(name: str) -> str:
-    """``name``, or its start and a digest of it when longer than NAME_BYTES in UTF-8."""
-    if len(name.encode()) <= NAME_BYTES:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    cut = name.encode()[: NAME_BYTES - 9].decode(errors="ignore")
-    return f"{cut}-{digest}"
 
 
 def inside(out: Path, relative: str) -> Path:
@@ -207,13 +195,6 @@ def domain_index(item: int | str, classes: list[str], what: str) -> int:
         return classes.index(item)
     known = ", ".join(f"{i}: {name}" for i, name in enumerate(classes))
     raise StageError(f"{what}: unknown domain {item!r}; the checkpoint's domains are {known}")
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe, readable form of a domain or reference name: letters and digits of
-    any script stay (アニメ), every other run of characters becomes one ``_``."""
-    text = unicodedata.normalize("NFC", text)  # an accent as one letter, not a mark
-    return short(re.sub(r"[^\w.-]+", "_", text).strip("._") or "_")
 
 
 def domain_folders(classes: list[str]) -> list[str]:

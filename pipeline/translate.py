@@ -94,7 +94,7 @@ def list_pictures(
     dataset = ImageDataset(resolve_dataset(path, what), what)
     pictures, left_out = [], {}
     for index, name in enumerate(dataset.names):
-        where = f"{dataset.path}{':' if dataset.is_zip else '/'}{name}"
+        where = dataset.where(index)
         if why := unsafe_name(name):
             left_out[where] = why
             continue

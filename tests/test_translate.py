@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -131,6 +132,11 @@ def test_reference_guided_output_follows_the_reference(trained, tmp_path):
         ({"source": "small"}, "is 16x16, smaller than the model's 32x32"),
         ({"source": "junk"}, "junk/bad.png: cannot be read"),
         ({"source": "nowhere"}, "translate.source: .*nowhere not found"),
+        (
+            {"source": "fifo"},
+            "translate.source: .*fifo is a FIFO, not a folder of images or a dataset zip (only "
+            "folders and files are read); point it at one",
+        ),
         ({"reference": "small"}, "small.png: no domain; name it <domain>-"),
     ],
 )
@@ -139,12 +145,13 @@ def test_bad_input_stops_with_one_line(trained, tmp_path, change, message):
     flower_images("c1", 1, 16)[0].save(tmp_path / "small/small.png")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk/bad.png").write_bytes(b"not a png")
+    os.mkfifo(tmp_path / "fifo")
     frames(tmp_path / "clip", 2)
     settings = {"source": str(tmp_path / "clip"), **change}
     for key in ("source", "reference"):
         if key in change:
             settings[key] = str(tmp_path / change[key])
-    with pytest.raises(StageError, match=message.replace("(", r"\(")) as err:
+    with pytest.raises(StageError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         translate(trained, TranslateParams(**settings), tmp_path / "out", torch.device("cpu"))
     assert "\n" not in str(err.value)
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from pipeline.errors import StageError
 from pipeline.images import ImageProblem, check_regular_file, encode_png, open_image
-from pipeline.io import split_labels
+from pipeline.io import split_labels, unique_name
 from pipeline.parallel import parallel_map
 from pipeline.resize import ResizeTask, resize_one
 
@@ -51,15 +51,19 @@ class Member:
 
 def members(table: pd.DataFrame, mirror: bool) -> list[Member]:
     """The dataset's files: one per row (``<appid>.png``, or the row's ``name``), its
-    ``class_index`` when the table has one, and a mirrored copy of each if ``mirror``."""
+    ``class_index`` when the table has one, and a mirrored copy of each if ``mirror``
+    (``<name>_m.png``; with a digest where a file of the folder already has that name)."""
     names = table["name"] if "name" in table else [f"{int(a)}.png" for a in table["appid"]]
     labels = table["class_index"] if "class_index" in table else [None] * len(table)
+    taken = set(names)
     out = []
     for name, path, label in zip(names, table["path"], labels, strict=True):
         label = None if label is None else int(label)
         out.append(Member(name, str(path), False, label))
         if mirror:
-            out.append(Member(f"{name.removesuffix('.png')}_m.png", str(path), True, label))
+            stem = name.removesuffix(".png")
+            mirrored = unique_name([f"{stem}_m"], taken, f"{name} mirrored", ".png")
+            out.append(Member(mirrored, str(path), True, label))
     return out
 
 
@@ -221,14 +225,14 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _png_names(files: list[Path], prefix: str) -> list[str]:
     """``<prefix>/<stem>.png`` for each file; a stem two files share (a.jpg, a.png) keeps
-    its suffix in the name of the later ones (a_png.png), so no image overwrites another."""
-    names, taken = [], set()
+    its suffix in the name of the later ones (a_png.png), and where that is taken too
+    (a.JPG, a.Jpg, a.jpg) a short digest of the file's name: no image overwrites another."""
+    names: list[str] = []
+    taken: set[str] = set()
     for path in files:
-        name = f"{prefix}/{path.stem}.png"
-        if name in taken:
-            name = f"{prefix}/{path.stem}_{path.suffix.lstrip('.').lower()}.png"
-        taken.add(name)
-        names.append(name)
+        stem = f"{prefix}/{path.stem}"
+        kind = path.suffix.lstrip(".").lower()
+        names.append(unique_name([stem, f"{stem}_{kind}"], taken, path.name, ".png"))
     return names
 
 
@@ -238,7 +242,7 @@ def scan_class_folders(root: str | Path) -> tuple[list[str], list[FolderImage]]:
 
     Hidden entries, files beside the class folders and other suffixes are ignored; a root
     that is not a folder, has no class folder, or a class folder without an image stops
-    with one line.
+    with one line (one whose images all fail to read stops later, ``check_every_class``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -298,3 +302,24 @@ def resize_folder_images(
     ]
     table = pd.DataFrame(rows, columns=columns).astype({"test": bool, "class_index": "int64"})
     return table, rejected_frame(rejected)
+
+
+def check_every_class(
+    classes: Sequence[str], train: pd.DataFrame, rejected: pd.DataFrame, root: str | Path
+) -> None:
+    """Stop with one line if a class kept no training image (all of its files unreadable):
+    a domain with no real image cannot be learnt, and StarGAN v2 would train it anyway."""
+    kept = set(train["class_index"].astype(int))
+    for index, name in enumerate(classes):
+        if index in kept:
+            continue
+        folder = Path(root) / name
+        mine = rejected[[Path(p).parent == folder for p in rejected["path"]]]
+        example = ""
+        if len(mine):
+            row = mine.iloc[0]
+            example = f" (e.g. {Path(row['path']).name}: {row['reason']}: {row['detail']})"[:240]
+        raise StageError(
+            f"dataset.folders_root: {folder} has no readable image: its {len(mine)} file(s) "
+            f"could not be read{example}; replace them or remove the folder"
+        )

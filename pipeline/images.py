@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline import io as pio
 
@@ -37,9 +37,26 @@ def check_regular_file(path: str | Path) -> None:
     except OSError as exc:
         raise ImageProblem("unreadable", f"{exc.__class__.__name__}: {exc.strerror}") from None
     if not stat.S_ISREG(mode):
-        kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISDIR: "a folder", stat.S_ISSOCK: "a socket"}
-        kind = next((name for test, name in kinds.items() if test(mode)), "a device")
-        raise ImageProblem("unreadable", f"not a regular file ({kind})")
+        raise ImageProblem("unreadable", f"not a regular file ({file_kind(mode)})")
+
+
+def file_kind(mode: int) -> str:
+    """What a file system entry is, from its ``st_mode``, for messages."""
+    kinds = {
+        stat.S_ISREG: "a regular file",
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a device")
+
+
+def decode_failure(exc: Exception) -> str:
+    """Why bytes did not decode, in one line that names no Python object: Pillow's "cannot
+    identify image file <_io.BytesIO object at 0x…>" names its buffer, not the file."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can identify"
+    return (str(exc).splitlines() or [exc.__class__.__name__])[0][:200]
 
 
 def upright(im: Image.Image) -> Image.Image:

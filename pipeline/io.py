@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,9 @@ TRACE_COLUMNS: tuple[str, ...] = ("url", "sha256", "labels")
 # file's ``label`` cells) are one string column, names joined by "|" ("" for none): it
 # round-trips through parquet and CSV as is. A name may not contain "|" (params check it).
 LABEL_SEPARATOR = "|"
+# A file name longer than this (UTF-8 bytes) is cut and given a digest (short_name): file
+# systems stop at 255 bytes, and the temporary name of an atomic write adds about 20.
+NAME_BYTES = 200
 
 
 def join_labels(names: Iterable[str]) -> str:
@@ -283,3 +289,38 @@ def prune_dir(directory: str | Path, keep: set[str]) -> int:
                 entry.unlink()
                 removed += 1
     return removed
+
+
+def unique_name(stems: Sequence[str], taken: set[str], key: str, suffix: str = "") -> str:
+    """The first of ``stems`` (+ ``suffix``) not in ``taken``, else the last one with a
+    short digest of ``key`` (``a_jpg-3f2a1c.png``); the name is added to ``taken``.
+
+    Two inputs must never get one output name: the second overwrote the first on disk, or a
+    zip held the name twice. A digest of the input's own name, not a counter, keeps a name
+    from depending on which other inputs there are."""
+    for stem in stems:
+        if stem + suffix not in taken:
+            break
+    else:
+        stem = f"{stems[-1]}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+        base, number = stem, 1
+        while stem + suffix in taken:
+            stem, number = f"{base}-{number}", number + 1
+    taken.add(stem + suffix)
+    return stem + suffix
+
+
+def short_name(name: str) -> str:
+    """``name``, or its start and a digest of it when longer than NAME_BYTES in UTF-8."""
+    if len(name.encode()) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    cut = name.encode()[: NAME_BYTES - 9].decode(errors="ignore")
+    return f"{cut}-{digest}"
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe, readable form of any text (a domain, a reason): letters and digits
+    of any script stay (アニメ), every other run of characters becomes one ``_``."""
+    text = unicodedata.normalize("NFC", text)  # an accent as one letter, not a mark
+    return short_name(re.sub(r"[^\w.-]+", "_", text).strip("._") or "_")

@@ -7,21 +7,26 @@ sequence gets one style for every frame (or a slowly moving one, ``style_motion`
 MP4 beside its PNG frames.
 
 Output: ``<out>/<domain>/<style>/<source name>.png`` (``style-<k>`` or ``ref-<reference>``),
-and ``<out>/<domain>/<style>.mp4`` for a sequence. Each image is written atomically and an
-existing one is not redone, so a killed run resumes where it stopped; ``translate.json``
-records what the outputs were made from, and a different checkpoint or settings start over.
+and ``<out>/<domain>/<style>.mp4`` for a sequence. Every name is unique and stays under
+``<out>``: a zip member that is an absolute path or climbs with ``..`` is refused (recorded
+in ``translate.json``), and two inputs that would share a name get distinct ones. Each
+image is written atomically and an existing one is not redone, so a killed run resumes
+where it stopped; ``translate.json`` records what the outputs were made from, and a
+different checkpoint or settings start over.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -30,6 +35,7 @@ from PIL import Image
 from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.images import ImageProblem, decode_image, open_image, save_png, to_rgb
+from pipeline.io import safe_name
 from pipeline.params import TranslateParams
 from pipeline.training.checkpoint import TrainedGenerator
 from pipeline.training.data import IMAGE_SUFFIXES, ImageDataset, resolve_dataset
@@ -39,6 +45,8 @@ SUMMARY = "translate.json"
 FRAME_NUMBER = re.compile(r"^(.*?)(\d+)$")
 # the settings that change the pictures (not where or how fast they are made)
 DEFINING = ("source", "max_images", "reference", "styles", "seed", "sequence", "style_motion")
+# How output names are made: part of the key, so outputs named otherwise start over.
+NAMING = 2
 
 
 @dataclass
@@ -48,6 +56,7 @@ class Picture:
     name: str
     read: Callable[[], Image.Image]
     where: str  # the file (or zip member) for messages
+    suffix: str = ""  # its file's suffix (.jpg): tells apart x.png and x.jpg
 
 
 def natural_key(name: str) -> list:
@@ -55,26 +64,82 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def list_pictures(path: str | Path, what: str) -> list[Picture]:
+def unsafe_name(name: str) -> str | None:
+    """Why a zip member's name cannot become a path under the output folder (None: it can).
+
+    Names are written as ``<out>/<domain>/<style>/<name>.png``: an absolute name or one
+    with ``..`` would write anywhere ("zip slip"). ``\\`` counts as a separator too, as it
+    does where the zip was made on Windows."""
+    parts = re.split(r"[/\\]", name)
+    if name.startswith(("/", "\\")):
+        return "an absolute path"
+    if ".." in parts:
+        return "climbs out of its folder (..)"
+    if any(part in ("", ".") for part in parts):
+        return "an empty or '.' part in its path"
+    return None
+
+
+def list_pictures(
+    path: str | Path, what: str, refused: dict[str, str] | None = None
+) -> list[Picture]:
     """The images at ``path`` (an image, a folder searched recursively, a dataset zip or a
-    folder holding one), in natural order of their names."""
+    folder holding one), in natural order of their names. Members whose name is not a safe
+    relative path (``unsafe_name``) are left out, each with why in ``refused``."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return [Picture(path.stem, lambda: open_image(path), str(path))]
-    if not path.exists():
+        return [Picture(path.stem, lambda: open_image(path), str(path), path.suffix)]
+    if not path.exists() and not path.is_symlink():
         raise StageError(f"{what}: {path} not found; give an image, a folder or a dataset zip")
     dataset = ImageDataset(resolve_dataset(path, what), what)
-    pictures = [
-        Picture(
-            name.rsplit(".", 1)[0],
-            lambda i=index: decode_image(dataset.read_bytes(i)),
-            f"{dataset.path}{':' if dataset.is_zip else '/'}{name}",
-        )
-        for index, name in enumerate(dataset.names)
-    ]
+    pictures, left_out = [], {}
+    for index, name in enumerate(dataset.names):
+        where = dataset.where(index)
+        if why := unsafe_name(name):
+            left_out[where] = why
+            continue
+        stem, dot, suffix = name.rpartition(".")
+        read = functools.partial(_decode_member, dataset, index)
+        pictures.append(Picture(stem, read, where, dot + suffix))
+    if refused is not None:
+        refused.update(left_out)
     if not pictures:
+        if left_out:
+            first, why = next(iter(left_out.items()))
+            raise StageError(
+                f"{what}: {path}: none of its {len(left_out)} image(s) has a safe name "
+                f"(e.g. {first}: {why}); rename them inside the folder"
+            )
         raise StageError(f"{what}: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return sorted(pictures, key=lambda p: natural_key(p.name))
+
+
+def _decode_member(dataset: ImageDataset, index: int) -> Image.Image:
+    return decode_image(dataset.read_bytes(index))
+
+
+def output_names(pictures: list[Picture]) -> list[str]:
+    """Each picture's file under a style folder (``<name>.png``), one per picture: a name two
+    pictures share (x.png and x.jpg) keeps its suffix in the later one's (x_jpg.png), as
+    the dataset stage names them; over-long parts are cut (``pio.short_name``)."""
+    stems = ["/".join(pio.short_name(part) for part in p.name.split("/")) for p in pictures]
+    # a folder's name is taken too: a zip may hold both a.png and a.png/b.png
+    taken = {str(d) for stem in stems for d in PurePosixPath(stem).parents if str(d) != "."}
+    names = []
+    for picture, stem in zip(pictures, stems, strict=True):
+        kind = picture.suffix.lstrip(".").lower()
+        candidates = [stem, f"{stem}_{kind}"] if kind else [stem]
+        names.append(pio.unique_name(candidates, taken, picture.where, ".png"))
+    return names
+
+
+def inside(out: Path, relative: str) -> Path:
+    """``out / relative``, checked to stay inside ``out`` (every name is made so; this is
+    the last guard before a write)."""
+    target = out / relative
+    if os.path.isabs(relative) or ".." in PurePosixPath(relative).parts:
+        raise StageError(f"translate: {relative}: not a path inside {out}; nothing written")
+    return target
 
 
 def is_sequence(pictures: list[Picture]) -> bool:
@@ -132,9 +197,11 @@ def domain_index(item: int | str, classes: list[str], what: str) -> int:
     raise StageError(f"{what}: unknown domain {item!r}; the checkpoint's domains are {known}")
 
 
-def safe_name(text: str) -> str:
-    """A file-name-safe form of a domain or reference name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "_"
+def domain_folders(classes: list[str]) -> list[str]:
+    """Each domain's folder name (``safe_name``), distinct: ``a b`` and ``a|b`` both read
+    ``a_b``, so the second gets a short digest (``a_b-0eab8a``)."""
+    taken: set[str] = set()
+    return [pio.unique_name([safe_name(name)], taken, name) for name in classes]
 
 
 def reference_domain(picture: Picture, classes: list[str]) -> int:
@@ -202,8 +269,8 @@ def reference_styles(
     net, references: list[Picture], domains: list[int], classes: list[str], size: int,
     device: torch.device,
 ) -> list[Style]:  # fmt: skip
-    """One style per reference whose domain is among ``domains``."""
-    styles = []
+    """One style per reference whose domain is among ``domains``, each its own folder."""
+    styles, taken = [], set()
     for picture in references:
         domain = reference_domain(picture, classes)
         if domain not in domains:
@@ -211,7 +278,8 @@ def reference_styles(
         image = load_picture(picture, size, "translate.reference")[None].to(device)
         with torch.no_grad():
             code = net.style_encoder(image, torch.tensor([domain], device=device))
-        tag = f"ref-{safe_name(picture.name.replace('/', '-'))}"
+        tag = pio.unique_name([f"ref-{safe_name(picture.name.replace('/', '-'))}"], taken,
+                              picture.where)  # fmt: skip
         styles.append(Style(domain, tag, lambda n, c=code: c.expand(n, -1)))
     if not styles:
         raise StageError(
@@ -228,7 +296,8 @@ def fingerprint(checkpoint: Path, cfg: TranslateParams, domains: list[int]) -> s
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     settings = {key: getattr(cfg, key) for key in DEFINING}
-    digest.update(json.dumps({"settings": settings, "domains": domains}, default=str).encode())
+    key = {"settings": settings, "domains": domains, "naming": NAMING}
+    digest.update(json.dumps(key, default=str).encode())
     return digest.hexdigest()[:16]
 
 
@@ -267,21 +336,25 @@ def translate(
         )
     classes, size = trained.classes, trained.image_size
     domains = resolve_domains(cfg.domains, classes)
-    pictures = list_pictures(cfg.source, "translate.source")[: cfg.max_images]
+    refused: dict[str, str] = {}  # zip members whose names are not safe paths → why
+    pictures = list_pictures(cfg.source, "translate.source", refused)[: cfg.max_images]
+    names = output_names(pictures)
     sequence = is_sequence(pictures) if cfg.sequence == "auto" else cfg.sequence
     if cfg.reference is None:
         styles = latent_styles(net, domains, cfg, len(pictures), device)
     else:
-        references = list_pictures(cfg.reference, "translate.reference")
+        references = list_pictures(cfg.reference, "translate.reference", refused)
         styles = reference_styles(net, references, domains, classes, size, device)
     resumed = start_over_unless_same(out, fingerprint(Path(trained.path), cfg, domains))
-    written = found = 0
+    folders = domain_folders(classes)
+    written, found = set(), set()  # output files: one per picture, style and domain
     videos = []
     for style in styles:
-        folder = out / safe_name(classes[style.domain]) / style.tag
+        folder = inside(out, f"{folders[style.domain]}/{style.tag}")
         codes = style.codes(len(pictures))
-        todo = [i for i, p in enumerate(pictures) if not (folder / f"{p.name}.png").exists()]
-        found += len(pictures) - len(todo)
+        targets = [inside(folder, name) for name in names]
+        todo = [i for i, target in enumerate(targets) if not target.exists()]
+        found.update(set(targets) - {targets[i] for i in todo})
         if advance and len(pictures) > len(todo):
             advance(len(pictures) - len(todo))
         for start in range(0, len(todo), cfg.batch_size):
@@ -292,12 +365,12 @@ def translate(
             with torch.no_grad():
                 result = net.translate(images.to(device), codes[rows].to(device))
             for index, array in zip(rows, to_uint8(result), strict=True):
-                save_png(Image.fromarray(array), folder / f"{pictures[index].name}.png")
-                written += 1
+                save_png(Image.fromarray(array), targets[index])
+                written.add(targets[index])
                 if advance:
                     advance(1)
         if sequence:
-            videos.append(str(write_sequence_video(folder, pictures, cfg.fps)))
+            videos.append(str(write_sequence_video(folder, targets, cfg.fps)))
     summary = {
         "key": json.loads((out / SUMMARY).read_text())["key"],
         "complete": True,
@@ -305,25 +378,27 @@ def translate(
         "kimg": trained.kimg,
         "guide": "latent" if cfg.reference is None else "reference",
         "domains": [classes[d] for d in domains],
+        "folders": {classes[d]: folders[d] for d in domains},
         "styles": sorted({s.tag for s in styles}),
         "images": len(pictures),
         "sequence": sequence,
-        "written": written,
-        "already_there": found,
+        "written": len(written),
+        "already_there": len(found),
         "resumed": resumed,
         "videos": videos,
+        "refused": refused,
     }
     pio.write_json(out / SUMMARY, summary)
     return summary
 
 
-def write_sequence_video(folder: Path, pictures: list[Picture], fps: int) -> Path:
+def write_sequence_video(folder: Path, frames_in_order: list[Path], fps: int) -> Path:
     """``<folder>.mp4`` from the translated frames, in order (rewritten every run)."""
     from pipeline.render.video import write_videos
 
     def frames():
-        for picture in pictures:
-            with Image.open(folder / f"{picture.name}.png") as im:
+        for frame in frames_in_order:
+            with Image.open(frame) as im:
                 yield np.asarray(im.convert("RGB"))[None]
 
     path = folder.with_suffix(".mp4")

@@ -132,7 +132,7 @@ def one_line_errors(command: str) -> Iterator[None]:
     try:
         yield
     except StageError as exc:
-        raise fail(command, str(exc)) from None
+        raise fail(command, worker_message(str(exc))) from None
     except KeyboardInterrupt:
         raise fail(command, "interrupted; run it again to resume", 130) from None
     except (typer.Exit, typer.Abort):
@@ -140,10 +140,20 @@ def one_line_errors(command: str) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("STEAMGAN_DEBUG"):
             raise
-        first_line = (str(exc).splitlines() or [""])[0]
+        first_line = (worker_message(str(exc)).splitlines() or [""])[0]
         raise fail(
             command, f"{exc.__class__.__name__}: {first_line} (STEAMGAN_DEBUG=1 for a traceback)"
         ) from None
+
+
+def worker_message(text: str) -> str:
+    """The original message of an error raised in a DataLoader worker: torch re-raises it
+    as "Caught X in DataLoader worker process 0.", then the worker's whole traceback, whose
+    last line is ``module.X: <message>`` (the line that names the file)."""
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return re.sub(r"^[\w.]+: ", "", last, count=1)
 
 
 def say(message: str) -> None:

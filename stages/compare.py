@@ -41,11 +41,14 @@ def check_input(path: Path) -> None:
     """Stop with one line if ``path`` is missing, or an image set with fewer than 2 images
     (no covariance, no distance)."""
     from pipeline.errors import StageError
+    from pipeline.images import file_kind
     from pipeline.training.data import ImageDataset
 
     if not path.exists():
         raise StageError(f"{path}: no such folder or file")
     if path.suffix == ".npz":
+        if not path.is_file():  # np.load of a FIFO would wait for a writer for ever
+            raise StageError(f"{path} is {file_kind(path.stat().st_mode)}, not a .npz file")
         return
     count = len(ImageDataset(path, param=None))
     if count < 2:

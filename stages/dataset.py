@@ -14,6 +14,7 @@ from pipeline.dataset import (
     TEST_ZIP,
     Member,
     assign_tag_classes,
+    check_every_class,
     class_counts,
     dataset_stats,
     members,
@@ -87,6 +88,7 @@ def from_folders(p: Params, tmp: Path) -> dict:
             images, scratch, p.resize.size, p.resize.png_compression, 0, advance
         )
     train, test = resized[~resized["test"]], resized[resized["test"]]
+    check_every_class(classes, train, rejected, cfg.folders_root)
     items = members(train.sort_values("name"), cfg.mirror)
     write(tmp, items, cfg.format, classes)
     stats = dataset_stats(train, cfg.mirror) | labelled_stats(items, classes, rejected)

@@ -44,11 +44,33 @@ OutOption = Annotated[
     ),
 ]
 
+ForceOption = Annotated[
+    bool,
+    typer.Option("--force", help="Replace the file --out names if it exists."),
+]
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that would replace what is not a mix's to replace: anything in
+    the training run's folder (its checkpoint, snapshots and ``current/`` copies: a mix
+    there was taken for the run's checkpoint and its last copy re-linked to it), or an
+    existing file unless ``force``. Links are followed: a link into data/train/ is inside."""
+    if out.resolve().is_relative_to(TRAIN_DIR.resolve()):
+        raise StageError(
+            f"--out: {out} is inside {TRAIN_DIR}/, the training run's own folder (its "
+            "checkpoint and snapshots); write the mix elsewhere (e.g. mixes/mix.pt)"
+        )
+    if out.is_dir():
+        raise StageError(f"--out: {out} is a folder; give the path of a file (e.g. {out}/mix.pt)")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise StageError(f"--out: {out} exists; not replacing it (give another path, or --force)")
+
 
 @app.command()
 def main(
     snapshots: SnapshotsArgument = None,
     out: OutOption = None,
+    force: ForceOption = False,
     params: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
 ) -> None:
@@ -90,6 +112,8 @@ def main(
         inputs = {Path(path).resolve() for path, _ in sources}
         if target.resolve() in inputs:
             raise StageError(f"--out: {target} is one of the inputs; write the mix elsewhere")
+        if out is not None:
+            check_out(out, force)
         mixed, left_out = mix_checkpoints(sources)
         summary = describe(mixed, left_out, target)
         if out is not None:

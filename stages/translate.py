@@ -49,6 +49,12 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             f"{summary['already_there']} already there → {OUT_DIR}/"
             + (f"; {len(summary['videos'])} MP4(s)" if summary["videos"] else "")
         )
+        if summary["refused"]:
+            where, why = next(iter(summary["refused"].items()))
+            say(
+                f"translate: {len(summary['refused'])} image(s) refused, their names are not "
+                f"safe paths (e.g. {where}: {why}); listed in {OUT_DIR / SUMMARY}"
+            )
 
 
 if __name__ == "__main__":

@@ -259,3 +259,56 @@ def test_folders_layout_errors_are_one_line(params_file, make, message):
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("steamgan dataset: error: dataset.folders_root: ") and message in last
+
+
+@pytest.mark.parametrize("fmt", ["zip", "folder"])
+def test_folders_names_that_differ_in_case_or_clash_with_a_mirror_all_kept(
+    capsules, params_file, fmt
+):
+    """a.JPG, a.Jpg and a.jpg in one class (the fallback a_jpg.png was given twice), and
+    b_m.png beside b.png with mirror on: every image keeps its own file, listed once."""
+    root = params_file.parent / "mine"
+    for index, name in enumerate(["a.JPG", "a.Jpg", "a.jpg", "b.png", "b_m.png"]):
+        save(capsule(index), root / "Anime" / name, format="JPEG" if "j" in name.lower() else None)
+    result = run_cli(
+        "dataset", "-S", "dataset.labels=folders", "-S", f"dataset.folders_root={root}",
+        "-S", "resize.size=16", "-S", "dataset.mirror=true", "-S", f"dataset.format={fmt}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = params_file.parent / "data/dataset"
+    if fmt == "zip":
+        meta, names = read_zip_json(out / "dataset.zip")
+        names = names[:-1]
+        with zipfile.ZipFile(out / "dataset.zip") as archive:
+            images = [np.asarray(Image.open(archive.open(name))) for name in names]
+    else:
+        meta = json.loads((out / "dataset.json").read_text())
+        names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+        images = [np.asarray(Image.open(out / name)) for name in names]
+    listed = [name for name, _ in meta["labels"]]
+    assert len(listed) == len(set(listed)) == len(names) == 10
+    assert sorted(listed) == sorted(names)
+    assert json.loads((out / "stats.json").read_text())["count"] == 10
+    assert {"Anime/a.png", "Anime/a_jpg.png", "Anime/b.png", "Anime/b_m.png"} <= set(names)
+    # no two files hold one image (each source and its mirror written once)
+    assert len({image.tobytes() for image in images}) == 10
+
+
+def test_folders_class_whose_images_all_fail_to_read_stops(capsules, params_file):
+    root = params_file.parent / "mine"
+    save(capsule(0), root / "Anime" / "a.jpg")
+    (root / "Horror").mkdir()
+    (root / "Horror" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "Horror" / "y.jpg").write_bytes(b"not a jpeg")
+    result = run_cli(
+        "dataset", "-S", "dataset.labels=folders", "-S", f"dataset.folders_root={root}",
+        "-S", "resize.size=16",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(
+        f"steamgan dataset: error: dataset.folders_root: {root / 'Horror'} has no readable "
+        "image: its 2 file(s) could not be read (e.g. x.png: unreadable: "
+    )
+    assert last.endswith("; replace them or remove the folder")
+    assert not (params_file.parent / "data/dataset").exists()

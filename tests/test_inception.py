@@ -4,6 +4,7 @@
 Inception at 299 px runs at a few images per second on two cores: these tests use a handful.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -103,6 +104,38 @@ def test_steamgan_fid_and_kid_print_the_number(model, flower_folder, flower_feat
     assert "computed with resize clean, not legacy_tensorflow" in result.output
     result = run_cli("fid", str(reference), str(tmp_path / "nope"))
     assert result.exit_code == 1 and "no such folder or file" in result.output
+
+
+def test_fid_names_the_file_it_cannot_read_and_says_what_a_path_is(flower_folder, tmp_path):
+    """A non-image ``.png`` is named (Pillow names only its BytesIO), also when a loader
+    worker meets it; a text file, a FIFO and a FIFO named .npz are said to be what they are
+    (they were "not found; run the dataset stage", or np.load waited for ever)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(flower_folder.glob("*.png")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "bad.png").write_text("not an image")
+    for workers in ("0", "2"):
+        result = run_cli("fid", str(folder), str(folder), "--device", "cpu", "--workers", workers)
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines()[-1] == (
+            f"steamgan fid: error: {folder}/bad.png: cannot be read as an image (not an image "
+            "Pillow can identify); replace or remove it"
+        )
+    text, fifo, npz = tmp_path / "passwd", tmp_path / "pipe", tmp_path / "pipe.npz"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    os.mkfifo(fifo)
+    os.mkfifo(npz)
+    for path, what in [
+        (text, "a regular file, not a folder of images or a dataset zip (its name does not "
+               "end in .zip); point it at one"),
+        (fifo, "a FIFO, not a folder of images or a dataset zip (only folders and files are "
+               "read); point it at one"),
+        (npz, "a FIFO, not a .npz file"),
+    ]:  # fmt: skip
+        result = run_cli("fid", str(path), str(folder))
+        assert result.exit_code == 1
+        assert result.output.strip() == f"steamgan fid: error: {path} is {what}"
 
 
 def test_nvlabs_network_is_in_the_registry_and_missing_offline(tmp_path):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.errors import StageError
-from pipeline.training.checkpoint import load_checkpoint, load_generator, save_checkpoint
+from pipeline.training.checkpoint import (
+    can_continue,
+    load_checkpoint,
+    load_generator,
+    save_checkpoint,
+)
 from pipeline.training.mix import SPECTRAL_VECTORS, expand, mix_checkpoints, pick_snapshots
 from stages.mix import OFF
 from tests.conftest import run_cli, set_args
@@ -255,3 +261,69 @@ def test_the_stage_mixes_the_runs_last_snapshots_and_render_draws_it(run, monkey
     # turned off again: the mix is gone, only the marker is left
     assert run_cli("mix").exit_code == 0
     assert sorted(p.name for p in (run / "data/mix").iterdir()) == ["mix.json"]
+
+
+def test_out_inside_the_training_run_or_over_a_file_is_refused(run, tmp_path, monkeypatch):
+    """``--out data/train/checkpoints/latest.pt`` replaced the run's checkpoint (optimizers
+    and RNG gone, exit 0); now anything in data/train/ is refused, --force or not, and an
+    existing file is replaced only with --force."""
+    root = tmp_path / "run"
+    shutil.copytree(run, root)
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text("{}\n")
+    latest = root / "data/train/checkpoints/latest.pt"
+    before = latest.read_bytes()
+    (root / "link.pt").symlink_to(latest)
+    inputs = [str(snapshot(root, 2)), str(snapshot(root, 3))]
+    for out in ("data/train/checkpoints/latest.pt", "data/train/mixed.pt", "link.pt"):
+        result = run_cli("mix", *inputs, "--out", out, "--force")
+        assert result.exit_code == 1
+        assert result.output.strip() == (
+            f"steamgan mix: error: --out: {out} is inside data/train/, the training run's own "
+            "folder (its checkpoint and snapshots); write the mix elsewhere (e.g. mixes/mix.pt)"
+        )
+    assert latest.read_bytes() == before and not (root / "data/train/mixed.pt").exists()
+    old = root / "mixes/old.pt"
+    old.parent.mkdir()
+    old.write_bytes(b"an earlier mix")
+    result = run_cli("mix", *inputs, "--out", "mixes/old.pt")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "steamgan mix: error: --out: mixes/old.pt exists; not replacing it (give another "
+        "path, or --force)"
+    )
+    assert old.read_bytes() == b"an earlier mix"
+    assert run_cli("mix", *inputs, "--out", "mixes/old.pt", "--force").exit_code == 0
+    assert [s["step"] for s in load_checkpoint(old)["mixed_from"]] == [2, 3]
+
+
+def test_a_mix_over_the_run_s_checkpoint_is_not_taken_for_it(run, tmp_path):
+    """A mix written over checkpoints/latest.pt (as ``mix --out`` could) is set aside and
+    the run's checkpoint put back from current/, which is never re-linked to the mix;
+    without that copy the stage stops naming the real cause, not train.resume_from."""
+    from pipeline.training.loop import Trainer, train
+
+    out = tmp_path / "train"
+    shutil.copytree(run / "data/train", out)
+    latest = out / "checkpoints/latest.pt"
+    mixed, _ = mix_checkpoints(loaded(snapshot(run, 2), snapshot(run, 3)))
+    save_checkpoint(latest, mixed)
+    params = tiny(run / "data/dataset", steps=4, snapshot_every=1)
+    trainer = train(params, out, live_dir=None)
+    assert trainer.resumed and trainer.state.step == 4
+    assert "was a mix of snapshots (steamgan mix), not a training checkpoint" in trainer.notice
+    (aside,) = (out / "superseded").glob("file-*/latest.pt")
+    assert load_checkpoint(aside)["mixed_from"] == mixed["mixed_from"]  # kept, not lost
+    kept = load_checkpoint(out / "current/latest.pt")
+    assert can_continue(kept) and kept["state"]["step"] == 4
+    assert sorted(p.name for p in (out / "snapshots").iterdir())[-1] == "step-00000004.pt"
+
+    shutil.rmtree(out / "current")
+    save_checkpoint(latest, mixed)
+    with pytest.raises(StageError) as err:
+        Trainer(params, out, live_dir=None)
+    assert str(err.value).startswith(
+        f"{latest}: a mix of snapshots (steamgan mix), not a training checkpoint: it has no "
+        "optimizer or RNG state to continue this run from; move it away"
+    )
+    assert "train.resume_from:" not in str(err.value).split(";")[0]

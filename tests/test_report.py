@@ -568,3 +568,93 @@ def test_training_section_reads_what_the_run_was_from_run_json(tmp_path):
     assert '<td class="n">bf16</td>' in html and '<td class="n">cuda:0</td>' in html
     assert "G 1,234,567, D 765,432" in html and "Anime, Horror" in html
     assert "data/train/run.json" in html
+
+
+def test_nothing_outside_the_project_is_read_or_copied(tmp_path):
+    """The report folder is shared: a table path that is absolute or climbs with ``..``, and
+    links out of the project (a render picture to a text file, a DVCLive sample, its
+    metrics), give placeholders and notes; a link inside the project is followed."""
+    root = tmp_path / "project"
+    synthetic_run(root, 50)
+    write_shipped_params(root / "params.yaml")
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (184, 69), (255, 0, 255)).save(outside)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    rejected = pd.read_parquet(root / "data/validate/rejected.parquet")
+    first, second = rejected["appid"].iloc[:2]
+    rejected.loc[rejected.index[:2], "path"] = [str(outside), "../outside.png"]
+    pio.write_table(root / "data/validate/rejected.parquet", rejected)
+    images = root / "data/render/images"
+    images.mkdir(parents=True)
+    (images / "fakes.png").symlink_to(secret)
+    (images / "reals.png").symlink_to(root / "data/download/images/10.jpg")  # inside: shown
+    samples = root / "dvclive/plots/images/samples"
+    samples.mkdir(parents=True)
+    (samples / "0000002.png").symlink_to(outside)
+    (tmp_path / "metrics.json").write_text('{"step": 123456789}')
+    (root / "dvclive/metrics.json").symlink_to(tmp_path / "metrics.json")
+
+    page = build_report(report_params(root), root=root)
+    html = page.read_text()
+    dom = Elements(html)
+    copied = [p for p in page.parent.rglob("*") if p.is_file()]
+    assert not any(b"root:x:0:0" in p.read_bytes() for p in copied)
+    assert "123456789" not in html
+    assert sorted(p.name for p in (page.parent / "render").iterdir()) == ["reals.png"]
+    assert not (page.parent / "training").exists()
+    for path in (page.parent / "thumbs").iterdir():  # none is the magenta picture outside
+        mean = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).mean(0)
+        assert not (mean[0] > 200 and mean[1] < 60 and mean[2] > 200), path.name
+    notes = [n for n in html.split("<li data-note>")[1:]]
+    expected = [
+        f"data/validate/rejected.parquet: {outside}: outside the project (not a path inside "
+        "it); shown as a placeholder",
+        "data/validate/rejected.parquet: ../outside.png: outside the project (not a path "
+        "inside it); shown as a placeholder",
+        "data/render/images/fakes.png: outside the project (a link out of it); not copied",
+    ]
+    for line in expected:
+        assert any(note.startswith(line) for note in notes), line
+    tiles = {int(t["data-appid"]) for t in _sheets(dom)[f"validate-{rejected['reason'].iloc[0]}"]}
+    assert {int(first), int(second)} & tiles  # the rows are still shown
+    assert {a["data-damaged"] for a in dom.having("data-damaged")} == {"dvclive/metrics.json"}
+
+
+def test_one_bad_row_gets_a_placeholder_and_a_note(tmp_path):
+    """A reason with "/", a vignette frame wider than its image and an appid that is a string
+    each spoil one row, not the page (each stopped it with a line naming no file)."""
+    synthetic_run(tmp_path, 50)
+    write_shipped_params(tmp_path / "params.yaml")
+    rejected = pd.read_parquet(tmp_path / "data/validate/rejected.parquet")
+    rejected["appid"] = rejected["appid"].astype(str)
+    rows = rejected.index
+    rejected.loc[rows[0], "reason"] = "odd/reason"
+    rejected.loc[rows[1], ["reason", "detail"]] = [
+        "vignette", "bands left 500, top 3, right 400, bottom 3 px"
+    ]  # fmt: skip
+    wide = rejected.loc[rows[1], "appid"]
+    rejected.loc[rows[2], "appid"] = "abc"
+    pio.write_table(tmp_path / "data/validate/rejected.parquet", rejected)
+
+    page = build_report(report_params(tmp_path), root=tmp_path)
+    html = page.read_text()
+    dom = Elements(html)
+    notes = html.split("<li data-note>")[1:]
+    assert len(notes) == 2
+    assert notes[0].startswith(
+        "data/validate/rejected.parquet: row 2: appid &#39;abc&#39; is not an app id"
+    )
+    assert notes[1].startswith(
+        f"data/validate/rejected.parquet: appid {wide}: its frame (left 500, top 3, right 400, "
+        "bottom 3 px) does not fit the 184x69 image; shown as a placeholder"
+    )
+    sheets = _sheets(dom)
+    assert len(sheets["validate-odd/reason"]) == 1
+    assert 'src="thumbs/validate-odd_reason-' in html  # a file name, not a folder
+    assert "?" in {t["data-appid"] for s in sheets.values() for t in s}
+    sources = [a["src"] for tag, a in dom.tags if tag == "img"]
+    assert len(sources) > 10 and all((page.parent / src).is_file() for src in sources)
+    assert len(dom.having("data-count")) == 3  # the funnel and the rest are all there
+    data = html.split('<script id="trace-data" type="application/json">')[1].split("</script>")[0]
+    assert len(json.loads(data)) == 50

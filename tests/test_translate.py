@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import os
+import zipfile
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -128,6 +132,11 @@ def test_reference_guided_output_follows_the_reference(trained, tmp_path):
         ({"source": "small"}, "is 16x16, smaller than the model's 32x32"),
         ({"source": "junk"}, "junk/bad.png: cannot be read"),
         ({"source": "nowhere"}, "translate.source: .*nowhere not found"),
+        (
+            {"source": "fifo"},
+            "translate.source: .*fifo is a FIFO, not a folder of images or a dataset zip (only "
+            "folders and files are read); point it at one",
+        ),
         ({"reference": "small"}, "small.png: no domain; name it <domain>-"),
     ],
 )
@@ -136,14 +145,86 @@ def test_bad_input_stops_with_one_line(trained, tmp_path, change, message):
     flower_images("c1", 1, 16)[0].save(tmp_path / "small/small.png")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk/bad.png").write_bytes(b"not a png")
+    os.mkfifo(tmp_path / "fifo")
     frames(tmp_path / "clip", 2)
     settings = {"source": str(tmp_path / "clip"), **change}
     for key in ("source", "reference"):
         if key in change:
             settings[key] = str(tmp_path / change[key])
-    with pytest.raises(StageError, match=message.replace("(", r"\(")) as err:
+    with pytest.raises(StageError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         translate(trained, TranslateParams(**settings), tmp_path / "out", torch.device("cpu"))
     assert "\n" not in str(err.value)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_zip_members_cannot_write_outside_the_output_folder(trained, tmp_path):
+    """Zip slip: members named ``../../x.png`` or ``/abs/y.png`` are refused with why; only
+    the safe member is translated, and nothing is written outside the output folder."""
+    first, second, third, fourth = flower_images("c3", 4, 40)
+    source = tmp_path / "pictures.zip"
+    absolute = tmp_path / "abs/y.png"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("../../../../outside/x.png", png_bytes(first))
+        archive.writestr(str(absolute), png_bytes(second))
+        archive.writestr("sub/../../../z.png", png_bytes(third))
+        archive.writestr("sub/ok.png", png_bytes(fourth))
+    out = tmp_path / "project/data/translate"
+    cfg = TranslateParams(source=str(source), styles=1)
+    summary = translate(trained, cfg, out, torch.device("cpu"))
+    assert summary["written"] == 2 and summary["images"] == 1
+    assert summary["refused"] == {
+        f"{source}:../../../../outside/x.png": "climbs out of its folder (..)",
+        f"{source}:{absolute}": "an absolute path",
+        f"{source}:sub/../../../z.png": "climbs out of its folder (..)",
+    }
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert written == [
+        "project/data/translate/c1/style-0/sub/ok.png",
+        "project/data/translate/c2/style-0/sub/ok.png",
+    ]
+    assert json.loads((out / "translate.json").read_text())["refused"] == summary["refused"]
+    only_bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(only_bad, "w") as archive:
+        archive.writestr("../x.png", png_bytes(first))
+    cfg = TranslateParams(source=str(only_bad))
+    with pytest.raises(StageError, match=r"none of its 1 image\(s\) has a safe name \(e.g. "):
+        translate(trained, cfg, out, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("classes", "folders"),
+    [
+        (["アニメ", "ホラー"], ["アニメ", "ホラー"]),
+        (["a b", "a|b"], ["a_b", "a_b-"]),  # the second: a short digest of its name
+    ],
+)
+def test_every_output_has_its_own_readable_name(trained, tmp_path, classes, folders):
+    """Domains whose names read alike and pictures that share a stem (x.png, x.jpg) each get
+    their own file; the summary counts the files on disk."""
+    named = dataclasses.replace(trained, classes=classes)
+    source = tmp_path / "pictures"
+    source.mkdir()
+    images = flower_images("c3", 4, 40)
+    for image, name in zip(images, ["x.png", "x.jpg", "a b.png", "a|b.png"], strict=True):
+        image.save(source / name, quality=95)
+    out = tmp_path / "out"
+    summary = translate(named, TranslateParams(source=str(source), styles=1), out, "cpu")
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert summary["written"] == len(on_disk) == 4 * 2
+    made = sorted(summary["folders"].values())
+    assert made[0] == folders[0] and made[1].startswith(folders[1]) and made[0] != made[1]
+    for folder in made:
+        names = sorted(p.name for p in (out / folder / "style-0").iterdir())
+        assert names == ["a b.png", "a|b.png", "x.png", "x_png.png"]  # x.jpg sorts first
+        x, x_png = (np.asarray(Image.open(out / folder / "style-0" / n)) for n in names[2:])
+        assert not np.array_equal(x, x_png)  # two translations, neither overwritten
+    again = translate(named, TranslateParams(source=str(source), styles=1), out, "cpu")
+    assert (again["written"], again["already_there"]) == (0, 8)
 
 
 def test_stage_translates_the_dataset_and_skips_other_models(run, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from pipeline.report.charts import curves_svg, funnel_svg
 from pipeline.report.experiments import Experiments, exp_show, flatten_keys, metric_label
 from pipeline.report.funnel import FunnelStep, funnel
 from pipeline.report.sheets import Sheet, contact_sheets
-from pipeline.report.sources import RunOutputs, load_run
+from pipeline.report.sources import NotShown, RunOutputs, load_run, project_file
 from pipeline.report.trace import TRACE_COLUMNS, trace_table
 
 INDEX = "index.html"
@@ -62,10 +62,26 @@ class Section:
     pictures: list[Picture] = field(default_factory=list)
 
 
-def _copy(src: Path, report_dir: Path, folder: str) -> str:
+def _copy(run: RunOutputs, src: Path, report_dir: Path, folder: str) -> str | None:
+    """Copy a picture beside the page; None (and a note) when ``src`` is not a regular file
+    inside the project: a link out of it is never followed into the shared folder."""
+    try:
+        real = project_file(run.root, src)
+    except NotShown as exc:
+        run.notes.append(f"{run.relative(src)}: {exc}; not copied")
+        return None
     (report_dir / folder).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, report_dir / folder / src.name)
+    shutil.copyfile(real, report_dir / folder / src.name)
     return f"{folder}/{src.name}"
+
+
+def _pictures(run: RunOutputs, report_dir: Path, folder: str, pictures: list) -> list[Picture]:
+    """``Picture``s of (source, caption) pairs, copied beside the page (``_copy``)."""
+    out = []
+    for src, caption in pictures:
+        if (copied := _copy(run, src, report_dir, folder)) is not None:
+            out.append(Picture(copied, caption))
+    return out
 
 
 def _number(value: Any) -> str:
@@ -141,21 +157,15 @@ def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Secti
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(curves_svg(group, curves))
         section.charts.append(Picture(f"training/{group}.svg", group))
+    shown = []
     if train.samples:
         latest = train.samples[-1]
-        section.pictures.append(
-            Picture(
-                _copy(latest, report_dir, "training"),
-                f"latest sample grid (step {int(latest.stem)})",
-            )
-        )
+        step = int(latest.stem) if latest.stem.isdigit() else latest.stem
+        shown.append((latest, f"latest sample grid (step {step})"))
     progress = run.root / "data" / "render" / "images" / "progress.png"
-    if progress.exists():
-        section.pictures.append(
-            Picture(
-                _copy(progress, report_dir, "training"), "progress strip: one column per snapshot"
-            )
-        )
+    if progress.exists() or progress.is_symlink():
+        shown.append((progress, "progress strip: one column per snapshot"))
+    section.pictures = _pictures(run, report_dir, "training", shown)
     return section
 
 
@@ -180,16 +190,12 @@ def evaluation_section(
     if render is None and not images.is_dir():
         return evaluation, Section(missing=not_run("render", "data/render/render.json"))
     renders = Section()
-    for name in RENDER_PICTURES:
-        if (images / name).exists():
-            renders.pictures.append(Picture(_copy(images / name, report_dir, "render"), name))
-    renders.pictures.extend(
-        Picture(_copy(p, report_dir, "render"), p.name)
-        for p in sorted(images.glob("mixing-psi*.png"))
-    )
-    gif = next((images / g for g in RENDER_GIFS if (images / g).exists()), None)
+    shown = [(images / name, name) for name in RENDER_PICTURES if _present(images / name)]
+    shown += [(p, p.name) for p in sorted(images.glob("mixing-psi*.png"))]
+    gif = next((images / g for g in RENDER_GIFS if _present(images / g)), None)
     if gif is not None:
-        renders.pictures.append(Picture(_copy(gif, report_dir, "render"), gif.name))
+        shown.append((gif, gif.name))
+    renders.pictures = _pictures(run, report_dir, "render", shown)
     unsupported = (render or {}).get("unsupported") or {}
     if unsupported:
         renders.rows.append(
@@ -198,6 +204,11 @@ def evaluation_section(
     for key, value in flatten_keys(run.file("render", "metrics") or {}).items():
         renders.rows.append((key, _number(value), ""))
     return evaluation, renders
+
+
+def _present(path: Path) -> bool:
+    """There, as a file or a link (a dangling or outside link gets a note, not silence)."""
+    return path.exists() or path.is_symlink()
 
 
 TEMPLATE = Path(__file__).with_name("index.html.j2")
@@ -277,6 +288,7 @@ def render_page(
     return template.render(
         headline=_headline(steps),
         damaged={_relative(path, run.root): why for path, why in run.damaged.items()},
+        notes=run.notes,
         funnel=steps,
         funnel_ran=funnel_ran,
         funnel_missing=not_run("appids", "data/appids/appids.parquet"),

@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFile, ImageFont
 
+from pipeline import io as pio
 from pipeline.images import ImageProblem, open_image, to_rgb
 from pipeline.params import Params
-from pipeline.report.sources import RunOutputs
+from pipeline.report.sources import NotShown, RunOutputs, project_file, with_appid
 from pipeline.resize import resize_image
 from pipeline.validate import Duplicate, Frame, Reason
 
@@ -35,7 +36,7 @@ NO_PREVIEW = {Reason.too_large.value}
 
 @dataclass
 class Tile:
-    appid: int
+    appid: int | None  # None: the row's appid is not a number (shown as "?")
     name: str
     images: list[str]  # paths relative to the report folder
     caption: str
@@ -97,17 +98,21 @@ def scaled(im: Image.Image, height: int) -> tuple[Image.Image, float]:
 
 
 class ThumbWriter:
-    """Writes thumbnails into ``<report>/thumbs/`` and returns their page-relative paths."""
+    """Writes thumbnails into ``<report>/thumbs/`` and returns their page-relative paths.
+
+    Names come from table values (a reason, a resolution): each is made a safe file name
+    (a reason ``a/b`` named a folder that does not exist) and unique in the folder."""
 
     def __init__(self, report_dir: Path, height: int):
         self.dir = report_dir / THUMBS
         self.dir.mkdir(parents=True, exist_ok=True)
         self.height = height
+        self.taken: set[str] = set()
 
     def save(self, name: str, im: Image.Image) -> str:
-        path = self.dir / f"{name}.jpg"
-        im.convert("RGB").save(path, quality=85)
-        return f"{THUMBS}/{path.name}"
+        file = pio.unique_name([pio.safe_name(name)], self.taken, name, ".jpg")
+        im.convert("RGB").save(self.dir / file, quality=85)
+        return f"{THUMBS}/{file}"
 
     def thumbnail(self, name: str, im: Image.Image) -> str:
         return self.save(name, scaled(im, self.height)[0])
@@ -133,9 +138,16 @@ def draw_faces(im: Image.Image, found: list[tuple[int, list, list]], height: int
 
 
 def content_box(frame: Frame, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The picture inside validate's frame bands, as (left, top, right, bottom) pixels."""
+    """The picture inside validate's frame bands, as (left, top, right, bottom) pixels;
+    ValueError when the bands do not fit the image (a detail from another image)."""
     width, height = size
-    return frame.left, frame.top, width - frame.right, height - frame.bottom
+    box = (frame.left, frame.top, width - frame.right, height - frame.bottom)
+    if not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+        raise ValueError(
+            f"its frame (left {frame.left}, top {frame.top}, right {frame.right}, bottom "
+            f"{frame.bottom} px) does not fit the {width}x{height} image"
+        )
+    return box
 
 
 def draw_vignette(im: Image.Image, box: tuple[int, int, int, int], height: int) -> Image.Image:
@@ -149,10 +161,15 @@ def draw_vignette(im: Image.Image, box: tuple[int, int, int, int], height: int) 
     return out
 
 
+def _appid(value: object) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
 def _names(run: RunOutputs) -> dict[int, str]:
     appids = run.table("appids", "appids")
     if appids is None or "name" not in appids:
         return {}
+    appids = with_appid(appids)
     return dict(
         zip(appids["appid"].astype(int), appids["name"].fillna("").astype(str), strict=True)
     )
@@ -164,12 +181,33 @@ def _image_paths(run: RunOutputs) -> dict[int, str]:
     for stage, table in (("download", "manifest"), ("validate", "accepted")):
         df = run.table(stage, table)
         if df is not None and "path" in df:
+            df = with_appid(df)
             paths.update(zip(df["appid"].astype(int), df["path"].astype(str), strict=True))
     return paths
 
 
-def _resolve(run: RunOutputs, path: str) -> Path:
-    return run.root / path
+def _preview(run: RunOutputs, path: object, reason: str, height: int, where: str) -> Image.Image:
+    """``preview`` of a table's ``path``, when it names a file inside the project; else a
+    placeholder and a note (the report folder is shared: nothing outside goes into it)."""
+    try:
+        real = project_file(run.root, str(path))
+    except NotShown as exc:
+        run.notes.append(f"{where}: {path}: {exc}; shown as a placeholder")
+        return placeholder("not in the project", height)
+    return preview(real, reason, height)
+
+
+@contextlib.contextmanager
+def _one_row(run: RunOutputs, writer: ThumbWriter, tile: Tile, prefix: str, where: str):
+    """Build one row's tile; if a value of the row stops it (a frame wider than its image),
+    the tile gets a placeholder and the page's notes a line: the rest of the page is made."""
+    try:
+        yield
+    except Exception as exc:  # a table value of any kind may be bad
+        why = (str(exc).splitlines() or [exc.__class__.__name__])[0][:200]
+        app = "?" if tile.appid is None else tile.appid
+        run.notes.append(f"{where}: appid {app}: {why}; shown as a placeholder")
+        tile.images = [writer.save(prefix, placeholder("cannot be shown", writer.height))]
 
 
 def _pick(df: pd.DataFrame, examples: int) -> pd.DataFrame:
@@ -198,31 +236,33 @@ def validate_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> lis
             sheet.note = "closest to the threshold first; the kept image is on the right"
         else:
             rows = _pick(rows, examples)
+        where = "data/validate/rejected.parquet"
         for appid, path, detail in zip(rows["appid"], rows["path"], rows["detail"], strict=True):
-            appid = int(appid)
-            im = preview(_resolve(run, path), reason, writer.height)
+            appid = _appid(appid)
             tile = Tile(appid, names.get(appid, ""), [], str(detail))
-            prefix = f"{sheet.id}-{appid}"
-            if reason == Reason.vignette.value and (frame := Frame.from_detail(str(detail))):
-                box = content_box(frame, im.size)
-                sides = {"left": frame.left, "top": frame.top}
-                sides |= {"right": frame.right, "bottom": frame.bottom}
-                framed = [f"{s} {w} px" for s, w in sides.items() if w > min_border]
-                tile.caption = "frame on " + ", ".join(framed) if framed else str(detail)
-                tile.images.append(writer.save(prefix, draw_vignette(im, box, writer.height)))
-            else:
-                tile.images.append(writer.thumbnail(prefix, im))
-            if reason == Reason.near_duplicate.value and (
-                match := Duplicate.from_detail(str(detail))
-            ):
-                kept = match.of
-                tile.pair_appid = kept
-                hashes = f"pHash {match.phash_distance} bits"
-                if match.dhash_distance is not None:
-                    hashes += f", dHash {match.dhash_distance} bits"
-                tile.caption = f"{hashes} to {kept} (kept)"
-                kept_im = preview(_resolve(run, paths.get(kept, "")), "", writer.height)
-                tile.images.append(writer.thumbnail(f"{prefix}-kept-{kept}", kept_im))
+            prefix = f"{sheet.id}-{'unknown' if appid is None else appid}"
+            with _one_row(run, writer, tile, prefix, where):
+                im = _preview(run, path, reason, writer.height, where)
+                if reason == Reason.vignette.value and (frame := Frame.from_detail(str(detail))):
+                    box = content_box(frame, im.size)
+                    sides = {"left": frame.left, "top": frame.top}
+                    sides |= {"right": frame.right, "bottom": frame.bottom}
+                    framed = [f"{s} {w} px" for s, w in sides.items() if w > min_border]
+                    tile.caption = "frame on " + ", ".join(framed) if framed else str(detail)
+                    tile.images.append(writer.save(prefix, draw_vignette(im, box, writer.height)))
+                else:
+                    tile.images.append(writer.thumbnail(prefix, im))
+                if reason == Reason.near_duplicate.value and (
+                    match := Duplicate.from_detail(str(detail))
+                ):
+                    kept = match.of
+                    tile.pair_appid = kept
+                    hashes = f"pHash {match.phash_distance} bits"
+                    if match.dhash_distance is not None:
+                        hashes += f", dHash {match.dhash_distance} bits"
+                    tile.caption = f"{hashes} to {kept} (kept)"
+                    kept_im = _preview(run, paths.get(kept, ""), "", writer.height, where)
+                    tile.images.append(writer.thumbnail(f"{prefix}-kept-{kept}", kept_im))
             sheet.tiles.append(tile)
         sheets.append(sheet)
     return sheets
@@ -244,30 +284,35 @@ def faces_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> list[S
             f"{name} in {DETECTOR_COLOURS[i % len(DETECTOR_COLOURS)][1]}"
             for i, name in enumerate(detectors)
         )
+        where = "data/faces/rejected.parquet"
         for appid, path, detail in zip(
             *(_pick(rows, examples)[c] for c in ("appid", "path", "detail")), strict=True
         ):
-            appid = int(appid)
-            im = preview(_resolve(run, path), reason, writer.height)
+            appid = _appid(appid)
             tile = Tile(appid, names.get(appid, ""), [], str(detail))
-            mine = detections[detections["appid"] == appid] if detections is not None else None
-            if mine is None or not len(mine):
-                tile.images.append(writer.thumbnail(f"{sheet.id}-{appid}", im))
-            else:
-                for resolution, found in mine.groupby("resolution", sort=False):
-                    version = (
-                        im
-                        if resolution == ORIGINAL
-                        else resize_image(im, int(resolution), params.faces.resize_mode)
-                    )
-                    per_detector = [
-                        (detectors.index(d), list(b), list(s))
-                        for d, b, s in zip(
-                            found["detector"], found["boxes"], found["scores"], strict=True
+            prefix = f"{sheet.id}-{'unknown' if appid is None else appid}"
+            with _one_row(run, writer, tile, prefix, where):
+                im = _preview(run, path, reason, writer.height, where)
+                mine = None
+                if detections is not None and appid is not None:
+                    mine = detections[detections["appid"] == appid]
+                if mine is None or not len(mine):
+                    tile.images.append(writer.thumbnail(prefix, im))
+                else:
+                    for resolution, found in mine.groupby("resolution", sort=False):
+                        version = (
+                            im
+                            if resolution == ORIGINAL
+                            else resize_image(im, int(resolution), params.faces.resize_mode)
                         )
-                    ]
-                    thumb = draw_faces(version, per_detector, writer.height)
-                    tile.images.append(writer.save(f"{sheet.id}-{appid}-{resolution}", thumb))
+                        per_detector = [
+                            (detectors.index(d), list(b), list(s))
+                            for d, b, s in zip(
+                                found["detector"], found["boxes"], found["scores"], strict=True
+                            )
+                        ]
+                        thumb = draw_faces(version, per_detector, writer.height)
+                        tile.images.append(writer.save(f"{prefix}-{resolution}", thumb))
             sheet.tiles.append(tile)
         sheets.append(sheet)
     return sheets
@@ -288,7 +333,7 @@ def download_sheet(run: RunOutputs, params: Params) -> list[Sheet]:
             http = row.get("http_status")
             sheet.rows.append(
                 {
-                    "appid": int(row["appid"]),
+                    "appid": _appid(row["appid"]),
                     "http_status": "" if pd.isna(http) else int(http),
                     "error": "" if pd.isna(row.get("error")) else str(row.get("error")),
                     "url": str(row.get("url", "")),
@@ -305,7 +350,7 @@ def resize_sheet(run: RunOutputs, params: Params) -> list[Sheet]:
     sheet = Sheet("resize-failed", "resize", "resize: failed", len(rejected))
     for _, row in _pick(rejected, params.report.examples).iterrows():
         sheet.rows.append(
-            {"appid": int(row["appid"]), "error": str(row["error"]), "url": str(row["source"])}
+            {"appid": _appid(row["appid"]), "error": str(row["error"]), "url": str(row["source"])}
         )
     return [sheet]
 
@@ -321,12 +366,15 @@ def accepted_sheet(run: RunOutputs, params: Params, writer: ThumbWriter) -> Shee
     if len(accepted) > examples:
         step = len(accepted) / max(examples, 1)
         accepted = accepted.iloc[[int(i * step) for i in range(examples)]]
+    where = "data/resize/accepted.parquet"
     for appid, path in zip(accepted["appid"], accepted["path"], strict=True):
-        appid = int(appid)
-        im = preview(_resolve(run, path), "", writer.height)
-        sheet.tiles.append(
-            Tile(appid, names.get(appid, ""), [writer.thumbnail(f"accepted-{appid}", im)], "")
-        )
+        appid = _appid(appid)
+        tile = Tile(appid, names.get(appid, ""), [], "")
+        prefix = f"accepted-{'unknown' if appid is None else appid}"
+        with _one_row(run, writer, tile, prefix, where):
+            im = _preview(run, path, "", writer.height, where)
+            tile.images.append(writer.thumbnail(prefix, im))
+        sheet.tiles.append(tile)
     return sheet
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.report.sources import RunOutputs
+from pipeline.report.sources import RunOutputs, with_appid
 
 TRACE_COLUMNS = (
     "appid",
@@ -25,7 +25,9 @@ def _decisions(run: RunOutputs, stage: str) -> dict[int, str]:
     out: dict[int, str] = {}
     accepted, rejected = run.table(stage, "accepted"), run.table(stage, "rejected")
     if accepted is not None:
-        out.update(dict.fromkeys(accepted["appid"].astype(int), KEPT))
+        out.update(dict.fromkeys(with_appid(accepted)["appid"].astype(int), KEPT))
+    if rejected is not None:
+        rejected = with_appid(rejected)
     if rejected is not None and len(rejected):
         reason = rejected["reason"] if "reason" in rejected else pd.Series("failed", rejected.index)
         detail = rejected["detail"] if "detail" in rejected else rejected.get("error")
@@ -43,9 +45,11 @@ def trace_table(run: RunOutputs) -> pd.DataFrame:
     base = appids if appids is not None else manifest
     if base is None:
         return pd.DataFrame(columns=TRACE_COLUMNS)
+    base = with_appid(base)  # a row whose appid is not a number has no place here (noted)
     df = pd.DataFrame({"appid": base["appid"].astype("int64")})
     df["name"] = base["name"].fillna("").astype(str) if "name" in base else ""
     if manifest is not None:
+        manifest = with_appid(manifest).drop_duplicates("appid")
         m = manifest.set_index(manifest["appid"].astype("int64"))
         df["url"] = df["appid"].map(m["url"]).fillna("")
         df["sha256"] = df["appid"].map(m["sha256"]).fillna("")
@@ -62,6 +66,7 @@ def trace_table(run: RunOutputs) -> pd.DataFrame:
     in_dataset = (
         run.file("dataset", "stats") is not None and run.table("resize", "accepted") is not None
     )
-    kept = set(run.table("resize", "accepted")["appid"].astype(int)) if in_dataset else set()
+    resized = run.table("resize", "accepted")
+    kept = set(with_appid(resized)["appid"].astype(int)) if in_dataset else set()
     df["dataset"] = [("in" if a in kept else "") for a in df["appid"]] if in_dataset else ""
     return df.sort_values("appid", kind="stable").reset_index(drop=True)[list(TRACE_COLUMNS)]

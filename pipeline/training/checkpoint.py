@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 FORMAT = 2
 FORMATS = (1, 2)
 CHECKSUM_KEY = "checksum"
+# What only continuing a run needs (optimizer and grad-scaler states, the RNG states): a
+# snapshot or a mix has none of it.
+RESUME_PREFIXES = ("opt_", "scaler_")
+RESUME_KEYS = {"rng"}
+MIXED_FROM = "mixed_from"  # a mix's record of its inputs (steamgan mix)
 HASH_LENGTH = 16  # hex digits of params_hash
 # Keys that change how long a run is, how it is logged or where it runs, not what it computes:
 # a run may be continued with other values of these.
@@ -190,6 +195,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "delete it or restore it from a copy (dvc checkout, or data/train/superseded/)"
         )
     return checkpoint
+
+
+def can_continue(checkpoint: dict[str, Any]) -> bool:
+    """Whether a run can continue from ``checkpoint``: only a training checkpoint holds the
+    optimizer and RNG states. A snapshot or a mix (``steamgan mix``) holds weights only;
+    written over a run's checkpoint, it must not be taken for it."""
+    return (
+        checkpoint.keys() >= RESUME_KEYS
+        and any(key.startswith(RESUME_PREFIXES) for key in checkpoint)
+        and MIXED_FROM not in checkpoint
+    )
+
+
+def kind_of(checkpoint: dict[str, Any]) -> str:
+    """What a checkpoint is, for messages."""
+    if MIXED_FROM in checkpoint:
+        return "a mix of snapshots (steamgan mix)"
+    return "a training checkpoint" if can_continue(checkpoint) else "a snapshot (weights only)"
 
 
 def kimg(nimg: int) -> float:

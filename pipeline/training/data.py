@@ -23,7 +23,7 @@ import torch
 
 from pipeline import io as pio
 from pipeline.errors import StageError
-from pipeline.images import decode_image
+from pipeline.images import decode_failure, decode_image, file_kind
 from pipeline.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -32,14 +32,26 @@ DATASET_JSON = "dataset.json"
 
 def resolve_dataset(path: str | Path, param: str | None = "train.data") -> Path:
     """A dataset zip, a folder of images, or a folder holding ``dataset.zip``. ``param``
-    names the setting the path came from, for the message when it is not there."""
+    names the setting the path came from, for the message when it is none of them: one
+    that says what the path is (missing, a dangling link, a FIFO, a file that is no zip)."""
     path = Path(path)
     if path.is_dir() and (path / "dataset.zip").is_file():
         return path / "dataset.zip"
     if path.is_dir() or (path.is_file() and path.suffix == ".zip"):
         return path
     where = f"{param}: {path}" if param else str(path)
-    raise StageError(f"{where} not found; run the dataset stage (dvc repro dataset) or set it")
+    if path.is_symlink() and not path.exists():
+        raise StageError(f"{where}: a link to {os.readlink(path)}, which does not exist; fix it")
+    if not path.exists():
+        raise StageError(f"{where} not found; run the dataset stage (dvc repro dataset) or set it")
+    try:
+        kind = file_kind(path.stat().st_mode)
+    except OSError as exc:
+        raise StageError(f"{where}: cannot be read ({exc.strerror})") from None
+    why = "its name does not end in .zip" if path.is_file() else "only folders and files are read"
+    raise StageError(
+        f"{where} is {kind}, not a folder of images or a dataset zip ({why}); point it at one"
+    )
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -147,9 +159,19 @@ class ImageDataset(torch.utils.data.Dataset):
             return (self.path / name).read_bytes()
         return self._archive().read(name)
 
+    def where(self, index: int) -> str:
+        """Image ``index`` as messages name it: ``<folder>/<name>`` or ``<zip>:<name>``."""
+        return f"{self.path}{':' if self.is_zip else '/'}{self.names[index]}"
+
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
-        with decode_image(self.read_bytes(index)) as im:  # upright (EXIF orientation)
-            arr = np.asarray(im.convert("RGB"))
+        try:
+            with decode_image(self.read_bytes(index)) as im:  # upright (EXIF orientation)
+                arr = np.asarray(im.convert("RGB"))
+        except Exception as exc:  # Pillow and zipfile raise many types for damaged data
+            raise StageError(
+                f"{self.where(index)}: cannot be read as an image ({decode_failure(exc)}); "
+                "replace or remove it"
+            ) from None
         image = torch.from_numpy(arr.copy()).permute(2, 0, 1)
         if self._with_labels:
             return image, self._class_of[self.names[index]]  # type: ignore[index]
@@ -203,7 +225,7 @@ class ImageDataset(torch.utils.data.Dataset):
             with decode_image(self.read_bytes(index)) as im:
                 return im.size
         except Exception as exc:  # Pillow and zipfile raise many types for damaged data
-            bad[name] = (str(exc).splitlines() or [exc.__class__.__name__])[0][:200]
+            bad[name] = decode_failure(exc)
             return None
 
     def content_key(self) -> str:

@@ -35,8 +35,10 @@ from pipeline.models.base import (
 )
 from pipeline.training.checkpoint import (
     all_finite,
+    can_continue,
     changed_keys,
     defining_params,
+    kind_of,
     load_checkpoint,
     params_hash,
     safe_hash,
@@ -258,6 +260,13 @@ class Trainer:
         if path.exists():
             checkpoint = load_checkpoint(path)
             if checkpoint.get("params_hash") == self.hash:
+                if not can_continue(checkpoint):
+                    raise StageError(
+                        f"{path}: {kind_of(checkpoint)}, not a training checkpoint: it has "
+                        "no optimizer or RNG state to continue this run from; move it away "
+                        "to start a new run (train.resume_from=<its new path> starts from "
+                        "its weights)"
+                    )
                 self._load(checkpoint)
                 return True
             if not (resume_from and Path(resume_from).resolve() == path.resolve()):
@@ -319,6 +328,11 @@ class Trainer:
             return
         checkpoint = load_checkpoint(kept)
         present = load_checkpoint(path) if path.exists() else None
+        if not can_continue(checkpoint):
+            return  # not a run's checkpoint: nothing to put back (_restore says what it is)
+        if present is not None and not can_continue(present):
+            self._put_back_over_weights(present, kept)
+            return
         same_run = present is not None and present.get("params_hash") == checkpoint.get(
             "params_hash"
         )
@@ -338,6 +352,20 @@ class Trainer:
         _link(kept, path)
         self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
         self.notices.append(f"{path} put back from {kept} (DVC's checkout had replaced it)")
+
+    def _put_back_over_weights(self, present: dict, kept: Path) -> None:
+        """``checkpoints/latest.pt`` is weights only (``steamgan mix --out`` wrote over it)
+        while ``current/`` still holds the run's checkpoint: move that file alone aside to
+        ``superseded/`` (the snapshots stay: they are the run's) and put the run's back."""
+        path = self.checkpoint_path
+        archive = _new_folder(path.parent.parent / "superseded", _file_digest(path))
+        _move(path, archive / CHECKPOINT_NAME)
+        _link(kept, path)
+        self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
+        self.notices.append(
+            f"{path} was {kind_of(present)}, not a training checkpoint; moved to "
+            f"{archive / CHECKPOINT_NAME}, and the run's checkpoint put back from {kept}"
+        )
 
     def _link_snapshots(self, source: Path, target: Path) -> None:
         """Hard-link every snapshot in ``source`` into ``target`` that is not there yet."""
@@ -393,7 +421,8 @@ class Trainer:
             f"{archive / CHECKPOINT_NAME} starts from its weights)"
         )
 
-    def _load_weights(self, checkpoint: dict, source: str) -> None:
+    def _load_weights(self, checkpoint: dict, source: str, key: str = "train.resume_from") -> None:
+        """Load the networks; ``key`` names where ``source`` came from in the message."""
         try:
             for name, module in self.model.trained_modules().items():
                 module.load_state_dict(checkpoint[name])
@@ -403,12 +432,10 @@ class Trainer:
                 )
         except (KeyError, RuntimeError) as exc:
             first = (str(exc).splitlines() or [""])[0][:200]
-            raise StageError(
-                f"train.resume_from: {source} does not fit this model ({first})"
-            ) from None
+            raise StageError(f"{key}: {source} does not fit this model ({first})") from None
 
     def _load(self, checkpoint: dict) -> None:
-        self._load_weights(checkpoint, str(self.checkpoint_path))
+        self._load_weights(checkpoint, str(self.checkpoint_path), "the run's checkpoint")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint[f"opt_{name}"])
         for phase, scaler in self.scalers.items():

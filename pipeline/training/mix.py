@@ -21,13 +21,19 @@ from typing import Any
 import torch
 
 from pipeline.errors import StageError
-from pipeline.training.checkpoint import CHECKSUM_KEY, changed_keys, checksum, load_checkpoint
+from pipeline.training.checkpoint import (
+    CHECKSUM_KEY,
+    MIXED_FROM,
+    RESUME_KEYS,
+    RESUME_PREFIXES,
+    changed_keys,
+    checksum,
+    load_checkpoint,
+)
 
-# What only resuming needs (optimizer and grad-scaler states, the RNG states): a mix is for
-# sampling (render, evaluate) or for starting a new run from (train.resume_from), never for
-# continuing one, so they are dropped.
-RESUME_PREFIXES = ("opt_", "scaler_")
-RESUME_KEYS = {"rng"}
+# What only resuming needs (RESUME_PREFIXES, RESUME_KEYS): a mix is for sampling (render,
+# evaluate) or for starting a new run from (train.resume_from), never for continuing one, so
+# they are dropped.
 FILE_KEYS = {"format", CHECKSUM_KEY}  # written again by save_checkpoint
 SAMPLED = "G_ema"  # what every sampler loads (checkpoint.load_generator)
 # Spectral normalisation's power-iteration state (torch.nn.utils.parametrizations:
@@ -196,7 +202,7 @@ def mix_checkpoints(sources: Sequence[tuple[str, dict]]) -> tuple[dict, list[str
         and key != "ema"
         and key not in found[-1]
     }
-    header["mixed_from"] = [
+    header[MIXED_FROM] = [
         {
             "path": path,
             "step": step_of(checkpoint),

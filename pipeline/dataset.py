@@ -14,6 +14,7 @@ with the resize stage's code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import zipfile
@@ -323,3 +324,66 @@ def check_every_class(
             f"dataset.folders_root: {folder} has no readable image: its {len(mine)} file(s) "
             f"could not be read{example}; replace them or remove the folder"
         )
+
+
+@dataclass(frozen=True)
+class StageCount:
+    """What one curation stage kept, and why it dropped the rest (reason → images)."""
+
+    stage: str
+    kept: int
+    rejected: dict[str, int]
+
+
+def curation_counts(data_dir: Path) -> list[StageCount]:
+    """Images kept per stage of the curation chain, from the tables the stages wrote (a
+    stage that has not run, or a table that cannot be read, is left out): what a message
+    about a small dataset shows, so the user sees which rule took the images away."""
+    counts = []
+    manifest = data_dir / "download" / "manifest.parquet"
+    with contextlib.suppress(Exception):
+        status = pd.read_parquet(manifest, columns=["status"])["status"].astype(str)
+        counts.append(
+            StageCount("download", int((status == "ok").sum()), _reasons(status[status != "ok"]))
+        )
+    for stage in ("validate", "faces", "resize"):
+        with contextlib.suppress(Exception):
+            kept = len(pd.read_parquet(data_dir / stage / "accepted.parquet", columns=["appid"]))
+            rejected_path = data_dir / stage / "rejected.parquet"
+            rejected = {}
+            with contextlib.suppress(Exception):  # none rejected: a table without columns
+                reasons = pd.read_parquet(rejected_path, columns=["reason"])["reason"]
+                rejected = _reasons(reasons.astype(str))
+            counts.append(StageCount(stage, kept, rejected))
+    return counts
+
+
+def _reasons(reasons: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in reasons.value_counts().items()}
+
+
+def too_few_images(count: int, min_images: int, counts: Sequence[StageCount]) -> str:
+    """The one line the dataset stage stops with when it would hold fewer than
+    ``dataset.min_images`` images: the stage that dropped the largest share (its reasons and
+    table), the whole chain's counts, and the fixes."""
+    line = f"{count:,} image(s), fewer than dataset.min_images ({min_images:,})"
+    before = [c for c in counts if c.kept or c.rejected]
+    worst, worst_share = None, -1.0
+    for stage in before:
+        total = stage.kept + sum(stage.rejected.values())
+        share = 1 - stage.kept / total if total else 0.0
+        if share > worst_share:
+            worst, worst_share = stage, share
+    if worst is not None and worst_share > 0:
+        total = worst.kept + sum(worst.rejected.values())
+        why = ", ".join(f"{k} {v:,}" for k, v in list(worst.rejected.items())[:4])
+        table = "manifest.parquet" if worst.stage == "download" else "rejected.parquet"
+        line += (
+            f": {worst.stage} kept {worst.kept:,} of {total:,} ({why}; data/{worst.stage}/{table})"
+        )
+    if before:
+        line += "; kept per stage: " + " → ".join(f"{c.stage} {c.kept:,}" for c in before)
+    return line + (
+        ". Loosen that stage's rule or add images (appids.limit, more sources); "
+        "dataset.min_images lower trains on fewer anyway"
+    )

@@ -246,6 +246,9 @@ class DatasetParams(Section):
     # tags: an app with several of the classes goes to the first (first) or is left out (drop)
     multi_label: Literal["first", "drop"] = "first"
     folders_root: str | None = Field(None, validate_default=True)
+    # fewer images than this stop the stage (before any training) with the stage that kept
+    # few: a GAN on a handful of images only memorises them
+    min_images: Annotated[int, Field(ge=1, le=10_000_000)] = 100
 
     @field_validator("folders_root")
     @classmethod

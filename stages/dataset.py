@@ -16,14 +16,17 @@ from pipeline.dataset import (
     assign_tag_classes,
     check_every_class,
     class_counts,
+    curation_counts,
     dataset_stats,
     members,
     resize_folder_images,
     scan_class_folders,
     tag_classes,
+    too_few_images,
     write_folder,
     write_zip,
 )
+from pipeline.errors import StageError
 from pipeline.params import Params
 from pipeline.progress import progress_bar
 from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
@@ -68,6 +71,7 @@ def from_resize(p: Params, tmp: Path) -> dict:
     if cfg.labels == "tags":
         classes = tag_classes(table, p.appids.label_names)
         table, rejected = assign_tag_classes(table, classes, cfg.multi_label)
+    enough_images(len(table), cfg.min_images)
     items = members(table.sort_values("appid"), cfg.mirror)
     write(tmp, items, cfg.format, classes)
     stats = dataset_stats(table, cfg.mirror)
@@ -89,6 +93,7 @@ def from_folders(p: Params, tmp: Path) -> dict:
         )
     train, test = resized[~resized["test"]], resized[resized["test"]]
     check_every_class(classes, train, rejected, cfg.folders_root)
+    enough_images(len(train), cfg.min_images, curation=False)
     items = members(train.sort_values("name"), cfg.mirror)
     write(tmp, items, cfg.format, classes)
     stats = dataset_stats(train, cfg.mirror) | labelled_stats(items, classes, rejected)
@@ -100,6 +105,14 @@ def from_folders(p: Params, tmp: Path) -> dict:
     shutil.rmtree(scratch)
     pio.write_table(tmp / REJECTED, rejected)
     return stats
+
+
+def enough_images(count: int, min_images: int, curation: bool = True) -> None:
+    """Stop here, before any training, when the dataset is too small to train on; from the
+    curation chain, name the stage whose rule kept few (mirrored copies do not count)."""
+    if count < min_images:
+        counts = curation_counts(pio.DATA_DIR) if curation else []
+        raise StageError(too_few_images(count, min_images, counts))
 
 
 def write(tmp: Path, items: list[Member], fmt: str, classes: list[str] | None) -> None:

@@ -33,7 +33,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     with run_stage("render", params, overrides) as p:
         # torch: imported only when rendering
         from pipeline.devices import pick_device
-        from pipeline.render.run import metrics, render, unsupported, work_units
+        from pipeline.render.run import left_out, metrics, render, work_units
         from pipeline.render.translation import translates
         from pipeline.training.checkpoint import load_generator
 
@@ -50,31 +50,16 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
 
         def projection_features():
             """The FID Inception trunk (differentiable) for projection's fallback loss."""
-            import torch
+            from pipeline.render.projection import fid_inception_features
 
-            from pipeline.metrics.inception import load_inception
-            from pipeline.render.projection import inception_features
+            def missing(why: str) -> None:
+                say(f"render: no Inception features for projection ({why})")
 
-            project = cfg.project
-            try:
-                inception = load_inception(
-                    "auto", device, project.weights_dir, project.download_weights
-                )
-            except StageError as exc:
-                say(f"render: no Inception features for projection ({exc})")
-                return None
-            trunk = inception.trunk
-            for param in trunk.parameters():  # a ScriptModule: no requires_grad_()
-                param.requires_grad_(False)
+            return fid_inception_features(cfg.project, device, missing)
 
-            def features(x):
-                with torch.jit.optimized_execution(False):  # see InceptionV3.forward
-                    return trunk(x).reshape(len(x), -1)
-
-            return inception_features(features)
-
+        cfg = cfg.for_device(device.type)  # project.steps: auto
         trained = load_generator(checkpoint, device)
-        skipped = unsupported(trained.G, trained.model)
+        skipped = left_out(cfg, trained.G, trained.model)
         for reason in dict.fromkeys(skipped.values()):  # said plainly, once per reason
             names = ", ".join(name for name, why in skipped.items() if why == reason)
             say(f"render: {reason}: no {names}")

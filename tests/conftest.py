@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from tests.fake_steam import CAPSULES, SHARED, FakeSteam
@@ -34,6 +35,15 @@ def write_shipped_params(path: Path) -> Path:
     path = path / "params.yaml" if path.is_dir() else path
     path.write_text(shipped_params_text())
     return path
+
+
+def allow_small_datasets(params: Path) -> Path:
+    """``params`` with dataset.min_images 1: the tests' datasets are a few real images, far
+    below the shipped floor (tested on its own in test_dataset)."""
+    raw = yaml.safe_load(params.read_text())
+    raw.setdefault("dataset", {})["min_images"] = 1
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return params
 
 
 # The repository's own outputs: a test writes only under its tmp folder, never here (a

@@ -29,8 +29,9 @@ def dvc(*args: str, cwd: Path) -> str:
 
 def faces_overrides(tmp_path: Path) -> list[str]:
     """The faces stage on the capsules, fast and real: RetinaFace MobileNet-0.25 (the shared
-    1MB checkpoint, copied into a scratch weights cache under its registry name) at long side
-    320, keeping banners with no face, since Steam's capsules are mostly logos."""
+        1MB checkpoint, copied into a scratch weights cache under its registry name) at long side
+        320, keeping banners with no face, since Steam's capsules are mostly logos; a dataset of
+    any size goes on to training."""
     weights = needs_shared("weights", "retinaface_mobilenet0.25.pth")
     cache = tmp_path / "weights"
     cache.mkdir()
@@ -45,6 +46,8 @@ def faces_overrides(tmp_path: Path) -> list[str]:
         "faces.retinaface.confidence=0.9",
         "faces.retinaface.nms=0.4",
         "faces.retinaface.max_size=320",
+        # the fixture's few dozen capsules are a dataset far below the shipped floor of 100
+        "dataset.min_images=1",
     ]
 
 

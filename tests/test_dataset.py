@@ -4,13 +4,21 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline import io as pio
 from pipeline.images import open_image
 from pipeline.resize import resize_image
-from tests.conftest import run_cli
+from tests.conftest import allow_small_datasets, run_cli
 from tests.images import capsule, save
+
+
+@pytest.fixture(autouse=True)
+def small_datasets(params_file):
+    """Four capsules make a dataset here; the shipped floor (100) has its own tests below."""
+    allow_small_datasets(params_file)
+    return params_file
 
 
 @pytest.fixture
@@ -312,3 +320,42 @@ def test_folders_class_whose_images_all_fail_to_read_stops(capsules, params_file
     )
     assert last.endswith("; replace them or remove the folder")
     assert not (params_file.parent / "data/dataset").exists()
+
+
+def test_too_few_images_stop_before_training_naming_the_stage_that_kept_few(resized):
+    """The offline capsules are logos: the one-face rule keeps 1 of 364 and training ran on
+    that image. The dataset stage stops first, naming the stage and its reasons."""
+    data = resized / "data"
+    pd.DataFrame({"status": ["ok"] * 364 + ["missing"] * 2}).to_parquet(
+        data / "download/manifest.parquet"
+    )
+    (data / "validate").mkdir()
+    pd.DataFrame({"appid": range(364)}).to_parquet(data / "validate/accepted.parquet")
+    reasons = ["no_face"] * 300 + ["several_faces"] * 60
+    pd.DataFrame({"appid": range(360), "reason": reasons}).to_parquet(
+        data / "faces/rejected.parquet"
+    )
+    result = run_cli("dataset", "-S", "dataset.min_images=100")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("steamgan dataset: error: 4 image(s), fewer than dataset.min_images")
+    assert "faces kept 4 of 364 (no_face 300, several_faces 60; data/faces/rejected.parquet)" in (
+        line
+    )
+    assert "kept per stage: download 364 → validate 364 → faces 4 → resize 4" in line
+    assert "dataset.min_images lower" in line
+    assert not (data / "dataset").exists()  # nothing for train to pick up
+
+    assert run_cli("dataset", "-S", "dataset.min_images=4").exit_code == 0
+
+
+def test_the_shipped_floor_applies_to_class_folders_too(capsules, params_file):
+    raw = yaml.safe_load(params_file.read_text())
+    raw["dataset"].pop("min_images", None)  # back to the shipped value
+    params_file.write_text(yaml.safe_dump(raw))
+    root = class_tree(params_file.parent / "mine", capsules)
+    result = run_cli(
+        "dataset", "-S", "dataset.labels=folders", "-S", f"dataset.folders_root={root}"
+    )
+    assert result.exit_code == 1
+    assert "image(s), fewer than dataset.min_images (100)" in result.output

@@ -16,7 +16,7 @@ from pipeline import io as pio
 from pipeline.errors import StageError
 from pipeline.images import ImageProblem, open_image
 from pipeline.resize import resize_image
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, allow_small_datasets, run_cli
 from tests.images import capsule, save
 
 HOLD_LOCK = """
@@ -60,7 +60,7 @@ def test_a_second_run_of_a_stage_is_refused_naming_folder_and_pid(stage, params_
 
 
 def test_dataset_removes_temporary_folders_of_killed_runs(capsules, params_file):
-    root = params_file.parent
+    root = allow_small_datasets(params_file).parent
     rows = []
     for appid in (10, 20):
         path = root / f"data/download/images/{appid}.jpg"

@@ -415,3 +415,35 @@ def test_missing_checkpoint_is_one_line(workdir, params_file):
     result = run_cli("render", "-S", "render.checkpoint=broken.pt")
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert "broken.pt: not a loadable checkpoint" in result.output
+
+
+def test_parts_draws_only_the_parts_listed_and_says_so(trained_run, tmp_path):
+    """`render.parts` picks what to draw: the rest is listed as not asked for, costs
+    nothing, and the progress bar's total counts only what is drawn."""
+    G = TinyStyleGenerator()
+    p = RenderParams(
+        snapshots=None, data=str(trained_run / "data/dataset"), grid=(2, 2), seeds=[0, 1],
+        truncation=[0.5], frames=3, w_samples=500, parts=["fakes", "truncation"],
+    )  # fmt: skip
+    ticks = []
+    summary = render(
+        styled_trained(G), p, tmp_path / "out", CPU, advance=lambda *a, **k: ticks.append(1)
+    )
+    assert list(summary["rendered"]) == ["fakes", "truncation"]
+    assert summary["unsupported"]["projection"] == "not in render.parts"
+    assert summary["unsupported"]["reals"] == "not in render.parts"
+    assert sorted(p.name for p in (tmp_path / "out/images").iterdir()) == [
+        "average.png", "fakes.png", "truncation.png"
+    ]  # fmt: skip
+    from pipeline.render.run import left_out, work_units
+
+    assert len(ticks) == work_units(p, left_out(p, G, "tiny_style")) == 2
+
+
+def test_projection_steps_auto_fit_the_device():
+    p = RenderParams()
+    assert p.project.steps == "auto"
+    assert p.for_device("cuda").project.steps == 1000
+    assert p.for_device("cpu").project.steps == 100
+    fixed = RenderParams(project=dict(steps=7))
+    assert fixed.for_device("cpu").project.steps == 7 and fixed.for_device("cuda") is fixed

@@ -253,9 +253,13 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(data, tmp_path, monkeypat
     killed_at = load_checkpoint(checkpoint)["state"]["step"]
     assert 8 <= killed_at < 24, "the kill came too late to test resuming"
 
-    rerun = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    plain_lines = {**env, "STEAMGAN_PROGRESS_EVERY": "0"}  # no terminal: a line per step
+    rerun = subprocess.run(command, cwd=work, env=plain_lines, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming {Path('data/train/checkpoints/latest.pt')} at step" in rerun.stderr
+    progress = [line for line in rerun.stderr.splitlines() if line.startswith("train ")]
+    assert progress[0].startswith(f"train {model} 32px: {killed_at}/24 "), progress
+    assert "kimg" in progress[0] and "img/s" in progress[-1] and "done" in progress[-1]
     resumed = load_checkpoint(checkpoint)
     assert resumed["state"]["step"] == 24
     assert list(checkpoint.parent.iterdir()) == [checkpoint]  # no torn temporary file left

@@ -38,7 +38,9 @@ class ProjectParams(Section):
 
     targets: Annotated[int, Field(ge=0, le=10_000)] = 4  # real images projected, evenly spaced
     space: Literal["w", "w_plus"] = "w"
-    steps: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    # optimisation steps; auto: 1,000 on CUDA (the paper's), CPU_PROJECT_STEPS on a CPU,
+    # where each step runs Inception at 299 px and 1,000 of them took 36 minutes
+    steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] = "auto"
     lr: Annotated[float, Field(gt=0)] = 0.1
     lr_rampup: Annotated[float, Field(ge=0, le=1)] = 0.05  # fraction of steps
     lr_rampdown: Annotated[float, Field(ge=0, le=1)] = 0.25  # fraction of steps
@@ -55,8 +57,19 @@ class ProjectParams(Section):
     download_weights: bool = True
 
 
+# Every part render can draw, in the order it draws them (a model draws those it supports).
+RenderPart = Literal[
+    "fakes", "reals", "progress", "interpolation_z", "class_interpolation", "truncation",
+    "mixing", "interpolation_w", "ganspace", "sefa", "projection", "translation",
+    "translation_reference",
+]  # fmt: skip
+GPU_PROJECT_STEPS = 1000
+CPU_PROJECT_STEPS = 100
+
+
 class RenderParams(Section):
     checkpoint: str = "data/train/checkpoints/latest.pt"  # or a snapshot
+    parts: list[RenderPart] | None = None  # the parts to draw; null: every one the model can
     mix: bool = False  # true: draw the mix stage's data/mix/mixed.pt instead of checkpoint
     snapshots: str | None = "data/train/snapshots"  # the progress strip's; null: no strip
     data: str = "data/dataset"  # real images: their grid and the projection targets
@@ -85,3 +98,13 @@ class RenderParams(Section):
         if len(value) < 2:
             raise ValueError("at least two seeds: the interpolation goes from one to the next")
         return value
+
+    def wants(self, part: str) -> bool:
+        return self.parts is None or part in self.parts
+
+    def for_device(self, device_type: str) -> RenderParams:
+        """``project.steps: auto`` resolved for the device the stage runs on."""
+        if self.project.steps != "auto":
+            return self
+        steps = GPU_PROJECT_STEPS if device_type == "cuda" else CPU_PROJECT_STEPS
+        return self.model_copy(update={"project": self.project.model_copy(update={"steps": steps})})

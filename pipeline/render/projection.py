@@ -84,6 +84,29 @@ def inception_features(network: Callable[[torch.Tensor], torch.Tensor]) -> Featu
     return features
 
 
+def fid_inception_features(
+    p: ProjectParams, device: torch.device, on_missing: Callable[[str], None] = lambda why: None
+) -> FeatureNetwork | None:
+    """The FID Inception trunk, frozen but differentiable, as projection's feature network;
+    None (and ``on_missing`` told why) when its weights cannot be had."""
+    from pipeline.metrics.inception import load_inception
+
+    try:
+        inception = load_inception("auto", device, p.weights_dir, p.download_weights)
+    except StageError as exc:
+        on_missing(str(exc))
+        return None
+    trunk = inception.trunk
+    for param in trunk.parameters():  # a ScriptModule: no requires_grad_()
+        param.requires_grad_(False)
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):  # see InceptionV3.forward
+            return trunk(x).reshape(len(x), -1)
+
+    return inception_features(features)
+
+
 def reconstruction_loss(
     p: ProjectParams,
     device: torch.device,

@@ -17,6 +17,7 @@ import torch
 
 from pipeline import io as pio
 from pipeline.models.base import has_mapping
+from pipeline.progress import Advance, as_advance
 from pipeline.render import directions as dirs
 from pipeline.render import grids, interpolation, mixing, projection, translation
 from pipeline.render.params import RenderParams
@@ -60,14 +61,29 @@ def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
     return reasons
 
 
+NOT_ASKED = "not in render.parts"
+
+
+def left_out(p: RenderParams, G: torch.nn.Module, model: str) -> dict[str, str]:
+    """The renders that will not be drawn, each with why: the model cannot, or
+    ``render.parts`` does not list it."""
+    skipped = unsupported(G, model)
+    for name in (*RENDERS, "class_interpolation", *TRANSLATIONS):
+        if name not in skipped and not p.wants(name):
+            skipped[name] = NOT_ASKED
+    return skipped
+
+
 def work_units(
     p: RenderParams, skipped: dict[str, str], conditional: bool = False, translator: bool = False
 ) -> int:
     """The progress bar's total: one per render, plus one per projection step (and the
     class interpolation of a conditional G, the only render it alone has; StarGAN v2's
-    translation grids)."""
-    units = sum(1 for name in RENDERS if name not in skipped) + int(conditional)
-    units += len(TRANSLATIONS) if translator else 0
+    translation grids). ``p.project.steps`` must be resolved (``for_device``)."""
+    if translator:
+        return sum(1 for name in ("reals", *TRANSLATIONS) if name not in skipped)
+    units = sum(1 for name in RENDERS if name not in skipped)
+    units += int(conditional and "class_interpolation" not in skipped)
     if "projection" not in skipped and p.project.targets:
         units += p.project.steps
     return units
@@ -103,14 +119,17 @@ def render(
     out_dir: str | Path,
     device: torch.device,
     load_features: Callable[[], projection.FeatureNetwork | None] | None = None,
-    advance: Callable[..., None] = lambda *a, **k: None,
+    advance: Callable[..., None] = Advance(),
 ) -> dict[str, Any]:
     """Draw every render the model supports into ``out_dir`` (images/, videos/); return the
     summary written to ``render.json`` (what was drawn, from what, and what was skipped)."""
     out = Outputs(Path(out_dir))
     G = trained.G
+    advance = as_advance(advance)
+    p = p.for_device(device.type)
     synth_options = dict(device=device, batch=p.batch_size, noise_mode=p.noise_mode)
-    skipped = unsupported(G, trained.model)
+    skipped = left_out(p, G, trained.model)
+    draw = lambda name: name not in skipped  # noqa: E731
     rows, cols = p.grid
     done: dict[str, dict[str, Any]] = {}
     psis = list(p.truncation)
@@ -130,18 +149,22 @@ def render(
         files = [out.relative(gif), f"{VIDEOS}/interpolation-{space}.mp4"]
         finish(f"interpolation_{space}", files=files, seeds=p.seeds, frames=count, fps=p.fps)
 
-    finish(
-        "fakes",
-        files=[out.save(grids.fakes_grid(synth, rows, cols), "fakes.png")],
-        seeds=grids.grid_seeds(rows, cols),
-    )
-    finish(
-        "reals",
-        files=[out.save(grids.reals_grid(p.data, rows, cols, trained.image_size), "reals.png")],
-        data=p.data,
-    )
+    if draw("fakes"):
+        finish(
+            "fakes",
+            files=[out.save(grids.fakes_grid(synth, rows, cols), "fakes.png")],
+            seeds=grids.grid_seeds(rows, cols),
+        )
+    if draw("reals"):
+        finish(
+            "reals",
+            files=[out.save(grids.reals_grid(p.data, rows, cols, trained.image_size), "reals.png")],
+            data=p.data,
+        )
 
-    if p.snapshots is None:
+    if not draw("progress"):
+        pass
+    elif p.snapshots is None:
         skipped["progress"] = "render.snapshots is null"
         advance()
     else:
@@ -160,12 +183,13 @@ def render(
                 other_runs_left_out=foreign,  # snapshots another run's params wrote
             )
 
-    interpolation_video("z", interpolation.z_frames(synth, p.seeds, p.frames))
+    if draw("interpolation_z"):
+        interpolation_video("z", interpolation.z_frames(synth, p.seeds, p.frames))
 
     if not has_mapping(G):
         return summary(trained, p, done, skipped)
 
-    if synth.num_classes:
+    if synth.num_classes and draw("class_interpolation"):
         steps = p.class_steps
         table = grids.class_interpolation(synth, p.seeds, steps)
         columns = (synth.num_classes - 1) * steps + 1
@@ -178,31 +202,38 @@ def render(
         )
 
     seeds_rows = len(p.seeds)
-    table = grids.truncation_grid(synth, p.seeds, psis, p.truncation_cutoff)
-    finish(
-        "truncation",
-        files=[
-            out.save(image_grid(table, seeds_rows, 1 + len(psis)), "truncation.png"),
-            out.save(image_grid(synth.average_image(), 1, 1), "average.png"),
-        ],
-        rows=p.seeds,
-        columns=[1.0, *psis],
-    )
+    if draw("truncation"):
+        table = grids.truncation_grid(synth, p.seeds, psis, p.truncation_cutoff)
+        finish(
+            "truncation",
+            files=[
+                out.save(image_grid(table, seeds_rows, 1 + len(psis)), "truncation.png"),
+                out.save(image_grid(synth.average_image(), 1, 1), "average.png"),
+            ],
+            rows=p.seeds,
+            columns=[1.0, *psis],
+        )
 
     m = p.mixing
-    files = []
-    for psi in [1.0, *psis]:
-        grid = mixing.mixing_grid(synth, m.rows, m.cols, m.crossover, psi, p.truncation_cutoff)
-        name = "mixing.png" if psi == 1.0 else f"mixing-{psi_name(psi)}.png"
-        files.append(out.save(image_grid(grid, 1 + len(m.rows), 1 + len(m.cols)), name))
-    finish("mixing", files=files, rows=m.rows, cols=m.cols, crossover=m.crossover)
+    if draw("mixing"):
+        files = []
+        for psi in [1.0, *psis]:
+            grid = mixing.mixing_grid(synth, m.rows, m.cols, m.crossover, psi, p.truncation_cutoff)
+            name = "mixing.png" if psi == 1.0 else f"mixing-{psi_name(psi)}.png"
+            files.append(out.save(image_grid(grid, 1 + len(m.rows), 1 + len(m.cols)), name))
+        finish("mixing", files=files, rows=m.rows, cols=m.cols, crossover=m.crossover)
 
-    interpolation_video("w", interpolation.w_frames(synth, p.seeds, p.frames))
+    if draw("interpolation_w"):
+        interpolation_video("w", interpolation.w_frames(synth, p.seeds, p.frames))
 
+    if not any(draw(name) for name in ("ganspace", "sefa", "projection")):
+        return summary(trained, p, done, skipped)
     stats = synth.w_stats(p.w_samples, W_SAMPLES_SEED)
     d = p.directions
-    found = {"ganspace": dirs.ganspace(stats, d.count)}
-    if "sefa" not in skipped:
+    found = {}
+    if draw("ganspace"):
+        found["ganspace"] = dirs.ganspace(stats, d.count)
+    if draw("sefa"):
         found["sefa"] = dirs.sefa(synth, stats, d.count, d.layers)
     for method, directions in found.items():
         edits = dirs.edit_rows(synth, d.seed, directions, d.steps, d.strength, d.layers)
@@ -215,10 +246,10 @@ def render(
             scores=directions.scores,
             sigmas=directions.sigmas,
         )
-    if "sefa" in skipped:
-        advance()
 
-    if p.project.targets:
+    if not draw("projection"):
+        pass
+    elif p.project.targets:
         record = project_reals(synth, trained, p, stats, out, load_features, advance)
         finish("projection", **record)
     else:
@@ -232,22 +263,28 @@ def render_translations(trained, p, out, device, finish, skipped, done) -> dict[
     every domain, latent-guided (the first two ``render.seeds`` as styles) and
     reference-guided (the first image of each domain in ``render.data`` as reference)."""
     rows, cols = p.grid
-    finish(
-        "reals",
-        files=[out.save(grids.reals_grid(p.data, rows, cols, trained.image_size), "reals.png")],
-        data=p.data,
-    )
+    if p.wants("reals"):
+        finish(
+            "reals",
+            files=[out.save(grids.reals_grid(p.data, rows, cols, trained.image_size), "reals.png")],
+            data=p.data,
+        )
     sources = translation.real_sources(p.data, rows, trained.image_size)
     seeds = p.seeds[: translation.STYLES_PER_DOMAIN]
-    table, columns = translation.latent_grid(trained, sources, seeds, device)
-    finish(
-        "translation",
-        files=[out.save(image_grid(table, len(sources), columns), "translation.png")],
-        domains=trained.classes,
-        seeds=seeds,
-    )
+    if p.wants("translation"):
+        table, columns = translation.latent_grid(trained, sources, seeds, device)
+        finish(
+            "translation",
+            files=[out.save(image_grid(table, len(sources), columns), "translation.png")],
+            domains=trained.classes,
+            seeds=seeds,
+        )
+    else:
+        skipped["translation"] = NOT_ASKED
     references = translation.domain_references(p.data, trained.num_classes, trained.image_size)
-    if references is None:
+    if not p.wants("translation_reference"):
+        skipped["translation_reference"] = NOT_ASKED
+    elif references is None:
         skipped["translation_reference"] = f"{p.data} has no image of some domain (labels)"
     else:
         table = translation.reference_grid(trained, sources, references, device)
@@ -267,13 +304,14 @@ def project_reals(
     stats: WStats,
     out: Outputs,
     load_features: Callable[[], projection.FeatureNetwork | None] | None,
-    advance: Callable[..., None],
+    advance: Advance,
 ) -> dict[str, Any]:
     """Project ``project.targets`` real images: a picture of target | start | final per
     target, the optimisation as GIF and MP4, and the projected ws (``projection.pt``)."""
     targets, names = grids.real_images(p.data, p.project.targets, trained.image_size)
     loss = projection.reconstruction_loss(p.project, synth.device, load_features)
-    result = projection.project(synth, targets, stats, p.project, loss, advance=advance)
+    with advance.part(f"projection of {len(names)} images", p.project.steps) as step:
+        result = projection.project(synth, targets, stats, p.project, loss, advance=step)
     table = torch.stack([result.targets, result.start, result.final], dim=1).flatten(0, 1)
     picture = out.save(image_grid(table, len(names), 3), "projection.png")
     frames = write_videos(
@@ -311,7 +349,9 @@ def summary(
         "noise_mode": p.noise_mode,
         "rendered": done,
         "unsupported": {
-            name: skipped[name] for name in (*RENDERS, *TRANSLATIONS) if name in skipped
+            name: skipped[name]
+            for name in (*RENDERS, "class_interpolation", *TRANSLATIONS)
+            if name in skipped
         },
     }
 

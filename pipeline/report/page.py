@@ -263,7 +263,7 @@ def render_page(
     params: Params,
     report_dir: Path,
     experiments: Experiments | None,
-    advance: Advance = lambda n=1, status=None: None,
+    advance: Advance = Advance(),
 ) -> str:
     """Write the pictures and CSV into ``report_dir`` and return the page's HTML;
     ``advance`` is called after each of the SECTIONS parts."""

@@ -73,6 +73,7 @@ LONGEST_FIRST = (
     "test_pipeline_e2e.py",
     "test_models_e2e.py",
     "test_train.py",
+    "test_every_model.py",
     "test_train_safety.py",
     "test_translate.py",
     "test_faces_retinaface.py",

@@ -47,6 +47,7 @@ class PartClock(Advance):
         if status is not None:
             now = time.perf_counter()
             self.seconds[status] = now - self.last
+            print(f"  {status:<22} {now - self.last:8.1f} s", flush=True)
             self.last = now
 
 

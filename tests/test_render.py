@@ -440,10 +440,12 @@ def test_parts_draws_only_the_parts_listed_and_says_so(trained_run, tmp_path):
     assert len(ticks) == work_units(p, left_out(p, G, "tiny_style")) == 2
 
 
-def test_projection_steps_auto_fit_the_device():
+def test_projection_steps_and_video_frames_auto_fit_the_device():
     p = RenderParams()
-    assert p.project.steps == "auto"
-    assert p.for_device("cuda").project.steps == 1000
-    assert p.for_device("cpu").project.steps == 100
-    fixed = RenderParams(project=dict(steps=7))
+    assert p.project.steps == "auto" and p.frames == "auto"
+    gpu, cpu = p.for_device("cuda"), p.for_device("cpu")
+    assert (gpu.project.steps, gpu.frames) == (1000, 60)
+    assert (cpu.project.steps, cpu.frames) == (20, 12)
+    fixed = RenderParams(project=dict(steps=7), frames=5)
     assert fixed.for_device("cpu").project.steps == 7 and fixed.for_device("cuda") is fixed
+    assert fixed.for_device("cpu").frames == 5

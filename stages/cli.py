@@ -50,8 +50,28 @@ def set_args(path: Path) -> None:
         typer.echo(" ".join(f"-S {item}" for item in overlay_overrides(path)))
 
 
+def experiments(
+    width: int = typer.Option(0, help="columns; 0: the terminal's, or 120 when piped"),
+) -> None:
+    """The runs of `dvc exp show` as one table that fits the width: each experiment, its
+    headline metrics (FID, KID, precision, recall, one-face rate, images, steps) and the
+    params that differ between the runs, best FID first."""
+    import shutil
+
+    from pipeline.report.experiments import exp_show, experiments_table
+
+    with one_line_errors("experiments"):
+        columns = width or shutil.get_terminal_size((120, 24)).columns
+        typer.echo(experiments_table(exp_show(Path.cwd()), columns))
+
+
 # Commands that are not stages: compare image sets outside the pipeline; a params overlay.
-COMMANDS = {"fid": compare.fid, "kid": compare.kid, "set-args": set_args}
+COMMANDS = {
+    "fid": compare.fid,
+    "kid": compare.kid,
+    "set-args": set_args,
+    "experiments": experiments,
+}
 
 app = typer.Typer(
     add_completion=False,

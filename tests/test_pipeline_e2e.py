@@ -3,6 +3,8 @@ experiments on copies of that run (other models: tests/test_models_e2e.py)."""
 
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -217,8 +219,7 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(pipeline_run, tmp_path):
 # README "Experiments": the columns that make `dvc exp show` readable (deps' hashes, rejection
 # reasons, losses and settings dropped). DVC matches each pattern at the start of a name.
 README_DROP = (
-    "Created|(data|pipeline|stages)/[^:]*$|reasons\\.|bytes|.*_std|loss\\.|lr\\.|speed\\."
-    "|detectors\\.|augment\\.|step|.*kimg|.*num_images|truncation"
+    "Created|(data|pipeline|stages|dvclive)/[^:]*$|reasons\\.|bytes|.*_std|loss\\.|lr\\.|speed\\."
 )
 
 
@@ -281,6 +282,17 @@ def test_dvc_exp_show_compares_the_metrics_of_two_experiments(pipeline_run, tmp_
     assert "pipeline/" not in header and "reasons." not in header  # the deps and details
     experiments = [row for row in rows if "[small]" in row or "[large]" in row]
     assert len(experiments) == 2 and not any("!" in row for row in experiments)
+
+    # `steamgan experiments`: the same runs in 120 columns, piped (no terminal)
+    shown = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "experiments"],
+        cwd=repo, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120, shown.stdout
+    assert lines[0].split()[:2] == ["experiment", "fid"]
+    assert {line.split()[0] for line in lines[1:3]} == {"small", "large"}
+    assert "appids.limit=24" in shown.stdout and "…" not in lines[0]
 
     diff = json_out(dvc("plots", "diff", "small", "large", "--json", cwd=repo))
     curve = diff["data"]["dvclive/plots/metrics/loss/G.tsv"][0]

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline import io as pio
 from pipeline.params import load_params
 from pipeline.report import build_report
-from pipeline.report.experiments import parse_exp_show
+from pipeline.report.experiments import experiments_table, parse_exp_show
 from pipeline.report.page import not_run
 from pipeline.validate import Frame
 from tests.conftest import (
@@ -279,6 +279,48 @@ def test_experiments_sorted_by_fid_with_params_diff(tmp_path):
     page = build_report(report_params(tmp_path), root=tmp_path, experiments=experiments)
     runs = [a["data-run"] for a in Elements(page.read_text()).having("data-run")]
     assert runs == ["exp-c", "exp-a", "main", "exp-b"]
+
+
+def test_experiments_table_fits_the_width_with_the_params_that_differ():
+    """`steamgan experiments`: every run in a table no wider than asked, long param values
+    cut with …, a commit that never ran left out (`dvc exp show` printed 58 columns, 1,435
+    characters wide, on a fresh clone)."""
+
+    def entry(name, params, metrics):
+        data = {"params": {"params.yaml": {"data": params}}, "metrics": metrics}
+        return {"rev": f"{name}000000", "name": name, "data": data}
+
+    def run(name, size, channels, fid):
+        params = {
+            "resize": {"size": size, "mode": "pad"},
+            "train": {"steps": 4, "lightweight": {"channels": channels}},
+            "faces": {"detectors": ["retinaface", "face_alignment"] * 8},
+        }
+        metrics = {
+            "data/evaluate/metrics.json": {"data": {"fid": fid, "kid": 0.0123, "recall": 0.5}},
+            "data/dataset/stats.json": {"data": {"count": 1234}},
+            "dvclive/metrics.json": {"data": {"step": 4}},
+        }
+        return entry(name, params, metrics)
+
+    never_ran = entry("main", {"resize": {"size": 256, "mode": "pad"}}, {})
+    never_ran["experiments"] = [
+        {"revs": [run("quick-32-with-a-long-experiment-name", 32, 8, 181.25)]},
+        {"revs": [run("quick-64", 64, 16 + 1, 95.5)]},
+    ]
+    never_ran["experiments"][1]["revs"][0]["data"]["params"]["params.yaml"]["data"]["faces"] = {
+        "detectors": ["retinaface"]
+    }
+    table = experiments_table(parse_exp_show([never_ran]), width=120)
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 120, table
+    header, first, second, note = lines
+    assert header.split()[:6] == ["experiment", "fid", "kid", "recall", "images", "steps"]
+    assert first.startswith("quick-64 ") and " 95.5 " in first and " 1,234 " in first
+    assert "lightweight.channels=17" in first and "resize.size=64" in first
+    assert second.startswith("quick-32-with-a-long-ex…") and second.endswith("…")
+    assert note == "(1 commit(s) without metrics left out)"
+    assert "train.steps" not in table  # the same in every run
 
 
 def synthetic_run(root: Path, rows: int) -> None:

@@ -116,3 +116,77 @@ def exp_show(repo: Path, timeout_s: float = 120) -> Experiments:
     except ValueError:
         return Experiments(error="dvc exp show printed no JSON list")
     return parse_exp_show(listing)
+
+
+# The columns of `steamgan experiments`: the numbers a user compares runs by (name, key).
+HEADLINE = (
+    ("fid", FID),
+    ("kid", "data/evaluate/metrics.json:kid"),
+    ("prec", "data/evaluate/metrics.json:precision"),
+    ("recall", "data/evaluate/metrics.json:recall"),
+    ("1-face", "data/evaluate/metrics.json:one_face_rate"),
+    ("images", "data/dataset/stats.json:count"),
+    ("steps", "dvclive/metrics.json:step"),
+)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def experiments_table(exps: Experiments, width: int = 120) -> str:
+    """The runs as a plain table at most ``width`` characters wide: name, the headline
+    metrics any run has, and the params that differ between the runs as ``key=value``
+    (the section dropped where the key is still unique), cut with … to fit. Written here
+    because ``dvc exp show`` keeps every param when the base commit never ran and prints
+    ``…`` for every cell when piped."""
+    if exps.error:
+        return exps.error
+    if not exps.rows:
+        return "no experiments: run `dvc repro` or `dvc exp run` first"
+    ran = [r for r in exps.rows if r["metrics"]]  # a commit that never ran has no metrics
+    rows = ran or exps.rows
+    metrics = [(name, key) for name, key in HEADLINE if any(key in r["metrics"] for r in rows)]
+    keys = sorted({k for r in rows for k in r["params"]})  # differing among the runs shown
+    params = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in rows}) > 1]
+    short = _short_param_names(params)
+    header = ["experiment", *(name for name, _ in metrics), "params that differ"]
+    body = []
+    for row in rows:
+        # shortest first: more of them fit before the cut
+        pairs = sorted((f"{short[k]}={_cell(row['params'].get(k))}" for k in params), key=len)
+        changes = " ".join(pairs)
+        cells = [_cut(row["name"], 24), *(_cell(row["metrics"].get(k)) for _, k in metrics)]
+        body.append([*cells, changes])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header) - 1)]
+    used = sum(widths) + 2 * len(widths)
+    last = max(width - used, 10)
+    lines = []
+    for cells in [header, *body]:
+        fixed = [
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=False))
+        ]
+        lines.append(("  ".join([*fixed, _cut(cells[-1], last)])).rstrip())
+    if len(rows) < len(exps.rows):
+        lines.append(f"({len(exps.rows) - len(rows)} commit(s) without metrics left out)")
+    return "\n".join(lines)
+
+
+def _short_param_names(keys: list[str]) -> dict[str, str]:
+    """``train.lightweight.channels`` → ``lightweight.channels`` (a nested key without its
+    section, where that stays unique): the params column stays short."""
+    short = {k: k.split(".", 1)[1] if k.count(".") >= 2 else k for k in keys}
+    taken = list(short.values())
+    return {k: v if taken.count(v) == 1 else k for k, v in short.items()}

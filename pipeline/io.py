@@ -99,6 +99,7 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()
+_DIR_MODE = 0o777 & ~_umask()
 
 
 def _temp_path(path: Path) -> Path:
@@ -229,6 +230,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp = Path(
             tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
         )
+    tmp.chmod(_DIR_MODE)  # mkdtemp makes 0700 folders; outputs get the usual mode
     try:
         with disk_full_names(path):
             yield tmp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,16 @@ def test_a_full_disk_names_the_output(full_disk, tmp_path, write):
     assert message.startswith(f"{path}: could not be written, the disk is ")
     assert "full" in message and "free some space" in message
     assert not path.exists() and not list(tmp_path.glob("full-*"))  # no temporary left
+
+
+def test_outputs_get_the_usual_modes_not_the_temporary_ones(tmp_path):
+    """A stage's folder is built under mkdtemp's name (mode 700) and its files under mkstemp's
+    (600): both are set to what the umask gives, so data/report/ can be served or shared."""
+    umask = os.umask(0o022)
+    try:
+        with pio.atomic_dir(tmp_path / "report") as tmp:
+            pio.write_json(tmp / "summary.json", {"ok": 1})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "report").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "report/summary.json").stat().st_mode) == 0o644

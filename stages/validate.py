@@ -12,6 +12,7 @@ from stages.common import ParamsOption, SetOption, run_stage, say, stage_app
 
 OUT_DIR = pio.stage_dir("validate")
 CONVERTED = OUT_DIR / "images"
+CONVERTED_LIST = "converted.txt"  # the images converted to RGB, one name a line
 ACCEPTED = pio.accepted_table("validate")
 REJECTED = OUT_DIR / "rejected.parquet"
 SUMMARY = OUT_DIR / "summary.json"
@@ -38,7 +39,12 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         accepted = pio.carry_trace(accepted, manifest)  # url, sha256, labels
         pio.write_table(ACCEPTED, accepted)
         pio.write_table(REJECTED, rejected)
-        pio.prune_dir(CONVERTED, {Path(x).name for x in accepted["path"]})
+        converted = {Path(x).name for x in accepted["path"] if Path(x).parent == CONVERTED}
+        pio.prune_dir(CONVERTED, {*converted, CONVERTED_LIST})
+        # never an empty folder: DVC warns "is empty" and "No file hash info found" for one
+        # on every status and checkout, a warning that asks for nothing
+        listing = "".join(f"{name}\n" for name in sorted(converted))
+        pio.write_bytes(CONVERTED / CONVERTED_LIST, listing.encode())
         summary = summarize(accepted, rejected)
         pio.write_json(SUMMARY, summary)
         reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items() if v)

@@ -270,3 +270,7 @@ def test_stage_tables_and_summary(capsules, params_file):
     summary = json.loads(Path("data/validate/summary.json").read_text())
     assert summary["input"] == 7 and summary["accepted"] == 6
     assert summary["reasons"]["blank"] == 1
+    # all RGB, nothing converted: the images folder (a DVC output) still holds its listing,
+    # since DVC warns about an empty output folder on every status and checkout
+    assert [p.name for p in Path("data/validate/images").iterdir()] == ["converted.txt"]
+    assert Path("data/validate/images/converted.txt").read_text() == ""

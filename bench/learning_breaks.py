@@ -106,7 +106,7 @@ def row(model: str, name: str, seed: int, outcome: str, figures: dict | None, to
         f"{model:<12}{name:<19}{seed:>4}  {outcome:<7} {start['distance']:6.3f} → "
         f"{end['distance']:6.3f}  ×{figures['distance_ratio']:4.2f}  "
         f"{end['modes_covered']}/{len(end['per_mode'])} {end['per_mode']!s:<22} "
-        f"{end['recognised']:4.0%}  {took:5.1f} s"
+        f"{end['recognised']:4.0%}  {end['off_background']:4.0%}  {took:5.1f} s"
     )
 
 
@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = parser.parse_args()
     print(f"{'model':<12}{'break':<19}{'seed':>4}  {'test':<7} {'distance':<16} {'ratio':<6} "
-          f"{'modes (per mode)':<26} {'recog':<5} {'time'}")  # fmt: skip
+          f"{'modes (per mode)':<26} {'recog':<5} {'off':<5} {'time'}")  # fmt: skip
     expected_ok = True
     for name in args.breaks:
         models = [m for m in args.models if name != "augmented-samples" or m in AUGMENTED]

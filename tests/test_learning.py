@@ -14,6 +14,7 @@ import torch
 
 from tests.learning_helpers import (
     MAX_DISTANCE_RATIO,
+    MAX_OFF_BACKGROUND,
     MIN_MODES,
     MIN_RECOGNISED,
     MODELS,
@@ -38,8 +39,10 @@ def test_model_learns_the_coloured_shapes(model, tmp_path, record_property):
     figures = (
         f"{model}: distance {start.distance:.3f} → {end.distance:.3f} "
         f"(×{learning.distance_ratio:.2f}), modes covered {end.modes_covered} "
-        f"{end.per_mode}, recognised {end.recognised:.0%}"
+        f"{end.per_mode}, recognised {end.recognised:.0%}, off the background "
+        f"{end.off_background:.0%}"
     )
     assert learning.distance_ratio <= MAX_DISTANCE_RATIO[model], figures
     assert end.modes_covered >= MIN_MODES, figures
     assert end.recognised >= MIN_RECOGNISED[model], figures
+    assert end.off_background <= MAX_OFF_BACKGROUND, figures

@@ -9,6 +9,7 @@ generated image is classified by the colour of the pixels that differ from the b
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -195,8 +196,6 @@ class Learning:
 
 def learn(params: TrainParams, out: Path) -> Learning:
     """Train ``params`` from scratch in ``out`` and measure the sampler before and after."""
-    import time
-
     clock = time.perf_counter()
     real = read_images(Path(params.data))
     trainer = Trainer(params, out, live_dir=None)
@@ -214,7 +213,12 @@ IMAGE_SIZE = {"lightweight": 32}  # its smallest; the others at 16 px
 
 def learning_params(model: str, data: Path) -> TrainParams:
     """The real model and losses at a tiny width, with the steps and learning rates that
-    learn the shapes in seconds on one CPU thread (tuned by bench/learning_breaks.py)."""
+    learn the shapes in 10-30 s on one CPU thread (checked over seeds with
+    ``bench/learning_breaks.py --breaks none --seeds 0 1 2``). Lightweight GAN trains with
+    ``tiny``'s DiffAugment (translation, colour, cutout at 0.5) and StyleGAN2 with ADA at a
+    fixed p of 0.2, so that a sampler leaking the augmentation shows; StyleGAN2 without
+    path-length regularisation (its double backward doubles a step) or style mixing, which
+    slow a 400-step run."""
     from tests.stargan_helpers import TINY_STARGAN2
     from tests.train_helpers import TINY_DCGAN, TINY_STYLEGAN2, tiny
 
@@ -257,9 +261,10 @@ def learn_shapes(model: str, folder: Path) -> Learning:
     return learn(learning_params(model, data), folder / "train")
 
 
-# What a trained model reaches (figures in README's Tests section, margins against the
-# broken runs of bench/learning_breaks.py).
+# What a trained model must reach. Trained runs (seeds 0-2): distance ratio 0.13-0.33, 4-5
+# modes, 57-90 % recognised, none off the background; broken ones (bench/learning_breaks.py):
+# ratio 1.0 or more (reversed loss, no EMA) or 9-46 % off the background (augmented samples).
+MAX_DISTANCE_RATIO = 0.5
 MIN_MODES = len(PALETTE) - 1  # all colours but at most one
-MAX_DISTANCE_RATIO = dict.fromkeys(MODELS, 0.5)
-MIN_RECOGNISED = dict.fromkeys(MODELS, 0.2)
-MAX_OFF_BACKGROUND = 0.05  # 8 of 160 samples
+MIN_RECOGNISED = 0.3
+MAX_OFF_BACKGROUND = 0.03  # 4 of 160 samples

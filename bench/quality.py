@@ -118,17 +118,17 @@ def dataset_key(path: Path, size: int) -> str:
     return f"{size}-{dataset.content_key()[:16]}"
 
 
-def resized_images(data: Path, size: int) -> tuple[Path, Path]:
+def resized_images(data: Path, size: int, cache: Path) -> tuple[Path, Path]:
     """The dataset resized to ``size`` once (Lanczos), cached: (a folder of PNGs for our
     Trainer's dataset check, an N×3×S×S uint8 .npy that both trainers read batches from)."""
     from PIL import Image
 
     key = dataset_key(data, size)
-    folder, array = CACHE_DIR / f"images-{key}", CACHE_DIR / f"images-{key}.npy"
+    folder, array = cache / f"images-{key}", cache / f"images-{key}.npy"
     if array.is_file() and folder.is_dir():
         return folder, array
     dataset = ImageDataset(data, param="--data")
-    partial = CACHE_DIR / f"images-{key}.partial"
+    partial = cache / f"images-{key}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     images = []
     for index, name in enumerate(dataset.names):
@@ -450,13 +450,13 @@ def features_process(run: Path, role: str, threads: int) -> None:
                         f"({time.perf_counter() - start:.0f} s)",
                         flush=True,
                     )
-                    if record is records[-1]:
-                        grid = grid_image(images[:64], 8)
-                        grid.save(run / f"{RACERS[role].label}-{name}-samples.png")
                 else:
                     file = same["file"]
                 done[key] = {"file": file, "digest": digest}
                 write_json(index_path, done)
+                grid = run / f"{RACERS[role].label}-{name}-samples.png"
+                if record is records[-1] and not grid.is_file():
+                    grid_image(sample(z[:64]), 8).save(grid)
 
 
 def weights_digest(path: Path, name: str) -> str:
@@ -486,13 +486,15 @@ def grid_image(images: np.ndarray, cols: int):
 # --- the race and its figures ---------------------------------------------------------------
 
 
-def reference_features(array: Path, data_key: str, threads: int, device: str) -> np.ndarray:
+def reference_features(
+    array: Path, data_key: str, cache: Path, threads: int, device: str
+) -> np.ndarray:
     """Inception features of every real image at the race size, cached."""
     from pipeline.metrics.inception import FeatureSink, load_inception
 
     torch.set_num_threads(threads)
     model = load_inception("auto", torch.device("cuda" if device == "cuda" else "cpu"))
-    path = CACHE_DIR / f"reference-{data_key}-{model.source.sha256[:12]}-clean.npy"
+    path = cache / f"reference-{data_key}-{model.source.sha256[:12]}-clean.npy"
     if path.is_file():
         return np.load(path)
     images = np.load(array).transpose(0, 2, 3, 1)
@@ -706,6 +708,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder or zip")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="default .bench/quality/<pair>-<profile>")
+    parser.add_argument(
+        "--cache", type=Path, default=CACHE_DIR, help="resized images, real features"
+    )
     parser.add_argument("--trainers", default="ours,peer", help="ours, peer or both")
     parser.add_argument("--fid-only", action="store_true", help="reuse --out's checkpoints")
     parser.add_argument(
@@ -721,7 +726,7 @@ def main() -> None:
     profile = PROFILES[args.profile]
     run = args.out or BENCH_DIR / f"{args.pair}-{args.profile}"
     run.mkdir(parents=True, exist_ok=True)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
     roles = [r.strip() for r in args.trainers.split(",") if r.strip()]
     if PEERS[args.pair] is None and "peer" in roles:
         print(f"skipped: the peer of {args.pair}: {SKIPPED[args.pair]}", flush=True)
@@ -736,7 +741,7 @@ def main() -> None:
     if args.profile == "gpu" and not torch.cuda.is_available():
         sys.exit("--profile gpu needs CUDA; use --profile cpu here")
 
-    folder, array = resized_images(args.data, profile["size"])
+    folder, array = resized_images(args.data, profile["size"], args.cache)
     cfg = {
         "pair": args.pair,
         "size": profile["size"],
@@ -774,7 +779,7 @@ def main() -> None:
     for role in roles:
         print((run / role / "log.txt").read_text().strip().splitlines()[-1], flush=True)
     data_key = dataset_key(args.data, cfg["size"])
-    real = reference_features(array, data_key, args.fid_threads, cfg["device"])
+    real = reference_features(array, data_key, args.cache, args.fid_threads, cfg["device"])
     for role in roles:
         proc = spawn(
             ["_features", str(run), role, str(args.fid_threads)],

@@ -375,10 +375,15 @@ def race_process(run: Path, role: str) -> None:
             time.sleep(0.01)
         total = cfg["minutes"] * 60
         marks = [start + total * k / cfg["checkpoints"] for k in range(cfg["checkpoints"] + 1)]
+        at_steps = [0, *cfg.get("at_steps", [])]  # --at-steps: step counts, not wall time
         records = []
-        for index, mark in enumerate(marks):
-            while index and time.time() < mark:
-                racer.step()
+        for index in range(len(at_steps) if len(at_steps) > 1 else len(marks)):
+            if len(at_steps) > 1:
+                while racer.steps < at_steps[index]:
+                    racer.step()
+            else:
+                while index and time.time() < marks[index]:
+                    racer.step()
             seconds = time.time() - start
             path = work / f"checkpoint-{index}.pt"
             racer.save(path)
@@ -552,7 +557,7 @@ def run_race(run: Path, roles: list[str], cfg: dict) -> dict[str, str]:
             flush=True,
         )
     write_json(run / "go.json", {"start": time.time() + 1.0})
-    print(f"race: {cfg['minutes']:g} min from now, {len(ready)} trainer(s) at once", flush=True)
+    print(f"race: {span(cfg)} from now, {len(ready)} trainer(s) at once", flush=True)
     for role in ready:
         code = procs[role].wait()
         if code:
@@ -562,6 +567,13 @@ def run_race(run: Path, roles: list[str], cfg: dict) -> dict[str, str]:
             proc.kill()
             failed.setdefault(role, "not ready in time")
     return failed
+
+
+def span(cfg: dict) -> str:
+    """How long the trainers train: minutes, or up to steps (--at-steps)."""
+    if cfg.get("at_steps"):
+        return f"to steps {','.join(map(str, cfg['at_steps']))}"
+    return f"{cfg['minutes']:g} min"
 
 
 def tail(run: Path, role: str) -> str:
@@ -655,7 +667,7 @@ def write_outputs(run: Path, rows: list[dict]) -> None:
 def print_table(rows: list[dict], cfg: dict) -> None:
     print(
         f"\nFID ({cfg['samples']} samples vs {cfg['real_count']} real, {cfg['size']} px, "
-        f"batch {cfg['batch']}, {cfg['threads']} thread(s) each, {cfg['minutes']:g} min)"
+        f"batch {cfg['batch']}, {cfg['threads']} thread(s) each, {span(cfg)})"
     )
     print(
         f"{'trainer':16} {'network':26} {'ckpt':>4} {'seconds':>8} {'steps':>7} "
@@ -714,6 +726,11 @@ def main() -> None:
     parser.add_argument("--trainers", default="ours,peer", help="ours, peer or both")
     parser.add_argument("--fid-only", action="store_true", help="reuse --out's checkpoints")
     parser.add_argument(
+        "--at-steps",
+        help="checkpoints at these step counts (e.g. 16,32,64) instead of wall-clock points: "
+        "ours at another run's steps, for FID at equal kimg",
+    )
+    parser.add_argument(
         "-S",
         dest="overrides",
         action="append",
@@ -749,6 +766,7 @@ def main() -> None:
         "latent": profile["latent"],
         "minutes": args.minutes if args.minutes is not None else profile["minutes"],
         "checkpoints": args.checkpoints,
+        "at_steps": [int(n) for n in args.at_steps.split(",")] if args.at_steps else [],
         "samples": args.samples or profile["samples"],
         "device": profile["device"],
         "threads": args.threads,

@@ -60,6 +60,7 @@ def test_our_trainer_races_and_gets_a_fid_per_checkpoint(tmp_path):
     assert (tmp_path / "run" / "ours-G_ema-samples.png").is_file()
 
 
+@pytest.mark.slow  # ~15 s: a second run of the harness, for the peer's wiring
 @pytest.mark.skipif(
     not peer_importable("lightweight_gan"),
     reason="lightweight-gan is not installed (bench/quality.py's docstring says how)",

@@ -38,6 +38,7 @@ the checkpoints and the trainers' logs; the table is printed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -333,8 +334,6 @@ CFG: dict = {}  # the race's settings, in a trainer's process
 
 def peer_context(cfg: dict):
     """The peer's imports: .peers/site on sys.path, and the CPU shim off a GPU."""
-    import contextlib
-
     use_peer_site()
     return lightweight_gan_on_cpu() if cfg["device"] != "cuda" else contextlib.nullcontext()
 
@@ -357,7 +356,7 @@ def race_process(run: Path, role: str) -> None:
     work = run / role
     work.mkdir(parents=True, exist_ok=True)
     images = torch.from_numpy(np.load(cfg["data_array"]))
-    context = peer_context(cfg) if role == "peer" else _nothing()
+    context = peer_context(cfg) if role == "peer" else contextlib.nullcontext()
     with context:
         racer = RACERS[role](cfg, work)
         racer.start(stream(images, cfg["batch"], cfg["seed"]))
@@ -409,14 +408,6 @@ def race_process(run: Path, role: str) -> None:
         write_json(work / "done.json", info)
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def features_process(run: Path, role: str, threads: int) -> None:
     """Inception features of ``samples`` images of every checkpoint's generator(s), and a
     sample grid of the last one. A generator whose weights equal an earlier checkpoint's
@@ -434,7 +425,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
     z = fixed_latents(cfg["samples"], cfg["latent"], LATENT_SEED)
     index_path = work / "features.json"
     done = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    context = peer_context(cfg) if role == "peer" else _nothing()
+    context = peer_context(cfg) if role == "peer" else contextlib.nullcontext()
     with context:
         racer = RACERS[role]
         for record in records:

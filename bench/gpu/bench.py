@@ -246,39 +246,8 @@ def time_ours(
 # --- Lightweight GAN: ours vs the lightweight-gan package -----------------------------------
 
 
-@contextlib.contextmanager
-def lightweight_gan_on_cpu():
-    """Only for --dry-run on a machine without CUDA: lightweight-gan's Trainer moves every
-    tensor with ``.cuda()`` and builds ``torch.device('cuda:N')``; these shims map both to
-    the CPU, and stand in for torchvision (imported at its top, used only by its dataset
-    and image saving, which the step does not touch) where torchvision is not installed.
-    On a GPU nothing is patched."""
-    saved = torch.Tensor.cuda, torch.nn.Module.cuda, sys.modules.get("torchvision")
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    torch.nn.Module.cuda = lambda self, *a, **k: self
-    if importlib.util.find_spec("torchvision") is None:
-        stub = types.ModuleType("torchvision")
-        stub.transforms = types.ModuleType("torchvision.transforms")
-        stub.utils = types.ModuleType("torchvision.utils")
-        sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
-    is_available = torch.cuda.is_available
-    torch.cuda.is_available = lambda: True  # its module asserts CUDA when imported
-    try:
-        import lightweight_gan.lightweight_gan as lg
-
-        torch.cuda.is_available = is_available
-
-        cpu_torch = types.ModuleType("torch")
-        cpu_torch.__getattr__ = lambda name: getattr(torch, name)
-        cpu_torch.device = lambda *a, **k: torch.device("cpu")
-        lg.torch = cpu_torch
-        yield
-    finally:
-        torch.cuda.is_available = is_available
-        torch.Tensor.cuda, torch.nn.Module.cuda = saved[0], saved[1]
-        if saved[2] is None:
-            sys.modules.pop("torchvision", None)
-            sys.modules.pop("torchvision.transforms", None)
+# the CPU shim is shared with bench/quality.py
+lightweight_gan_on_cpu = bench_module("peers").lightweight_gan_on_cpu
 
 
 def time_lightweight_gan(

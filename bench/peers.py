@@ -1,0 +1,68 @@
+"""What the benchmarks that run a peer package share (bench/gpu/bench.py, bench/quality.py):
+the shim that lets lightweight-gan, written for CUDA only, run on a CPU, and where peer
+packages installed outside the project environment are found."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# peers installed with `pip install --no-deps --target .peers/site ...` (git-ignored), kept
+# out of the project's environment; only a peer's own process puts this on sys.path
+PEER_SITE = REPO / ".peers" / "site"
+
+
+def use_peer_site() -> None:
+    """Put .peers/site first on sys.path (if it exists): call only in a peer's process."""
+    if PEER_SITE.is_dir() and str(PEER_SITE) not in sys.path:
+        sys.path.insert(0, str(PEER_SITE))
+
+
+@contextlib.contextmanager
+def lightweight_gan_on_cpu():
+    """For a machine without CUDA: lightweight-gan's Trainer moves every tensor with
+    ``.cuda()`` and builds ``torch.device('cuda:N')``; these shims map both to the CPU, and
+    stand in for torchvision (imported at its top, used only by its dataset and image
+    saving, which the step does not touch) where torchvision is not installed. On a GPU,
+    use nothing: the package runs as shipped."""
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda, sys.modules.get("torchvision")
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    if importlib.util.find_spec("torchvision") is None:
+        stub = types.ModuleType("torchvision")
+        stub.transforms = types.ModuleType("torchvision.transforms")
+        stub.utils = types.ModuleType("torchvision.utils")
+        sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
+    is_available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: True  # its module asserts CUDA when imported
+    try:
+        import lightweight_gan.lightweight_gan as lg
+
+        torch.cuda.is_available = is_available
+
+        cpu_torch = types.ModuleType("torch")
+        cpu_torch.__getattr__ = lambda name: getattr(torch, name)
+        cpu_torch.device = lambda *a, **k: torch.device("cpu")
+        lg.torch = cpu_torch
+        yield
+    finally:
+        torch.cuda.is_available = is_available
+        torch.Tensor.cuda, torch.nn.Module.cuda = saved[0], saved[1]
+        if saved[2] is None:
+            sys.modules.pop("torchvision", None)
+            sys.modules.pop("torchvision.transforms", None)
+
+
+def peer_importable(module: str) -> bool:
+    """Whether a peer's module can be imported, from .peers/site or the environment,
+    without putting .peers/site on this process's sys.path."""
+    import importlib.machinery
+
+    paths = [str(PEER_SITE), *sys.path] if PEER_SITE.is_dir() else sys.path
+    return importlib.machinery.PathFinder.find_spec(module, paths) is not None

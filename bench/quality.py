@@ -58,7 +58,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from peers import lightweight_gan_on_cpu, peer_importable, use_peer_site  # noqa: E402
 
+from pipeline.io import write_json  # noqa: E402
 from pipeline.training.data import ImageDataset, StreamSampler  # noqa: E402
+from pipeline.training.sampling import tile_uint8  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "flowers256"
 BENCH_DIR = REPO / ".bench" / "quality"
@@ -341,12 +343,6 @@ def peer_context(cfg: dict):
 # --- a trainer's process --------------------------------------------------------------------
 
 
-def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def race_process(run: Path, role: str) -> None:
     """One trainer: build it, say ready, wait for the common start, then train until the
     wall time is up, saving its generator at the checkpoints (0 = untrained)."""
@@ -472,13 +468,8 @@ def grid_image(images: np.ndarray, cols: int):
     """Images (N×H×W×3 uint8) tiled ``cols`` wide, small ones enlarged to at least 64 px."""
     from PIL import Image
 
-    rows = -(-len(images) // cols)
-    n, h, w, c = images.shape
-    canvas = np.zeros((rows * cols, h, w, c), np.uint8)
-    canvas[:n] = images
-    tiled = canvas.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, -1, c)
-    grid = Image.fromarray(tiled)
-    scale = max(1, 64 // h)
+    grid = tile_uint8(images, -(-len(images) // cols), cols)
+    scale = max(1, 64 // images.shape[1])
     return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline.errors import StageError
 from pipeline.images import ImageProblem, check_regular_file, encode_png, open_image
-from pipeline.io import split_labels, unique_name
+from pipeline.io import CURATION_CHAIN, accepted_table, split_labels, stage_dir, unique_name
 from pipeline.parallel import parallel_map
 from pipeline.resize import ResizeTask, resize_one
 
@@ -335,25 +335,27 @@ class StageCount:
     rejected: dict[str, int]
 
 
-def curation_counts(data_dir: Path) -> list[StageCount]:
-    """Images kept per stage of the curation chain, from the tables the stages wrote (a
-    stage that has not run, or a table that cannot be read, is left out): what a message
-    about a small dataset shows, so the user sees which rule took the images away."""
+def curation_counts() -> list[StageCount]:
+    """Images kept per stage of the curation chain (download, then pio.CURATION_CHAIN up to
+    the dataset), from the tables the stages wrote (a stage that has not run, or a table
+    that cannot be read, is left out): what a message about a small dataset shows, so the
+    user sees which rule took the images away."""
     counts = []
-    manifest = data_dir / "download" / "manifest.parquet"
     with contextlib.suppress(Exception):
-        status = pd.read_parquet(manifest, columns=["status"])["status"].astype(str)
+        manifest = pd.read_parquet(accepted_table("download"), columns=["status"])
+        status = manifest["status"].astype(str)
         counts.append(
             StageCount("download", int((status == "ok").sum()), _reasons(status[status != "ok"]))
         )
-    for stage in ("validate", "faces", "resize"):
+    for stage in CURATION_CHAIN[: CURATION_CHAIN.index("dataset")]:
         with contextlib.suppress(Exception):
-            kept = len(pd.read_parquet(data_dir / stage / "accepted.parquet", columns=["appid"]))
-            rejected_path = data_dir / stage / "rejected.parquet"
+            kept = len(pd.read_parquet(accepted_table(stage), columns=["appid"]))
             rejected = {}
             with contextlib.suppress(Exception):  # none rejected: a table without columns
-                reasons = pd.read_parquet(rejected_path, columns=["reason"])["reason"]
-                rejected = _reasons(reasons.astype(str))
+                table = stage_dir(stage) / "rejected.parquet"
+                rejected = _reasons(
+                    pd.read_parquet(table, columns=["reason"])["reason"].astype(str)
+                )
             counts.append(StageCount(stage, kept, rejected))
     return counts
 

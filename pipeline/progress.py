@@ -95,21 +95,19 @@ class PlainProgress:
 
     def __init__(self, console: Console, every: float) -> None:
         self.console, self.every = console, every
-        self.tasks: list[_PlainTask] = []
-        self._ids: dict[int, _PlainTask] = {}
+        self._tasks: dict[int, _PlainTask] = {}  # by id, in the order they were added
 
     def add_task(self, description: str, total: int | None = None, **fields) -> int:
         task = _PlainTask(description.strip(), total, str(fields.get("status", "")))
         task.shown = (0, task.started)
-        self.tasks.append(task)
-        self._ids[id(task)] = task
+        self._tasks[id(task)] = task
         return id(task)
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
     def update(self, task_id: int, advance: float = 0, status: str | None = None) -> None:
-        task = self._ids[task_id]
+        task = self._tasks[task_id]
         task.completed += int(advance)
         if status is not None:
             task.status = status
@@ -117,13 +115,12 @@ class PlainProgress:
             self._line(task)
 
     def remove_task(self, task_id: int) -> None:
-        task = self._ids.pop(task_id)
-        self.tasks.remove(task)
+        task = self._tasks.pop(task_id)
         self._line(task, done=True)
 
     def close(self) -> None:
-        for task in list(self.tasks):
-            self.remove_task(id(task))
+        for task_id in list(self._tasks):
+            self.remove_task(task_id)
 
     def _line(self, task: _PlainTask, done: bool = False) -> None:
         now = time.monotonic()

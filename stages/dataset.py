@@ -111,7 +111,7 @@ def enough_images(count: int, min_images: int, curation: bool = True) -> None:
     """Stop here, before any training, when the dataset is too small to train on; from the
     curation chain, name the stage whose rule kept few (mirrored copies do not count)."""
     if count < min_images:
-        counts = curation_counts(pio.DATA_DIR) if curation else []
+        counts = curation_counts() if curation else []
         raise StageError(too_few_images(count, min_images, counts))
 
 

@@ -91,6 +91,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: test order kept
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny networks run as fast on one as on several, and
+    the other xdist worker keeps its core (a module opts in with ``usefixtures``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def repo_outputs_untouched():
     """Fail the test that created, changed or removed a file in the work tree's outputs."""

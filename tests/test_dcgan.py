@@ -20,6 +20,8 @@ from pipeline.training.loop import train
 from pipeline.training.params import DCGANParams, TrainParams
 from tests.train_helpers import TINY_DCGAN, flowers, tiny_dcgan, tiny_progan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = TINY_DCGAN
 LOSSES = ("standard", "hinge", "relativistic", "relativistic_average", "wgan_gp")
 NORMS = ("batch", "instance", "layer", "spectral", "none")
@@ -28,15 +30,6 @@ NORMS = ("batch", "instance", "layer", "spectral", "none")
 @pytest.fixture
 def data(tmp_path):
     return flowers(tmp_path / "flowers", 16, 32)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than several (and fair to a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def context(seed: int, rows: int) -> StepContext:

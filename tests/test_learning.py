@@ -10,7 +10,6 @@ update, augmented samples) and shows these tests fail.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.learning_helpers import (
     MAX_DISTANCE_RATIO,
@@ -21,14 +20,7 @@ from tests.learning_helpers import (
     learn_shapes,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is as fast as several, and fair to the other workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", MODELS)

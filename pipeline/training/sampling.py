@@ -21,7 +21,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def image_grid(images: torch.Tensor, rows: int, cols: int) -> Image.Image:
     """Tile the first rows×cols images into one picture, row by row."""
-    arr = to_uint8(images[: rows * cols])
+    return tile_uint8(to_uint8(images[: rows * cols]), rows, cols)
+
+
+def tile_uint8(arr: np.ndarray, rows: int, cols: int) -> Image.Image:
+    """N×H×W×C uint8 images (N ≤ rows·cols) tiled row by row; empty cells stay black."""
     n, h, w, c = arr.shape
     canvas = np.zeros((rows * cols, h, w, c), dtype=np.uint8)
     canvas[:n] = arr

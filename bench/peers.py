@@ -66,3 +66,77 @@ def peer_importable(module: str) -> bool:
 
     paths = [str(PEER_SITE), *sys.path] if PEER_SITE.is_dir() else sys.path
     return importlib.machinery.PathFinder.find_spec(module, paths) is not None
+
+
+# PokeGAN (frgfm/PokeGAN, MIT): not on PyPI; `fetch github:frgfm/PokeGAN` mirrors it and
+# `python bench/peers.py pokegan` copies its code here (git-ignored, never committed).
+POKEGAN = REPO / ".peers" / "PokeGAN"
+POKEGAN_MIRROR = Path("/work/.mirror/frgfm+PokeGAN/repo")
+
+
+def prepare_pokegan(mirror: Path = POKEGAN_MIRROR) -> Path:
+    """Copy PokeGAN's ``torchgan/`` package from the fetch tool's mirror into .peers/."""
+    import io
+    import subprocess
+    import tarfile
+
+    if not mirror.is_dir():
+        sys.exit(f"{mirror} is absent: mirror github:frgfm/PokeGAN with the fetch tool first")
+    archive = subprocess.run(
+        ["git", "--git-dir", str(mirror), "archive", "HEAD", "torchgan", "LICENSE"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    POKEGAN.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(POKEGAN, filter="data")
+    return POKEGAN
+
+
+@contextlib.contextmanager
+def pokegan_on_cpu():
+    """PokeGAN's trainer as shipped, made importable and runnable here: its ``torchgan``
+    from .peers/PokeGAN; ``.cuda()`` kept on the CPU where there is no GPU; stand-ins for
+    matplotlib (its sample display, which the race does not call) and fastprogress (its
+    progress bars: a plain iteration) when they are not installed."""
+    saved_modules = {name: sys.modules.get(name) for name in ("matplotlib", "fastprogress")}
+    saved_cuda = torch.Tensor.cuda, torch.nn.Module.cuda
+    if not torch.cuda.is_available():
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+    if importlib.util.find_spec("matplotlib") is None:
+        matplotlib = types.ModuleType("matplotlib")
+        matplotlib.pyplot = types.ModuleType("matplotlib.pyplot")
+        sys.modules.update({"matplotlib": matplotlib, "matplotlib.pyplot": matplotlib.pyplot})
+    if importlib.util.find_spec("fastprogress") is None:
+
+        class Bar:
+            def __init__(self, items=(), parent=None, **_):
+                self.items, self.comment = items, ""
+
+            def __iter__(self):
+                return iter(self.items)
+
+        progress = types.ModuleType("fastprogress")
+        progress.master_bar = progress.progress_bar = Bar
+        progress.fastprogress = types.ModuleType("fastprogress.fastprogress")
+        progress.fastprogress.ConsoleMasterBar = Bar
+        sys.modules.update({"fastprogress": progress,
+                            "fastprogress.fastprogress": progress.fastprogress})  # fmt: skip
+    sys.path.insert(0, str(POKEGAN))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(POKEGAN))
+        torch.Tensor.cuda, torch.nn.Module.cuda = saved_cuda
+        for name, module in saved_modules.items():
+            if module is None:
+                for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                    sys.modules.pop(key)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["pokegan"]:
+        print(f"PokeGAN's code → {prepare_pokegan()}")
+    else:
+        sys.exit("usage: python bench/peers.py pokegan")

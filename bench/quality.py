@@ -56,7 +56,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from peers import lightweight_gan_on_cpu, peer_importable, use_peer_site  # noqa: E402
+from peers import (  # noqa: E402
+    POKEGAN,
+    lightweight_gan_on_cpu,
+    peer_importable,
+    pokegan_on_cpu,
+    use_peer_site,
+)
 
 from pipeline.io import write_json  # noqa: E402
 from pipeline.training.data import ImageDataset, StreamSampler  # noqa: E402
@@ -89,7 +95,9 @@ PROFILES: dict[str, dict] = {
             "ours": {"channels": 12, "attn_res": []},
             "peer": {"fmap_max": 96, "attn_res_layers": []},
         },
-        "dcgan": {"ours": {"channels": 16}},
+        # PokeGAN's settings (batch 32) at 32 px: G 401,555 (ours, channels 16) vs 391,712
+        # parameters; D 272,513 vs 95,521 (ours mirrors G's kernel 5, its D has kernel 3)
+        "dcgan": {"ours": {"channels": 16}, "peer": {"conv_dim": 32}, "batch": 32},
     },
     "gpu": {
         "size": 256,
@@ -106,14 +114,7 @@ PROFILES: dict[str, dict] = {
     },
 }
 
-PEERS = {
-    "lightweight": "lightweight-gan",
-    "dcgan": None,  # PokeGAN: see SKIPPED
-}
-SKIPPED = {
-    "dcgan": "PokeGAN (frgfm/PokeGAN) is not on PyPI (GitHub only) and nothing else can be "
-    "fetched here: our dcgan races alone",
-}
+PEERS = {"lightweight": "lightweight-gan", "dcgan": "PokeGAN"}
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -330,12 +331,107 @@ def peer_sampler(G: torch.nn.Module, device: torch.device):
     return sample
 
 
-RACERS = {"ours": Ours, "peer": LightweightGanPeer}
+class PokeGanPeer:
+    """frgfm/PokeGAN's ``GANTrainer`` step as shipped (``fit_one_epoch`` over one batch: BCE
+    with label smoothing 0.1, label noise 0.1, swaps 0.03; a D step, then a G step on new
+    z), its Adam as its ``fit_n_epochs`` builds it (lr 1e-3, betas (0.5, 0.999), eps 1e-6)
+    and its networks as its ``main.py`` builds them (32 channels at full size doubling per
+    halving, G kernel 5, D kernel 3, dropout 0.3, batch norm, 4×4 latent map). It has no
+    EMA: its G in eval mode (batch-norm running statistics) draws the samples, as its own
+    ``display_samples`` does. Its data augmentation (jitter, rotation, flips of the reals in
+    its DataLoader) is left out: both trainers get the same batches."""
+
+    label = "PokeGAN"
+
+    def __init__(self, cfg: dict, work: Path):
+        from torchgan.gan import GANTrainer
+
+        torch.manual_seed(cfg["seed"])
+        self.cfg = cfg
+        self.G, self.D = pokegan_networks(cfg)
+        self.trainer = GANTrainer(self.D, self.G, cfg["size"], cfg["latent"], train_loader=[])
+        lr = cfg["peer"].get("lr", 1e-3)
+        self.d_opt, self.g_opt = (
+            torch.optim.Adam(
+                [p for p in net.parameters() if p.requires_grad],
+                lr,
+                betas=(0.5, 0.999),
+                eps=1e-6,
+                weight_decay=0.0,
+            )
+            for net in (self.D, self.G)
+        )
+        self._steps = 0
+
+    def start(self, batches) -> None:
+        self.batches = (b.float() / 127.5 - 1 for b in batches)
+
+    def step(self) -> None:
+        self.trainer.train_loader = [(next(self.batches), None)]
+        self.trainer.fit_one_epoch(self.d_opt, self.g_opt, None, 0.1, 0.1, 0.03)
+        self._steps += 1
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @property
+    def nimg(self) -> int:
+        return self._steps * self.cfg["batch"]
+
+    def parameters(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in net.parameters()) for name, net in
+                (("G", self.G), ("D", self.D))}  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        state = {k: v.detach().cpu() for k, v in self.G.state_dict().items()}
+        torch.save({"cfg": CFG, "G": state}, path)
+
+    @staticmethod
+    def generators(path: Path, device: torch.device) -> dict:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        G, _ = pokegan_networks(saved["cfg"])
+        G.load_state_dict(saved["G"])
+        G.to(device).eval()
+
+        @torch.no_grad()
+        def sample(z: torch.Tensor) -> np.ndarray:
+            chunks = [G(z[i : i + 50].to(device)).float().cpu() for i in range(0, len(z), 50)]
+            images = ((torch.cat(chunks).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return images.permute(0, 2, 3, 1).numpy()
+
+        return {"G": sample}
+
+
+def pokegan_networks(cfg: dict):
+    """PokeGAN's G and D as its main.py builds them for ``cfg``'s size and latent."""
+    from torchgan.models import Discriminator, Generator
+
+    width = cfg["peer"].get("conv_dim", 32)
+    depth = int(np.log2(cfg["size"] / 4))  # its --latent-size 4
+    widths = [width * 2**i for i in range(depth)]
+    d_chans, g_chans = [3, *widths], [*widths[::-1], 3]
+    G = Generator(cfg["latent"], cfg["size"], g_chans, 5, dropout=0.3)
+    D = Discriminator(cfg["size"], d_chans, 3, dropout=0.3)
+    return G, D
+
+
+PEER_RACERS = {"lightweight": LightweightGanPeer, "dcgan": PokeGanPeer}
+
+
+def racer_class(role: str, pair: str) -> type:
+    """The trainer class of a role in a race of ``pair``."""
+    return Ours if role == "ours" else PEER_RACERS[pair]
+
+
 CFG: dict = {}  # the race's settings, in a trainer's process
 
 
 def peer_context(cfg: dict):
-    """The peer's imports: .peers/site on sys.path, and the CPU shim off a GPU."""
+    """The peer's imports and, off a GPU, its CPU shim: lightweight-gan from .peers/site,
+    PokeGAN from .peers/PokeGAN."""
+    if cfg["pair"] == "dcgan":
+        return pokegan_on_cpu()
     use_peer_site()
     return lightweight_gan_on_cpu() if cfg["device"] != "cuda" else contextlib.nullcontext()
 
@@ -354,7 +450,7 @@ def race_process(run: Path, role: str) -> None:
     images = torch.from_numpy(np.load(cfg["data_array"]))
     context = peer_context(cfg) if role == "peer" else contextlib.nullcontext()
     with context:
-        racer = RACERS[role](cfg, work)
+        racer = racer_class(role, cfg["pair"])(cfg, work)
         racer.start(stream(images, cfg["batch"], cfg["seed"]))
         info = {
             "trainer": racer.label,
@@ -423,7 +519,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
     done = json.loads(index_path.read_text()) if index_path.is_file() else {}
     context = peer_context(cfg) if role == "peer" else contextlib.nullcontext()
     with context:
-        racer = RACERS[role]
+        racer = racer_class(role, cfg["pair"])
         for record in records:
             generators = racer.generators(work / record["file"], device)
             for name, sample in generators.items():
@@ -449,7 +545,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
                     file = same["file"]
                 done[key] = {"file": file, "digest": digest}
                 write_json(index_path, done)
-                grid = run / f"{RACERS[role].label}-{name}-samples.png"
+                grid = run / f"{racer.label}-{name}-samples.png"
                 if record is records[-1] and not grid.is_file():
                     grid_image(sample(z[:64]), 8).save(grid)
 
@@ -570,6 +666,7 @@ def tail(run: Path, role: str) -> str:
 def fid_rows(run: Path, roles: list[str], real: np.ndarray, seed: int) -> list[dict]:
     from pipeline.metrics.fid import frechet_distance
 
+    pair = json.loads((run / "race.json").read_text())["pair"]
     rows = []
     half = np.random.default_rng(seed).permutation(len(real))
     floor = frechet_distance(real[half[: len(real) // 2]], real[half[len(real) // 2 :]])
@@ -597,7 +694,7 @@ def fid_rows(run: Path, roles: list[str], real: np.ndarray, seed: int) -> list[d
             fid = frechet_distance(real, np.load(work / entry["file"]))
             rows.append(
                 {
-                    "trainer": RACERS[role].label,
+                    "trainer": racer_class(role, pair).label,
                     "network": network,
                     "checkpoint": int(checkpoint),
                     "seconds": round(record["seconds"], 1),
@@ -730,15 +827,22 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     roles = [r.strip() for r in args.trainers.split(",") if r.strip()]
-    if PEERS[args.pair] is None and "peer" in roles:
-        print(f"skipped: the peer of {args.pair}: {SKIPPED[args.pair]}", flush=True)
-        roles.remove("peer")
-    if "peer" in roles and not peer_importable("lightweight_gan"):
-        print(
-            "skipped: lightweight-gan is not importable (install it into .peers/site: "
-            "see this script's docstring)",
-            flush=True,
-        )
+    missing = {
+        "lightweight": None
+        if peer_importable("lightweight_gan")
+        else (
+            "lightweight-gan is not importable (install it into .peers/site: see this "
+            "script's docstring)"
+        ),
+        "dcgan": None
+        if (POKEGAN / "torchgan").is_dir()
+        else (
+            f"{POKEGAN} is absent (python bench/peers.py pokegan copies it from the fetch "
+            "tool's mirror of github:frgfm/PokeGAN)"
+        ),
+    }[args.pair]
+    if "peer" in roles and missing:
+        print(f"skipped: {missing}", flush=True)
         roles.remove("peer")
     if args.profile == "gpu" and not torch.cuda.is_available():
         sys.exit("--profile gpu needs CUDA; use --profile cpu here")
@@ -747,7 +851,7 @@ def main() -> None:
     cfg = {
         "pair": args.pair,
         "size": profile["size"],
-        "batch": args.batch or profile["batch"],
+        "batch": args.batch or profile[args.pair].get("batch", profile["batch"]),
         "latent": profile["latent"],
         "minutes": args.minutes if args.minutes is not None else profile["minutes"],
         "checkpoints": args.checkpoints,

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     parser.add_argument(
         "-S",
         dest="extra",
@@ -88,6 +89,8 @@ def main() -> None:
         help="train param, e.g. -S lightweight.attn_res=[32]",
     )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import yaml
 
@@ -133,7 +136,8 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         print(
             f"{args.model} {args.size}px batch {args.batch} on {name}, "
-            f"precision {trainer.precision.name}, compile {args.compile}"
+            f"precision {trainer.precision.name}, compile {args.compile}, "
+            f"{torch.get_num_threads()} threads, {args.workers} workers"
         )
         print(f"images/s {images / seconds:,.1f}   s/kimg {seconds / images * 1000:,.2f}")
         if device.type == "cuda":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -32,12 +33,12 @@ def cpu_threads(setting: int | str = "auto", workers: int = 0, load_aware: bool 
 
     ``auto``: ``OMP_NUM_THREADS`` when the environment sets it (the user's explicit choice,
     which torch's own default honours too); else the cores this process may use, shared
-    with its ``workers`` processes, and
-    (``load_aware``) less the cores other jobs keep busy (the 1-minute load average). torch's
-    own default, one thread per core, oversubscribes a busy machine: on a loaded 2-core
-    machine the face detector ran several times slower with 2 threads than with 1 (README,
-    bench/faces.py). Training passes ``load_aware=False`` so a resumed run uses the thread
-    count of the run it resumes (the float reductions, hence the weights, depend on it)."""
+    with its ``workers`` processes, and (``load_aware``) less the cores other jobs keep busy
+    now (``busy_cores``). torch's own default, one thread per core, oversubscribes a busy
+    machine: on a loaded 2-core machine the face detector ran several times slower with 2
+    threads than with 1 (docs/benchmarks.md, bench/faces.py). Training passes
+    ``load_aware=False`` so a resumed run uses the thread count of the run it resumes (the
+    float reductions, hence the weights, depend on it)."""
     if setting != "auto":
         return int(setting)
     omp = os.environ.get("OMP_NUM_THREADS", "")
@@ -48,10 +49,43 @@ def cpu_threads(setting: int | str = "auto", workers: int = 0, load_aware: bool 
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     share = max(1, cores // (workers + 1))
-    if load_aware and hasattr(os, "getloadavg"):
-        idle = cores - int(os.getloadavg()[0] + 0.5)
+    if load_aware:
+        idle = cores - int(busy_cores() + 0.5)
         share = min(share, max(1, idle))
     return share
+
+
+def use_training_threads(setting: int | str = "auto") -> int:
+    """The train stage's threads: ``auto`` is every core, not shared with the loader workers,
+    which wait for the step most of the time (bench/threads.py on 2 cores: 2 threads beat 1
+    by 1.5-1.7x at 32, 64 and 256 px with 0, 1 or 2 workers). Not load-aware, so that a
+    resumed run reduces its floats as the run it resumes did."""
+    return use_threads(setting, workers=0, load_aware=False)
+
+
+def busy_cores(interval_s: float = 0.25) -> float:
+    """How many cores other processes keep busy now: the CPU time /proc/stat counts over a
+    short interval (Linux), else the 1-minute load average. The load average lags by a
+    minute, so a stage DVC starts right after a CPU-bound one saw that finished stage's load
+    and ran on 1 thread of an idle 2-core machine (the quick run's evaluate: 5.6 images/s)."""
+    try:
+        first = _cpu_times()
+        time.sleep(interval_s)
+        second = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total = sum(second) - sum(first)
+    idle = (second[3] + second[4]) - (first[3] + first[4])  # idle + iowait
+    cores = os.cpu_count() or 1
+    return max(0.0, (total - idle) / total * cores) if total > 0 else 0.0
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU times from /proc/stat's first line (user, nice, system, idle,
+    iowait, irq, softirq, steal), in clock ticks."""
+    with open("/proc/stat") as handle:
+        fields = handle.readline().split()
+    return [int(value) for value in fields[1:9]]
 
 
 def use_threads(setting: int | str = "auto", workers: int = 0, load_aware: bool = True) -> int:

@@ -408,7 +408,7 @@ def check_any_ok(manifest: pd.DataFrame) -> None:
     cause, count = failed.index[0], int(failed.iloc[0])
     line = f"no image downloaded: all {len(manifest):,} failed, {count:,} with {cause}"
     if manifest["http_status"].isna().all():  # never reached a server
-        line += "; " + offline_hint("download.cdn_url=http://127.0.0.1:PORT (a local mirror)")
+        line += "; " + offline_hint("download.cdn_url=http://127.0.0.1:PORT (steamgan mirror)")
     else:
         line += "; check download.cdn_url and download.kind"
     raise StageError(line)

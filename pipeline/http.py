@@ -94,7 +94,7 @@ class RateLimiter:
             time.sleep(start - now)
 
 
-OFFLINE_README = 'README "Run it offline"'
+OFFLINE_README = "docs/offline.md"
 
 
 def offline_hint(settings: str) -> str:

@@ -285,7 +285,7 @@ DEFAULT_METRICS = ("fid", "kid", "precision_recall", "inception_score", "ppl", "
 class OneFaceParams(RetinaFaceParams):
     """RetinaFace as in faces.retinaface, with the shared Face-Detector-1MB checkpoint as the
     default variant (its thresholds: confidence 0.9, NMS 0.4, long side capped at 640) and
-    the faces stage's containment suppression (see README "faces")."""
+    the faces stage's containment suppression (see docs/curation.md, faces)."""
 
     variant: RetinaFaceVariant = "mobilenet0.25_1mb"
     containment: Containment = 0.6  # as faces.containment
@@ -330,7 +330,7 @@ class EvaluateParams(Section):
 
 
 class MixParams(Section):
-    """The mix stage: which snapshots of the run to average (README "Mixing snapshots")."""
+    """The mix stage: which snapshots of the run to average (docs/training.md, Mixing snapshots)."""
 
     # the newest N snapshots of the train run (data/train/snapshots, the run of
     # data/train/checkpoints/latest.pt), or of mix.snapshots when given; 0: all of

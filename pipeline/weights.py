@@ -1,6 +1,6 @@
 """Pretrained weights: one registry (name → public URL, sha256, file name), one cache folder.
 
-Every checkpoint a stage loads is named here, so the README, the download and the checksum
+Every checkpoint a stage loads is named here, so the docs, the download and the checksum
 check cannot drift apart. Files are looked up in the cache folder (``faces.weights_dir``;
 default torch.hub's ``$TORCH_HOME/hub/checkpoints``, where face_alignment and torch.hub keep
 the same files under the same names), downloaded there if missing, and verified against

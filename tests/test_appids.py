@@ -173,7 +173,7 @@ def test_stage_without_network_fails_in_one_line(params_file):
     assert last == (
         "steamgan appids: error: GET http://127.0.0.1:9/x: "
         "ConnectionError: [Errno 111] Connection refused; offline? set appids.source=file and "
-        'appids.file=<a CSV of appids>, or use params.offline.yaml (README "Run it offline")'
+        "appids.file=<a CSV of appids>, or use params.offline.yaml (docs/offline.md)"
     )
 
 

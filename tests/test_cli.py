@@ -17,7 +17,7 @@ def test_steamgan_lists_every_stage_and_command():
     for name in [*ORDER, *COMMANDS]:
         assert name in result.output
     assert list(STAGES) == ORDER
-    assert list(COMMANDS) == ["fid", "kid", "set-args", "experiments"]
+    assert list(COMMANDS) == ["fid", "kid", "set-args", "experiments", "mirror"]
 
 
 @pytest.mark.parametrize("command", ["fid", "kid"])

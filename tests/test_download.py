@@ -189,7 +189,7 @@ def test_stage_where_every_download_failed_exits_non_zero_naming_the_cause(steam
     assert last.startswith(
         "steamgan download: error: no image downloaded: all 5 failed, 5 with ConnectionError: "
     )
-    assert "offline? set download.cdn_url=" in last and "Run it offline" in last
+    assert "offline? set download.cdn_url=" in last and "docs/offline.md" in last
     manifest = pd.read_parquet("data/download/manifest.parquet")  # recorded, not lost
     assert len(manifest) == 5 and (manifest["status"] == "error").all()
     # a server that answers, with nothing under that kind: the same, with what to check

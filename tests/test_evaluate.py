@@ -52,7 +52,7 @@ def test_one_face_rate_of_labelled_photos_with_the_real_detector():
         counter.add(chunk)
     truth = (labels["faces"] == 1).mean()
     assert counter.images == len(images) == 16
-    # the detector decides "exactly one" right on 43 of all 46 photos (README, faces)
+    # the detector decides "exactly one" right on 43 of all 46 photos (docs/curation.md, faces)
     assert abs(counter.rate - truth) <= 3 / 16 + 1e-9
     assert 0.2 < counter.rate < 0.9
 
@@ -151,7 +151,7 @@ def test_reference_then_evaluate_write_every_metric(project, monkeypatch):
     line = next(line for line in result.output.splitlines() if "ppl_z is null" in line)
     assert line == (
         "evaluate: ppl_z is null: vgg16-397923af.pth missing (where to get it: "
-        'data/evaluate/notes.json; README "Run it offline")'
+        "data/evaluate/notes.json; docs/offline.md)"
     )
     assert result.output.count("vgg16-397923af.pth") == 1
 

@@ -21,7 +21,7 @@ from pipeline.training.checkpoint import load_checkpoint
 from tests.conftest import allow_small_datasets, needs_shared, run_cli, write_shipped_params
 
 MODELS = ("lightweight", "stylegan2", "dcgan", "progan", "stargan2")
-# what StarGAN v2 needs besides its name: class folders as the dataset (README "dataset")
+# what StarGAN v2 needs besides its name: class folders as the dataset (docs/curation.md, dataset)
 LABELS = ("-S", "dataset.labels=folders", "-S", "dataset.folders_root=domains")
 
 

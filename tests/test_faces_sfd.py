@@ -77,7 +77,7 @@ def test_real_s3fd_on_shared_faces(capsys):
     """Runs only when the real s3fd-619a316812.pth is in the weights cache."""
     path = weights.default_weights_dir() / weights.WEIGHTS["s3fd"].file
     if not path.is_file():
-        pytest.skip(f"{path} is absent (real S3FD weights; see README, faces)")
+        pytest.skip(f"{path} is absent (real S3FD weights; see docs/curation.md, faces)")
     det = load_detector("face_alignment", confidence=0.5, device="cpu", batch_size=1)
     images, truth = shared_photos()
     counts = [len(f) for f in det.detect(images)]

@@ -305,13 +305,15 @@ def test_offline_overlay_switches_every_network_source_to_a_local_one(shipped_pa
     assert printed.exit_code == 0
     assert printed.stdout.split() == [word for o in overrides for word in ("-S", o)]
     p = load_params(shipped_params, overrides)
-    assert p.appids.source == "file" and p.download.cdn_url.startswith("http://127.0.0.1:")
+    # Steam's app list and CDN from `steamgan mirror` on 127.0.0.1, pictures of any size
+    assert p.appids.source == "steam" and p.appids.steam_api_url.startswith("http://127.0.0.1:")
+    assert p.download.cdn_url.startswith("http://127.0.0.1:") and p.validate_.expected_size is None
     flags = [p.faces.download_weights, p.evaluate.download_weights,
              p.train.lightweight.download_weights, p.render.project.download_weights]  # fmt: skip
     assert not any(flags)
     assert p.faces.detectors == ("retinaface",)
     shared = needs_shared("weights", "retinaface_mobilenet0.25.pth")
-    for path in (p.faces.retinaface.weights, p.evaluate.one_face.weights, p.appids.file):
+    for path in (p.faces.retinaface.weights, p.evaluate.one_face.weights):
         assert (REPO / path).resolve().exists(), path  # ../shared beside the repository
     assert (REPO / p.evaluate.one_face.weights).resolve() == shared.resolve()
 

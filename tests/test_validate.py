@@ -180,7 +180,7 @@ def test_vignette_keeps_art_with_one_plain_side_or_non_uniform_bands(capsules, t
 def test_vignette_rejects_far_fewer_real_capsules(capsules, tmp_path):
     """The old top-left-pixel rule rejected 18% of the shared capsules (71 of 398), mostly
     full-bleed art with one dark side; the new one 34, nearly all logos on plain
-    backgrounds (see README, validate)."""
+    backgrounds (see docs/curation.md, validate)."""
     files = sorted(capsules.glob("*.jpg"))
     framed = [f for f in files if measure_frame(Image.open(f).convert("RGB"), 16).framed(2)]
     assert len(files) == 398 and len(framed) <= 36

@@ -148,6 +148,6 @@ def test_unreachable_server_says_which_params_work_offline(tmp_path):
     assert message.startswith("u.pth: not in ") and "ConnectionError" in message
     assert message.endswith(
         "offline? set the stage's weights_dir or weights to a local file, or use "
-        'params.offline.yaml (README "Run it offline")'
+        "params.offline.yaml (docs/offline.md)"
     )
     assert "\n" not in message

@@ -77,6 +77,9 @@ class Setup:
         self.size = 32 if dry_run else 256
         self.warmup = 0 if dry_run else 5  # the dry run proves the wiring: no warm-up
         self.repeats = 1 if dry_run else 3
+        # StyleGAN2 widths for NVlabs' networks (bench/stylegan2_cpu.py); None: the run's
+        self.channel_base: int | None = None
+        self.dims: int | None = None
 
     def sync(self) -> None:
         if self.cuda:
@@ -430,8 +433,8 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
     conv2d_gradfix.enabled = grid_sample_gradfix.enabled = True
     twice_differentiable_grid_sample()
     small = setup.dry_run  # a network small enough for a CPU step
-    base = 1024 if small else spec["channel_base"]
-    dims = 64 if small else 512
+    base = setup.channel_base or (1024 if small else spec["channel_base"])
+    dims = setup.dims or (64 if small else 512)
     common = dict(c_dim=0, img_resolution=setup.size, img_channels=3)
     G = dnnlib.util.construct_class_by_name(
         class_name="training.networks.Generator", z_dim=dims, w_dim=dims,

@@ -6,7 +6,7 @@
 #   pytest.txt (the CUDA tests), log.txt (everything), profile.txt (where our StyleGAN2
 #   step's device time goes): 5 files, the device tool returns 8.
 #
-#   bench/gpu/run.sh [OUTDIR]             on the GPU machine (README: "GPU check")
+#   bench/gpu/run.sh [OUTDIR]             on the GPU machine (docs/benchmarks.md, "GPU check")
 #   bench/gpu/run.sh [OUTDIR] --dry-run   the rehearsal on a CPU machine: builds .whl/ and
 #       the carry (prepare.py), a stand-in venv with only the machine's packages
 #       (rehearsal.py), installs the same wheels for this Python with --no-index, and runs

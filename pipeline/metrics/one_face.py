@@ -28,7 +28,7 @@ def too_small_for_faces(side: int) -> str | None:
         return None
     return (
         f"images of {side} px are below {ONE_FACE_MIN_SIZE} px, the smallest size at which "
-        "the detector's one-face decision was checked (README, reference and evaluate)"
+        "the detector's one-face decision was checked (docs/evaluation.md)"
     )
 
 

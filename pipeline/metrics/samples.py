@@ -5,9 +5,10 @@ from __future__ import annotations
 
 # Sample sizes below which a metric's number is noise rather than a measurement. Below them
 # the number is still reported (it is what was asked for) with a warning in notes.json and the
-# stage's output; null is kept for what cannot be computed at all (README, "Numbers that
-# mean little"). FID: Inception's 2048×2048 covariance has full rank only from 2049 images
-# per set (the published figures use 50k generated). KID: the default kid_subset_size.
+# stage's output; null is kept for what cannot be computed at all (docs/evaluation.md,
+# "Numbers that mean little"). FID: Inception's 2048×2048 covariance has full rank only
+# from 2049 images per set (the published figures use 50k generated). KID: the default
+# kid_subset_size.
 # Precision/recall: k-NN manifolds of 1k points (the papers use 50k; NVlabs 10k).
 # Inception Score: 10 splits of 500 (the papers use 50k). PPL: 1k pairs before its 1%/99%
 # trimming (the papers use 100k). One-face rate: 100 images give a standard error <= 0.05.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -11,27 +12,37 @@ from pathlib import Path
 from typing import Any
 
 FID = "data/evaluate/metrics.json:fid"
-# Metric files in the order their columns come (the rest after them).
-METRIC_ORDER = ("evaluate", "dataset", "dvclive", "render", "faces", "validate", "download")
+
+# The numbers a user compares runs by (name, key): the columns of `steamgan experiments` and
+# the metric rows of the report's Experiments table. The other ~50 numbers of the metric
+# files (loss values, per-detector counts) are in `dvc exp show`.
+HEADLINE = (
+    ("fid", FID),
+    ("kid", "data/evaluate/metrics.json:kid"),
+    ("prec", "data/evaluate/metrics.json:precision"),
+    ("recall", "data/evaluate/metrics.json:recall"),
+    ("1-face", "data/evaluate/metrics.json:one_face_rate"),
+    ("images", "data/dataset/stats.json:count"),
+    ("steps", "dvclive/metrics.json:step"),
+)
+_HEADLINE_NAMES = {key: name for name, key in HEADLINE}
 
 
 def metric_label(key: str) -> str:
-    """``data/evaluate/metrics.json:fid`` → ``evaluate fid``: the stage (folder) and the key."""
+    """A headline metric's short name; else ``data/x/metrics.json:k`` → ``x k``."""
+    if key in _HEADLINE_NAMES:
+        return _HEADLINE_NAMES[key]
     file, _, name = key.partition(":")
     return f"{Path(file).parent.name or Path(file).stem} {name}"
-
-
-def _metric_rank(key: str) -> tuple[int, str]:
-    stage = metric_label(key).split(" ")[0]
-    return (METRIC_ORDER.index(stage) if stage in METRIC_ORDER else len(METRIC_ORDER), key)
 
 
 @dataclass
 class Experiments:
     rows: list[dict[str, Any]] = field(default_factory=list)  # name, rev, params, metrics
     params: list[str] = field(default_factory=list)  # the keys whose values differ
-    metrics: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)  # the headline metrics any run has
     error: str = ""
+    left_out: int = 0  # commits listed without metrics (never ran: a fresh clone's base)
 
 
 def flatten_keys(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -51,17 +62,20 @@ def _row(entry: dict, name: str) -> dict[str, Any]:
     for file, content in (data.get("metrics") or {}).items():
         for key, value in flatten_keys((content or {}).get("data") or {}).items():
             metrics[f"{file}:{key}"] = value
+    rev = str(entry.get("rev", ""))
     return {
         "name": name,
-        "rev": str(entry.get("rev", ""))[:7],
+        "rev": rev[:7] if re.fullmatch(r"[0-9a-f]{40}", rev) else rev,  # never "workspa"
         "params": params,
         "metrics": metrics,
     }
 
 
 def parse_exp_show(listing: list[dict]) -> Experiments:
-    """Baselines and their experiments (the workspace only when nothing else is listed),
-    the params that differ between them and the metrics, best FID first."""
+    """Baselines and their experiments (the workspace only when nothing else is listed)
+    that have metrics, the params that differ between them and the headline metrics, best
+    FID first. A commit that never ran (a fresh clone's base) is counted, not listed: its
+    column would be all null and its params, the committed ones, would all differ."""
     rows = []
     for base in listing:
         if base.get("rev") != "workspace":
@@ -71,25 +85,19 @@ def parse_exp_show(listing: list[dict]) -> Experiments:
                 rows.append(_row(rev, rev.get("name") or str(rev.get("rev", ""))[:7]))
     if not rows and listing:
         rows.append(_row(listing[0], "workspace"))
+    ran = [r for r in rows if r["metrics"]]
+    left_out = len(rows) - len(ran) if ran else 0
+    rows = ran or rows
     keys = sorted({k for r in rows for k in r["params"]})
     differing = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in rows}) > 1]
-    metric_keys = sorted(
-        {k for r in rows for k, v in r["metrics"].items() if isinstance(v, int | float)}
-    )
-    metric_keys = [
-        k for k in metric_keys if len({json.dumps(r["metrics"].get(k)) for r in rows}) > 1
-    ]
-    metric_keys.sort(key=_metric_rank)
-    if FID in metric_keys:
-        metric_keys.remove(FID)
-        metric_keys.insert(0, FID)
+    metric_keys = [key for _, key in HEADLINE if any(key in r["metrics"] for r in rows)]
 
     def fid(row: dict) -> float:
         value = row["metrics"].get(FID)
         return value if isinstance(value, int | float) and not math.isnan(value) else math.inf
 
     rows.sort(key=fid)
-    return Experiments(rows, differing, metric_keys)
+    return Experiments(rows, differing, metric_keys, left_out=left_out)
 
 
 def exp_show(repo: Path, timeout_s: float = 120) -> Experiments:
@@ -118,18 +126,6 @@ def exp_show(repo: Path, timeout_s: float = 120) -> Experiments:
     return parse_exp_show(listing)
 
 
-# The columns of `steamgan experiments`: the numbers a user compares runs by (name, key).
-HEADLINE = (
-    ("fid", FID),
-    ("kid", "data/evaluate/metrics.json:kid"),
-    ("prec", "data/evaluate/metrics.json:precision"),
-    ("recall", "data/evaluate/metrics.json:recall"),
-    ("1-face", "data/evaluate/metrics.json:one_face_rate"),
-    ("images", "data/dataset/stats.json:count"),
-    ("steps", "dvclive/metrics.json:step"),
-)
-
-
 def _cell(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return "-" if value is None else str(value).lower()
@@ -155,11 +151,9 @@ def experiments_table(exps: Experiments, width: int = 120) -> str:
         return exps.error
     if not exps.rows:
         return "no experiments: run `dvc repro` or `dvc exp run` first"
-    ran = [r for r in exps.rows if r["metrics"]]  # a commit that never ran has no metrics
-    rows = ran or exps.rows
-    metrics = [(name, key) for name, key in HEADLINE if any(key in r["metrics"] for r in rows)]
-    keys = sorted({k for r in rows for k in r["params"]})  # differing among the runs shown
-    params = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in rows}) > 1]
+    rows = exps.rows
+    metrics = [(_HEADLINE_NAMES[key], key) for key in exps.metrics]
+    params = exps.params
     short = _short_param_names(params)
     header = ["experiment", *(name for name, _ in metrics), "params that differ"]
     body = []
@@ -179,8 +173,8 @@ def experiments_table(exps: Experiments, width: int = 120) -> str:
             for i, (cell, w) in enumerate(zip(cells, widths, strict=False))
         ]
         lines.append(("  ".join([*fixed, _cut(cells[-1], last)])).rstrip())
-    if len(rows) < len(exps.rows):
-        lines.append(f"({len(exps.rows) - len(rows)} commit(s) without metrics left out)")
+    if exps.left_out:
+        lines.append(f"({exps.left_out} commit(s) without metrics left out)")
     return "\n".join(lines)
 
 

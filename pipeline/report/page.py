@@ -114,6 +114,20 @@ def _precision(setting: str, cuda: bool) -> tuple[str, str]:
     return "fp32", "train.precision auto, off CUDA"
 
 
+FINITE_CURVE = "loss/finite"  # DVCLive's 1 (every loss finite) or 0, per logged step
+
+
+def _non_finite(df) -> tuple[str, str]:
+    """How many logged steps had a non-finite loss (the train stage skips those steps and,
+    after train.nan_tolerance in a row, goes back to its checkpoint)."""
+    values = df[df.columns[1]]
+    bad = df.loc[values < 1, "step"].tolist()
+    if not bad:
+        return "0", f"of {len(values):,} logged steps"
+    shown = ", ".join(f"{int(s):,}" for s in bad[:5]) + (" …" if len(bad) > 5 else "")
+    return f"{len(bad):,}", f"of {len(values):,} logged steps (at {shown})"
+
+
 def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Section:
     train = run.train
     if not train.ran:
@@ -150,7 +164,9 @@ def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Secti
     groups: dict[str, dict] = {}
     for name, df in train.curves.items():
         group = name.split("/")[0] if "/" in name else name
-        if group != "kimg":
+        if name == FINITE_CURVE:  # a 0/1 flag: a row, not a curve beside the losses
+            section.rows.append(("non-finite steps", *_non_finite(df)))
+        elif group != "kimg":
             groups.setdefault(group, {})[name] = df
     for group, curves in groups.items():
         path = report_dir / "training" / f"{group}.svg"
@@ -176,10 +192,15 @@ def evaluation_section(
     if metrics is None:
         evaluation = Section(missing=not_run("evaluate", "data/evaluate/metrics.json"))
     else:
-        notes = (run.file("evaluate", "notes") or {}).get("notes", {})
+        notes_file = run.file("evaluate", "notes") or {}
+        notes, warnings = notes_file.get("notes", {}), notes_file.get("warnings", {})
         evaluation = Section()
         for key, value in flatten_keys(metrics).items():  # fid_per_class.<class>
-            note = (notes.get(key) or notes.get(NOTE_OF.get(key, ""), "")) if value is None else ""
+            if value is None:
+                note = notes.get(key) or notes.get(NOTE_OF.get(key, ""), "")
+            else:  # the small-sample warnings the stage printed
+                warning = warnings.get(key) or warnings.get(NOTE_OF.get(key, ""), "")
+                note = f"warning: {warning}" if warning else ""
             evaluation.rows.append((key, _number(value), note))
         settings = (run.file("evaluate", "notes") or {}).get("settings", {})
         for key, value in settings.items():

@@ -106,7 +106,7 @@ class StageOutputs:
         return bool(self.tables or self.files)
 
 
-# The files each stage writes that the report reads (README's stages table).
+# The files each stage writes that the report reads (the table in docs/stages.md).
 STAGE_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "appids": (("appids",), ()),
     "download": (("manifest",), ("summary",)),

@@ -858,6 +858,31 @@ def run_summary(info: dict) -> str:
     )
 
 
+# A CPU run whose first step says it needs longer than this gets a one-line warning.
+SLOW_CPU_RUN_S = 6 * 3600
+QUICK_PRESET = "dvc exp run -n quick $(steamgan set-args params.quick.yaml)"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    return f"{seconds / 3600:,.0f} hours" if seconds >= 7200 else f"{seconds / 60:,.0f} minutes"
+
+
+def slow_cpu_warning(device: str, steps_left: int, seconds_per_step: float) -> str | None:
+    """One line when a CPU run is about to take far longer than anyone waits for on a CPU
+    (the shipped params are GPU settings: 150,000 steps at 256 px), naming the preset that
+    finishes; None on a GPU or when the run is short enough."""
+    eta = steps_left * seconds_per_step
+    if device != "cpu" or eta < SLOW_CPU_RUN_S:
+        return None
+    return (
+        f"warning: on the CPU these settings need about {_duration(eta)} "
+        f"({steps_left:,} steps at {seconds_per_step:,.1f} s each); for a first run on a CPU "
+        f"stop it (Ctrl-C) and use the quick preset: {QUICK_PRESET} (README, Quick start)"
+    )
+
+
 def train(
     params: TrainParams,
     out_dir: str | Path = "data/train",

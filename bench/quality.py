@@ -6,12 +6,17 @@ FID of each one's generator at fixed wall-clock checkpoints, with our FID code:
     python bench/quality.py                                # lightweight, --profile cpu
     python bench/quality.py --profile gpu                  # 256 px, shipped widths
     python bench/quality.py --minutes 0.5 --samples 50     # a smoke run of the whole path
-    python bench/quality.py --pair dcgan                   # ours alone: PokeGAN is skipped
+    python bench/quality.py --pair dcgan --at-steps 500,1500,3000       # vs PokeGAN
+    python bench/quality.py --pair stylegan2 --at-steps 300,600,1200    # vs NVlabs
 
-Pairs: ``lightweight`` (our ``model: lightweight`` vs lucidrains' lightweight-gan from PyPI,
-installed outside the project environment: ``pip install --no-deps --target .peers/site
-lightweight-gan==1.2.1 adabelief-pytorch einops fire retry termcolor py``) and ``dcgan``
-(our dcgan; its peer, frgfm/PokeGAN, is not on PyPI, so it is skipped with that reason).
+Pairs, each peer outside the project environment and never committed (.peers/ is
+git-ignored): ``lightweight``, our ``model: lightweight`` vs lucidrains' lightweight-gan
+from PyPI (``pip install --no-deps --target .peers/site lightweight-gan==1.2.1
+adabelief-pytorch einops fire retry termcolor py``); ``dcgan``, our dcgan vs frgfm/PokeGAN's
+trainer (``python bench/peers.py pokegan`` copies its code from the fetch tool's mirror);
+``stylegan2``, ours vs NVlabs stylegan2-ada-pytorch's training step (``python
+bench/gpu/prepare.py`` copies it the same way). ``--at-steps`` races to step counts instead
+of wall time: quality at equal kimg.
 
 Why it is built this way: a race for a fixed wall time, not a fixed step count, because
 what matters is the quality a machine-hour buys; both at once, because the machine is
@@ -98,6 +103,12 @@ PROFILES: dict[str, dict] = {
         # PokeGAN's settings (batch 32) at 32 px: G 401,555 (ours, channels 16) vs 391,712
         # parameters; D 272,513 vs 95,521 (ours mirrors G's kernel 5, its D has kernel 3)
         "dcgan": {"ours": {"channels": 16}, "peer": {"conv_dim": 32}, "batch": 32},
+        # NVlabs' auto config at small widths (channel_base 1024: 256 channels at 4 px, 32 at
+        # 32 px), z = w = 64; fp32 both
+        "stylegan2": {
+            "ours": {"config": "auto", "map_layers": None, "channel_base": 1024, "w_dim": 64},
+            "peer": {"channel_base": 1024},
+        },
     },
     "gpu": {
         "size": 256,
@@ -110,11 +121,17 @@ PROFILES: dict[str, dict] = {
             "ours": {"channels": 64, "attn_res": [32]},
             "peer": {"fmap_max": 512, "attn_res_layers": [32]},
         },
-        "dcgan": {"ours": {"channels": 64}},
+        "dcgan": {"ours": {"channels": 64}, "peer": {"conv_dim": 64}},
+        "stylegan2": {"ours": {"config": "auto", "map_layers": None}, "peer": {}, "batch": 32},
     },
 }
 
-PEERS = {"lightweight": "lightweight-gan", "dcgan": "PokeGAN"}
+PEERS = {
+    "lightweight": "lightweight-gan",
+    "dcgan": "PokeGAN",
+    "stylegan2": "stylegan2-ada-pytorch",
+}
+NVLABS = REPO / ".peers" / "stylegan2-ada-pytorch"
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -416,7 +433,101 @@ def pokegan_networks(cfg: dict):
     return G, D
 
 
-PEER_RACERS = {"lightweight": LightweightGanPeer, "dcgan": PokeGanPeer}
+class NVlabsPeer:
+    """NVlabs stylegan2-ada-pytorch's training step as its training_loop.py runs it (the
+    ``auto`` config: 2-layer mapping, lazy R1 and path length, ADA bgc from p 0, G_ema),
+    built by bench/gpu/bench.py's ``nvlabs_trainer`` from .peers/stylegan2-ada-pytorch;
+    fp32 on a CPU. Saves G_ema's weights and module (its classes: the peer's code)."""
+
+    label = "stylegan2-ada-pytorch"
+
+    def __init__(self, cfg: dict, work: Path):
+        torch.manual_seed(cfg["seed"])
+        self.bench = gpu_bench()
+        setup = self.bench.Setup(dry_run=cfg["device"] != "cuda")
+        setup.size, setup.dims = cfg["size"], cfg["latent"]
+        setup.channel_base = cfg["peer"].get("channel_base")
+        self.setup, self.batch, self.nv = setup, cfg["batch"], None
+
+    def start(self, batches) -> None:
+        device = self.setup.device
+        reals = (b.to(device).float() / 127.5 - 1 for b in batches)
+        self.nv = self.bench.nvlabs_trainer(self.setup, "auto", self.batch, reals)
+
+    def step(self) -> None:
+        self.nv.step()
+
+    @property
+    def steps(self) -> int:
+        return self.nv.state["batch_idx"]
+
+    @property
+    def nimg(self) -> int:
+        return self.nv.state["nimg"]
+
+    def parameters(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in getattr(self.nv, name).parameters()) for name in
+                ("G", "D")}  # fmt: skip
+
+    def save(self, path: Path) -> None:
+        import copy
+
+        G_ema = copy.deepcopy(self.nv.G_ema).cpu()
+        torch.save({"G_ema": G_ema.state_dict(), "module": G_ema}, path)
+
+    @staticmethod
+    def generators(path: Path, device: torch.device) -> dict:
+        G = torch.load(path, map_location="cpu", weights_only=False)["module"].to(device).eval()
+        c = torch.zeros([1, 0], device=device)
+
+        @torch.no_grad()
+        def sample(z: torch.Tensor) -> np.ndarray:
+            torch.manual_seed(LATENT_SEED + 1)  # its noise inputs
+            chunks = [
+                G(z[i : i + 50].to(device), c.expand(len(z[i : i + 50]), 0)).float().cpu()
+                for i in range(0, len(z), 50)
+            ]
+            images = ((torch.cat(chunks).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return images.permute(0, 2, 3, 1).numpy()
+
+        return {"G_ema": sample}
+
+
+def peer_missing(pair: str) -> str | None:
+    """Why the peer of ``pair`` cannot run here (and how to fix it), or None."""
+    if pair == "lightweight" and not peer_importable("lightweight_gan"):
+        return (
+            "lightweight-gan is not importable (install it into .peers/site: see this "
+            "script's docstring)"
+        )
+    if pair == "dcgan" and not (POKEGAN / "torchgan").is_dir():
+        return (
+            f"{POKEGAN} is absent (python bench/peers.py pokegan copies it from the fetch "
+            "tool's mirror of github:frgfm/PokeGAN)"
+        )
+    if pair == "stylegan2" and not (NVLABS / "training" / "networks.py").is_file():
+        return (
+            f"{NVLABS} is absent (python bench/gpu/prepare.py copies it from the fetch "
+            "tool's mirror of github:NVlabs/stylegan2-ada-pytorch)"
+        )
+    return None
+
+
+def gpu_bench():
+    """bench/gpu/bench.py (not a package), for NVlabs' trainer as the GPU check builds it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench/gpu/bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PEER_RACERS = {
+    "lightweight": LightweightGanPeer,
+    "dcgan": PokeGanPeer,
+    "stylegan2": NVlabsPeer,
+}
 
 
 def racer_class(role: str, pair: str) -> type:
@@ -432,6 +543,10 @@ def peer_context(cfg: dict):
     PokeGAN from .peers/PokeGAN."""
     if cfg["pair"] == "dcgan":
         return pokegan_on_cpu()
+    if cfg["pair"] == "stylegan2":
+        if str(NVLABS) not in sys.path:
+            sys.path.insert(0, str(NVLABS))
+        return contextlib.nullcontext()
     use_peer_site()
     return lightweight_gan_on_cpu() if cfg["device"] != "cuda" else contextlib.nullcontext()
 
@@ -827,20 +942,7 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     args.cache.mkdir(parents=True, exist_ok=True)
     roles = [r.strip() for r in args.trainers.split(",") if r.strip()]
-    missing = {
-        "lightweight": None
-        if peer_importable("lightweight_gan")
-        else (
-            "lightweight-gan is not importable (install it into .peers/site: see this "
-            "script's docstring)"
-        ),
-        "dcgan": None
-        if (POKEGAN / "torchgan").is_dir()
-        else (
-            f"{POKEGAN} is absent (python bench/peers.py pokegan copies it from the fetch "
-            "tool's mirror of github:frgfm/PokeGAN)"
-        ),
-    }[args.pair]
+    missing = peer_missing(args.pair)
     if "peer" in roles and missing:
         print(f"skipped: {missing}", flush=True)
         roles.remove("peer")

@@ -31,10 +31,7 @@ sys.path.insert(0, str(REPO))
 from pipeline.training.loop import Trainer  # noqa: E402
 from pipeline.training.params import TrainParams  # noqa: E402
 
-MODELS = get_args(TrainParams.model_fields["model"].annotation)
 FLOWERS = REPO.parent / "shared" / "data" / "flowers256"
-
-
 MODELS = get_args(TrainParams.model_fields["model"].annotation)
 LABELLED = {"stargan2"}  # models that need a labelled dataset
 

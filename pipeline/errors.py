@@ -3,3 +3,9 @@
 
 class StageError(Exception):
     """Bad input or configuration the user can fix; the message names what and how."""
+
+
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters: what a
+    one-line error quotes from a library's multi-line message (torch's load errors)."""
+    return (str(exc).splitlines() or [""])[0][:limit]

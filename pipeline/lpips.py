@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.weights import fetch_weights, load_state_dict
 
 # VGG16's convolutions (torchvision's ``features`` indices) and the ReLUs LPIPS taps.
@@ -101,7 +101,7 @@ def load_lpips(
         model.vgg.load_state_dict(trunk)
         model.lins.load_state_dict(linear)
     except RuntimeError as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise StageError(f"{vgg_path} / {lin_path}: not VGG16 + LPIPS weights ({first})") from None
     return model
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from pipeline import io as pio
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.images import ImageProblem, decode_image, open_image, save_png, to_rgb
 from pipeline.io import safe_name
 from pipeline.params import TranslateParams
@@ -164,7 +164,7 @@ def load_picture(picture: Picture, size: int, what: str) -> torch.Tensor:
     except ImageProblem as exc:
         raise StageError(f"{what}: {picture.where}: cannot be read ({exc})") from None
     except Exception as exc:  # Pillow and zipfile raise many types for damaged data
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise StageError(f"{what}: {picture.where}: cannot be read ({first})") from None
     width, height = im.size
     if min(width, height) < size:

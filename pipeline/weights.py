@@ -25,7 +25,7 @@ import requests
 import torch
 
 from pipeline import io as pio
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.http import make_session, offline_hint, short_error
 from pipeline.progress import progress_bar
 
@@ -262,7 +262,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise StageError(f"{path}: no such checkpoint file") from None
     except Exception as exc:  # torch/pickle/zip raise many types for a damaged file
-        first = (str(exc).splitlines() or [""])[0][:160]
+        first = first_line(exc, 160)
         raise StageError(
             f"{path}: not a loadable PyTorch checkpoint ({exc.__class__.__name__}: {first}); "
             "replace it with a good copy"

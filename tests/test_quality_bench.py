@@ -94,3 +94,22 @@ def test_dcgan_races_pokegan_step_for_step(tmp_path):
         ]
         assert mine[0]["fid"] != mine[1]["fid"]
         assert (tmp_path / "run" / f"{trainer}-{network}-samples.png").is_file()
+
+
+@pytest.mark.slow  # ~20 s: the harness again, both trainers of the StyleGAN2 pair
+@pytest.mark.skipif(
+    not (REPO / ".peers" / "stylegan2-ada-pytorch" / "training" / "networks.py").is_file(),
+    reason="NVlabs' code is absent (python bench/gpu/prepare.py, from the fetch tool's "
+    "mirror of github:NVlabs/stylegan2-ada-pytorch)",
+)
+def test_stylegan2_races_nvlabs_step_for_step(tmp_path):
+    """Our StyleGAN2-ADA and NVlabs' training step (their networks, loss, augment pipe) to
+    the same step counts on the CPU, in fp32: both save G_ema and sample from it."""
+    rows = race(tmp_path, "ours,peer", 0, "--pair", "stylegan2", "--at-steps", "2")
+    for trainer in ("ours", "stylegan2-ada-pytorch"):
+        mine = [row for row in rows if row["trainer"] == trainer]
+        assert [(r["checkpoint"], r["network"], r["steps"]) for r in mine] == [
+            ("0", "G_ema", "0"),
+            ("1", "G_ema", "2"),
+        ]
+        assert (tmp_path / "run" / f"{trainer}-G_ema-samples.png").is_file()

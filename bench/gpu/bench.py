@@ -419,10 +419,11 @@ def nvlabs_ops_build(results: Path, setup: Setup) -> dict:
     return {"built": bool(ok), "build_s": seconds}
 
 
-def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
+def nvlabs_trainer(setup, config: str, batch: int, reals) -> types.SimpleNamespace:
     """NVlabs' training step as training_loop.py runs it (phases Gmain, Greg every 4, Dmain,
     Dreg every 16, lazy-regularisation lr/betas, nan_to_num, EMA, ADA adjustment every 4),
-    with their networks, loss and augment pipe built as train.py builds them."""
+    with their networks, loss and augment pipe built as train.py builds them; ``reals``
+    yields batches in [-1, 1] on the device. Returns the step and the networks."""
     import dnnlib
     from torch_utils import misc, training_stats
     from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
@@ -435,18 +436,21 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
     small = setup.dry_run  # a network small enough for a CPU step
     base = setup.channel_base or (1024 if small else spec["channel_base"])
     dims = setup.dims or (64 if small else 512)
+    # fp16 in the 4 highest resolutions on a GPU, as train.py; fp32 on a CPU (its --fp32),
+    # where half precision has no fast kernels (it made their CPU step 24x ours)
+    fp16_res = 4 if setup.cuda else 0
     common = dict(c_dim=0, img_resolution=setup.size, img_channels=3)
     G = dnnlib.util.construct_class_by_name(
         class_name="training.networks.Generator", z_dim=dims, w_dim=dims,
         mapping_kwargs=dict(num_layers=spec["map"]),
-        synthesis_kwargs=dict(channel_base=base, channel_max=512, num_fp16_res=4,
+        synthesis_kwargs=dict(channel_base=base, channel_max=512, num_fp16_res=fp16_res,
                               conv_clamp=256),
         **common,
     ).train().requires_grad_(False).to(device)  # fmt: skip
     D = dnnlib.util.construct_class_by_name(
         class_name="training.networks.Discriminator", channel_base=base, channel_max=512,
-        num_fp16_res=4, conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=spec["mbstd"]),
-        **common,
+        num_fp16_res=fp16_res, conv_clamp=256,
+        epilogue_kwargs=dict(mbstd_group_size=spec["mbstd"]), **common,
     ).train().requires_grad_(False).to(device)  # fmt: skip
     G_ema = copy.deepcopy(G).eval()
     augment_pipe = dnnlib.util.construct_class_by_name(
@@ -466,7 +470,6 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
         )
         phases += [dict(name=name + "main", module=module, opt=opt, interval=1)]
         phases += [dict(name=name + "reg", module=module, opt=opt, interval=interval)]
-    reals = random_batches(device_flowers(setup, 32 if small else 128), batch)
     state = dict(batch_idx=0, nimg=0)
     ema_nimg = batch * 10 / 32 * 1000 if config == "auto" else 20 * 1000
 
@@ -492,6 +495,8 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
         with torch.no_grad():
             for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 p_ema.copy_(p.lerp(p_ema, beta))
+            for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+                b_ema.copy_(b)
         state["nimg"] += batch
         state["batch_idx"] += 1
         if state["batch_idx"] % 4 == 0:
@@ -499,15 +504,31 @@ def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
             adjust = np.sign(ada_stats["Loss/signs/real"] - 0.6) * (batch * 4) / (500 * 1000)
             augment_pipe.p.copy_((augment_pipe.p + adjust).max(misc.constant(0, device=device)))
 
-    blocks = setup.time_blocks(step, steps)
+    return types.SimpleNamespace(
+        step=step, G=G, D=D, G_ema=G_ema, state=state, fp16_res=fp16_res, dims=dims, base=base
+    )
+
+
+def time_nvlabs(setup, results, bench, config, batch, steps, ops) -> None:
+    """NVlabs' training step (``nvlabs_trainer``) timed beside ours."""
+    reals = random_batches(device_flowers(setup, 32 if setup.dry_run else 128), batch)
+    nv = nvlabs_trainer(setup, config, batch, reals)
+    blocks = setup.time_blocks(nv.step, steps)
     if config == "auto":  # beside ours in profile.txt
-        profile_steps(results, f"{bench} (nvlabs)", step, 4)
-    params = sum(p.numel() for m in (G, D) for p in m.parameters())
+        profile_steps(results, f"{bench} (nvlabs)", nv.step, 4)
+    params = sum(p.numel() for m in (nv.G, nv.D) for p in m.parameters())
     training_record(
-        results, setup, bench, "nvlabs", blocks, steps, batch, precision="fp16 top4",
+        results, setup, bench, "nvlabs", blocks, steps, batch,
+        precision="fp16 top4" if nv.fp16_res else "fp32",
         parameters=params, custom_ops=ops.get("built", False),
-        gradfix=conv2d_gradfix._should_use_custom_op(torch.empty(1, device=device)),
+        gradfix=conv2d_gradfix_used(setup),
     )  # fmt: skip
+
+
+def conv2d_gradfix_used(setup) -> bool:
+    from torch_utils.ops import conv2d_gradfix
+
+    return conv2d_gradfix._should_use_custom_op(torch.empty(1, device=setup.device))
 
 
 def run_stylegan2(setup: Setup, results: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.devices import pick_device
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.faces.base import (
     FaceDetector,
     Faces,
@@ -68,7 +68,7 @@ class S3FDDetector(FaceDetector):
                 str(self.device), path_to_detector=str(path), filter_threshold=self.confidence
             )
         except Exception as exc:  # torch.load / load_state_dict raise many types
-            first = (str(exc).splitlines() or [""])[0][:160]
+            first = first_line(exc, 160)
             raise StageError(
                 f"{path}: not an S3FD checkpoint ({exc.__class__.__name__}: {first}); "
                 "replace it with a good copy"

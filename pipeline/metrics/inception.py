@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from pipeline.devices import pick_device
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.weights import cached_sha256, fetch_weights, weight_spec
 
 SIZE = 299
@@ -239,7 +239,7 @@ def load_inception(
     try:
         module = torch.jit.load(str(source.path), map_location=device)
     except Exception as exc:  # TorchScript raises several types for a damaged file
-        first = (str(exc).splitlines() or [""])[0][:160]
+        first = first_line(exc, 160)
         raise StageError(f"{source.path}: not loadable TorchScript ({first})") from None
     return InceptionV3(module, source)
 

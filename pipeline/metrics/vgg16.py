@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.devices import pick_device
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.lpips import VGG16Features
 from pipeline.metrics.inception import FeatureSink
 from pipeline.weights import cached_sha256, fetch_weights, load_state_dict
@@ -109,6 +109,6 @@ def load_vgg16(
         model.trunk.load_state_dict(trunk)
         model.classifier.load_state_dict(head)
     except RuntimeError as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise StageError(f"{path}: not torchvision's VGG16 weights ({first})") from None
     return model.to(pick_device(device))

@@ -372,11 +372,6 @@ class StarGAN2(GANModel):
         )  # fmt: skip
         return loss
 
-    def fakes(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
-        """Latent-guided translations of the real batch into random domains."""
-        _, styles = self._target_styles(batch.images, self._labels(batch), ctx, 1, False)
-        return self.G(batch.images, styles[0])
-
     # -- pieces -------------------------------------------------------------------------
 
     def _labels(self, batch: Batch) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import torch
 
 from pipeline import io as pio
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.training.params import TrainParams, default_growth
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise StageError(f"{path}: not a loadable checkpoint ({first}); delete it") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") not in FORMATS:
         raise StageError(f"{path}: not a steam-gan checkpoint (format {FORMAT})")
@@ -269,7 +269,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trai
         net.load_ema(checkpoint)
         G = net.G
     except (KeyError, ValueError, RuntimeError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise StageError(f"{path}: cannot rebuild its generator ({first})") from None
     net = net.to(device).eval().requires_grad_(False)
     return TrainedGenerator(

@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline import io as pio
 from pipeline.augment import Augmenter, BatchPart
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.models import GANModel, build_model
 from pipeline.models.base import (
     Batch,
@@ -431,7 +431,7 @@ class Trainer:
                     checkpoint["G_ema"] if name == "G" else checkpoint["ema"][name]
                 )
         except (KeyError, RuntimeError) as exc:
-            first = (str(exc).splitlines() or [""])[0][:200]
+            first = first_line(exc)
             raise StageError(f"{key}: {source} does not fit this model ({first})") from None
 
     def _load(self, checkpoint: dict) -> None:

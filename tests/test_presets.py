@@ -37,13 +37,19 @@ def test_presets_apply_cleanly_and_agree_with_themselves(files, tmp_path):
     # nothing in the quick run waits on a weight download the offline run cannot make
     assert set(p.evaluate.metrics) <= {"fid", "kid", "precision_recall"}
     assert p.evaluate.pr_features == "inception"
+    # a sample of Steam's app list, and the fast detector: the curation fits the budget too
+    assert p.appids.limit and p.appids.limit <= 5000
+    assert p.faces.detectors == ("retinaface",)
+    assert p.faces.retinaface.variant == "mobilenet0.25_1mb"
 
 
 def test_offline_with_quick_keeps_the_offline_sources(tmp_path):
     both = with_presets(tmp_path, ["params.offline.yaml", "params.quick.yaml"])
     offline = with_presets(tmp_path, ["params.offline.yaml"])
-    assert both.appids == offline.appids and both.download == offline.download
-    assert both.faces == offline.faces and both.dataset == offline.dataset
+    assert both.appids.source == offline.appids.source == "steam"
+    assert both.appids.steam_api_url == offline.appids.steam_api_url
+    assert both.download == offline.download and both.dataset == offline.dataset
+    assert both.faces == offline.faces  # quick's detector is the one offline has
     assert offline.download.cdn_url.startswith("http://127.0.0.1:")
 
 

@@ -68,6 +68,18 @@ def peer_importable(module: str) -> bool:
     return importlib.machinery.PathFinder.find_spec(module, paths) is not None
 
 
+def gpu_bench():
+    """bench/gpu/bench.py (not a package): NVlabs' trainer as the GPU check builds it."""
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench/gpu/bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# NVlabs stylegan2-ada-pytorch's code, copied from the fetch tool's mirror by
+# bench/gpu/prepare.py (its licence forbids committing it)
+NVLABS = REPO / ".peers" / "stylegan2-ada-pytorch"
+
 # PokeGAN (frgfm/PokeGAN, MIT): not on PyPI; `fetch github:frgfm/PokeGAN` mirrors it and
 # `python bench/peers.py pokegan` copies its code here (git-ignored, never committed).
 POKEGAN = REPO / ".peers" / "PokeGAN"

@@ -62,7 +62,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from peers import (  # noqa: E402
+    NVLABS,
     POKEGAN,
+    gpu_bench,
     lightweight_gan_on_cpu,
     peer_importable,
     pokegan_on_cpu,
@@ -131,7 +133,6 @@ PEERS = {
     "dcgan": "PokeGAN",
     "stylegan2": "stylegan2-ada-pytorch",
 }
-NVLABS = REPO / ".peers" / "stylegan2-ada-pytorch"
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -511,16 +512,6 @@ def peer_missing(pair: str) -> str | None:
             "tool's mirror of github:NVlabs/stylegan2-ada-pytorch)"
         )
     return None
-
-
-def gpu_bench():
-    """bench/gpu/bench.py (not a package), for NVlabs' trainer as the GPU check builds it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench/gpu/bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 PEER_RACERS = {

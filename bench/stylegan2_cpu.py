@@ -15,7 +15,6 @@ NVlabs' rule), ADA on (bgc, p from 0), fp32 on the CPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -27,12 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench/gpu/bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from peers import gpu_bench  # noqa: E402
 
 
 def main() -> None:

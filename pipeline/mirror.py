@@ -26,7 +26,7 @@ import io
 import json
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,7 +74,7 @@ def _steam_appid(path: Path, listed: dict[int, str]) -> int | None:
     return None
 
 
-def _local_appid(key: str, taken: set[int]) -> int:
+def _local_appid(key: str, taken: Container[int]) -> int:
     """A stable id for a picture outside Steam's layout: from its path's hash, moved on to
     the next free id on a collision (the sorted walk makes that deterministic too)."""
     digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
@@ -120,7 +120,7 @@ def collect_apps(sources: Iterable[str | Path]) -> list[MirrorApp]:
             kind = path.stem if appid is not None and path.stem in BannerKind.__members__ else ""
             if appid is None:
                 key = f"{source.name}/{path.relative_to(root).as_posix()}"
-                appid = _local_appid(key, set(apps))
+                appid = _local_appid(key, apps)
             app = apps.get(appid)
             if app is None:
                 name = names[folder].get(appid) or path.stem

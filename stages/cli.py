@@ -54,7 +54,7 @@ def set_args(
         for path in paths:
             for item in overlay_overrides(path):
                 key = item.split("=", 1)[0]
-                merged.pop(key, None)  # the later file's value, in its place
+                merged.pop(key, None)  # the later file's value, at its place in that file
                 merged[key] = item
         typer.echo(" ".join(f"-S {item}" for item in merged.values()))
 

@@ -65,6 +65,17 @@ def test_dcgan_builds_at_every_size_with_every_norm(size, norm):
     assert spectral == (norm == "spectral")
 
 
+@pytest.mark.parametrize(("g_kernel", "d_kernel", "expected"), [(5, None, 5), (5, 3, 3), (3, 5, 5)])
+def test_d_kernel_is_its_own_or_mirrors_g(g_kernel, d_kernel, expected):
+    model = DCGAN(32, DCGANParams(**TINY, g_kernel=g_kernel, d_kernel=d_kernel))
+    d_convs = [m for m in model.D.modules() if isinstance(m, torch.nn.Conv2d)]
+    g_convs = [m for m in model.G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert {m.kernel_size for m in d_convs} == {(expected, expected)}
+    assert {m.kernel_size for m in g_convs} == {(g_kernel, g_kernel)}
+    logits = model.D(model.G(torch.randn(2, 16)))
+    assert logits.shape == (2,)
+
+
 @pytest.mark.parametrize("upsample", ["transposed", "nearest"])
 def test_dcgan_256_shapes_and_paper_initialisation(upsample):
     cfg = DCGANParams(latent_dim=8, channels=2, channel_max=8, upsample=upsample)

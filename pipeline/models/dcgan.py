@@ -57,6 +57,11 @@ def feature_norm(channels: int, cfg: DCGANParams) -> nn.Module:
     return layer
 
 
+def d_kernel(cfg: DCGANParams) -> int:
+    """D's kernel size: ``d_kernel``, or G's when it is null (D mirrors G)."""
+    return cfg.d_kernel or cfg.g_kernel
+
+
 def has_bias(cfg: DCGANParams) -> bool:
     """A bias only where no normalisation follows that would remove it."""
     return cfg.norm in ("spectral", "none")
@@ -116,7 +121,7 @@ class DownBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, cfg: DCGANParams):
         super().__init__()
-        k = cfg.g_kernel
+        k = d_kernel(cfg)
         conv = weighted(nn.Conv2d(cin, cout, k, 2, k // 2, bias=has_bias(cfg)), cfg)
         self.layers = nn.Sequential(
             conv, feature_norm(cout, cfg), nn.LeakyReLU(0.2), DrawnDropout(cfg.dropout)
@@ -194,7 +199,7 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, image_size: int, cfg: DCGANParams, rgb_sizes: list[int] | None = None):
         super().__init__()
         width = widths(image_size, cfg)
-        k = cfg.g_kernel
+        k = d_kernel(cfg)
         self.from_rgb = nn.ModuleDict(
             {
                 str(r): nn.Sequential(

@@ -144,7 +144,8 @@ class DCGANParams(Section):
     channels: PositiveInt = 64  # width at full resolution (ngf/ndf), doubling per halving
     channel_max: PositiveInt = 512
     upsample: Literal["transposed", "nearest"] = "transposed"  # nearest: upsample + conv
-    g_kernel: Literal[3, 5] = 5  # G's kernel (D mirrors it)
+    g_kernel: Literal[3, 5] = 5  # G's kernel
+    d_kernel: Literal[3, 5] | None = None  # D's kernel; null: g_kernel's (PokeGAN's D: 3)
     norm: DCGANNorm = "batch"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in D
     loss: DCGANLoss = "standard"

@@ -36,6 +36,7 @@ from pipeline import io as pio
 from pipeline.errors import StageError, first_line
 from pipeline.images import ImageProblem, decode_image, open_image, save_png, to_rgb
 from pipeline.io import safe_name
+from pipeline.models.base import Capability
 from pipeline.params import TranslateParams
 from pipeline.training.checkpoint import TrainedGenerator
 from pipeline.training.data import IMAGE_SUFFIXES, ImageDataset, resolve_dataset
@@ -329,10 +330,12 @@ def translate(
     (also written to ``out/translate.json``); ``advance`` moves once per image written or
     found."""
     net = trained.net
-    if net is None or not hasattr(net, "style_encoder"):
+    if net is None or not trained.can(Capability.TRANSLATION):
+        from pipeline.models import models_able
+
         raise StageError(
             f"{trained.path}: {trained.model} does not translate images; train one with "
-            "train.model=stargan2 on a labelled dataset"
+            f"{models_able(Capability.TRANSLATION)} on a labelled dataset"
         )
     classes, size = trained.classes, trained.image_size
     domains = resolve_domains(cfg.domains, classes)

@@ -59,14 +59,14 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
 
         cfg = cfg.for_device(device.type)  # project.steps: auto
         trained = load_generator(checkpoint, device)
-        skipped = left_out(cfg, trained.G, trained.model)
+        skipped = left_out(cfg, trained, trained.model)
         for reason in dict.fromkeys(skipped.values()):  # said plainly, once per reason
             names = ", ".join(name for name, why in skipped.items() if why == reason)
             say(f"render: {reason}: no {names}")
         with (
             pio.atomic_dir(OUT_DIR) as tmp,
             progress_bar(
-                work_units(cfg, skipped, bool(trained.num_classes), translates(trained.G)),
+                work_units(cfg, skipped, bool(trained.num_classes), translates(trained)),
                 f"render {trained.model}",
             ) as advance,
         ):

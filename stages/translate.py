@@ -26,6 +26,8 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     with run_stage("translate", params, overrides) as p:
         # torch: imported only when translating
         from pipeline.devices import pick_device
+        from pipeline.models import models_able
+        from pipeline.models.base import Capability
         from pipeline.training.checkpoint import load_generator
         from pipeline.translate import SUMMARY, translate
 
@@ -33,8 +35,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         require_checkpoint("translate.checkpoint", cfg.checkpoint)
         device = pick_device(cfg.device)
         trained = load_generator(cfg.checkpoint, device)
-        if trained.model != "stargan2":
-            reason = f"{trained.model} does not translate images (train.model=stargan2 does)"
+        if not trained.can(Capability.TRANSLATION):
+            able = models_able(Capability.TRANSLATION)
+            reason = f"{trained.model} does not translate images ({able} does)"
             OUT_DIR.mkdir(parents=True, exist_ok=True)
             pio.write_json(OUT_DIR / SUMMARY, {"skipped": reason, "checkpoint": cfg.checkpoint})
             say(f"translate: nothing to do: {reason}")

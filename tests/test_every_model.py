@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from pipeline.dataset import Member, write_zip
+from pipeline.models import registry
 from pipeline.training.checkpoint import load_checkpoint
 from tests.conftest import allow_small_datasets, needs_shared, run_cli, write_shipped_params
 
-MODELS = ("lightweight", "stylegan2", "dcgan", "progan", "stargan2")
+MODELS = tuple(registry.MODELS)  # every model in the table, a new one included
 # what StarGAN v2 needs besides its name: class folders as the dataset (docs/curation.md, dataset)
 LABELS = ("-S", "dataset.labels=folders", "-S", "dataset.folders_root=domains")
 

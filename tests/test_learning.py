@@ -38,3 +38,10 @@ def test_model_learns_the_coloured_shapes(model, tmp_path, record_property):
     assert end.modes_covered >= MIN_MODES, figures
     assert end.recognised >= MIN_RECOGNISED, figures
     assert end.off_background <= MAX_OFF_BACKGROUND, figures
+
+
+def test_every_model_in_the_table_has_a_learning_test():
+    """A model added to the table without settings here would never be shown to learn."""
+    from pipeline.models.registry import MODELS as TABLE
+
+    assert set(MODELS) == set(TABLE)

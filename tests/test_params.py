@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.errors import StageError
+from pipeline.models.registry import MODELS
 from pipeline.params import Params, apply_overrides, load_params, parse_override, validate_params
 from pipeline.steam import BannerKind
 from tests.conftest import REPO, shipped_params_text
@@ -37,7 +38,7 @@ def test_repository_params_are_valid_and_have_every_section():
         "resnet50_ternaus", None, None, None
     )  # fmt: skip
     assert params.faces.batch_size == "auto"
-    for nested in ("ema", "aug", "lightweight", "stylegan2", "dcgan", "progan"):
+    for nested in ("ema", "aug", "ada", *MODELS):  # every model's section, from the table
         section = getattr(params.train, nested)
         assert set(raw["train"][nested]) == set(type(section).model_fields)
     for nested in ("mixing", "directions", "project"):  # nested render sections

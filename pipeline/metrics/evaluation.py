@@ -334,14 +334,14 @@ def evaluate_generator(
     Inception network), as a dict of numbers (null where a metric could not be computed,
     with the reason under ``notes``; small samples under ``warnings``). Precision/recall uses
     ``vgg``'s features when given (and the reference's VGG16 ones)."""
-    from pipeline.models.base import has_mapping
+    from pipeline.models.base import Capability
     from pipeline.training.checkpoint import load_generator
 
     requested = {get_metric(name).name for name in cfg.metrics}  # unknown: names the valid
     metrics = [get_metric(name) for name in list_metrics() if name in requested]
     device = pick_device(cfg.device)
     trained = load_generator(cfg.checkpoint, device)
-    if cfg.truncation != 1.0 and not has_mapping(trained.G):
+    if cfg.truncation != 1.0 and not trained.can(Capability.W_SPACE):
         raise StageError(
             f"evaluate.truncation: {trained.model} has no mapping network to truncate in; "
             "set evaluate.truncation=1"
@@ -365,8 +365,7 @@ def evaluate_generator(
         results["notes"] = ctx.notes
     warnings = small_sample_warnings(results, cfg, len(reference.features), requested)
     warnings |= ctx.warnings
-    stage_note = getattr(trained.net, "sampling_note", None)  # a model sampled part-grown
-    if stage_note is not None and (note := stage_note()):
+    if trained.net is not None and (note := trained.net.sampling_note()):
         warnings["stage"] = note
     if warnings:
         results["warnings"] = warnings

@@ -40,7 +40,7 @@ from pipeline.metrics.ppl import perceptual_path_length
 from pipeline.metrics.precision_recall import precision_recall as precision_recall_of
 from pipeline.metrics.samples import sample_warning
 from pipeline.metrics.vgg16 import VGG16FC2
-from pipeline.models.base import has_mapping
+from pipeline.models.base import Capability, MissingCapability
 from pipeline.params import METRIC_NAMES, EvaluateParams
 from pipeline.progress import progress_bar
 
@@ -221,7 +221,7 @@ def ppl(ctx: MetricContext) -> Results:
     """Perceptual path length in Z, and in W for a generator with a mapping network. Its own
     pairs of images, made by G directly (it interpolates in G's latent spaces)."""
     cfg, trained = ctx.cfg, ctx.trained
-    mapping = has_mapping(trained.G)
+    mapping = trained.can(Capability.W_SPACE)
 
     def length(space: str) -> list[float]:
         if ctx.lpips is None:
@@ -339,8 +339,11 @@ def translation(ctx: MetricContext) -> Results:
     their mean, and LPIPS diversity between styles of one source."""
     from pipeline.metrics.stargan import stargan_metrics
 
-    if ctx.trained.model != "stargan2":
-        raise ValueError(f"translation metrics are StarGAN v2's; this is {ctx.trained.model}")
+    if not ctx.trained.can(Capability.TRANSLATION):
+        raise MissingCapability(
+            f"translation metrics are StarGAN v2's; this is {ctx.trained.model}, which does not "
+            "declare translation (an image-to-image model)"
+        )
     if ctx.inception is None or ctx.data is None:
         raise ValueError("translation needs the Inception network and reference.data")
     metrics, notes = stargan_metrics(

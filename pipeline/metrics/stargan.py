@@ -9,9 +9,8 @@ that domain's score, and their mean the model's. LPIPS diversity is the mean pai
 between the ``styles`` translations of one source into one domain (higher: more diverse).
 
 Plain functions returning ``(metrics, notes)``: a metric that cannot be computed is None,
-with the reason in ``notes``. To register them with the evaluate stage, call
-``stargan_metrics`` when ``trained.model == "stargan2"`` and merge both dicts into
-metrics.json / notes.json.
+with the reason in ``notes``. The evaluate stage runs them as the ``translation`` metric
+(``metrics.registry``) for a model that declares ``Capability.TRANSLATION``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""GAN models the training engine can train, by name (``train.model``)."""
+"""GAN models the training engine can train, by name (``train.model``): the table is
+``pipeline.models.registry``. This package imports no torch until a model is built."""
 
 from __future__ import annotations
 
-from pipeline.models.base import GANModel
-from pipeline.training.params import TrainParams
+from typing import TYPE_CHECKING
+
+from pipeline.models.registry import MODELS, ModelSpec, model_spec
+
+if TYPE_CHECKING:
+    from pipeline.models.base import GANModel
+    from pipeline.training.params import TrainParams
 
 
 def build_model(params: TrainParams, for_sampling: bool = False, num_classes: int = 0) -> GANModel:
@@ -11,29 +17,42 @@ def build_model(params: TrainParams, for_sampling: bool = False, num_classes: in
     render), so a model may skip what only training needs (loss networks' weights).
     ``num_classes``: the dataset's classes (0: unlabelled); a model that can be
     conditional decides from its params whether it is."""
-    if params.model == "lightweight":
-        from pipeline.models.lightweight import LightweightGAN
-
-        return LightweightGAN(params.image_size, params.lightweight, for_sampling)
-    if params.model == "stylegan2":
-        from pipeline.models.stylegan2 import StyleGAN2
-
-        return StyleGAN2(
-            params.image_size, params.stylegan2, params.batch_size, for_sampling, num_classes
-        )
-    if params.model == "dcgan":
-        from pipeline.models.dcgan import DCGAN
-
-        return DCGAN(params.image_size, params.dcgan)
-    if params.model == "progan":
-        from pipeline.models.progan import ProGAN
-
-        return ProGAN(params.image_size, params.progan)
-    if params.model == "stargan2":
-        from pipeline.models.stargan2 import StarGAN2
-
-        return StarGAN2(params.image_size, params.stargan2, for_sampling, num_classes)
-    raise ValueError(f"unknown model {params.model!r}")
+    spec = model_spec(params.model)
+    model = spec.load()(
+        params.image_size,
+        getattr(params, spec.name),
+        params.batch_size,
+        for_sampling=for_sampling,
+        num_classes=num_classes,
+    )
+    model.check_capabilities()
+    return model
 
 
-__all__ = ["GANModel", "build_model"]
+def models_with(capability) -> list[str]:
+    """The names of the models whose class declares ``capability`` (imports them: torch)."""
+    return [name for name, spec in MODELS.items() if capability in spec.load().capabilities]
+
+
+def models_able(capability) -> str:
+    """``train.model=<name>`` for each model with ``capability``, for messages."""
+    return " or ".join(f"train.model={name}" for name in models_with(capability))
+
+
+def __getattr__(name: str):
+    if name == "GANModel":  # torch: only when asked for
+        from pipeline.models.base import GANModel
+
+        return GANModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MODELS",
+    "GANModel",
+    "ModelSpec",
+    "build_model",
+    "model_spec",
+    "models_able",
+    "models_with",
+]

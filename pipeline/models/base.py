@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from pipeline.augment import BatchPart
+from pipeline.training.ema import ema_state
 
 
 class Batch(NamedTuple):
@@ -156,6 +158,48 @@ def has_mapping(G: nn.Module) -> bool:
     return all(hasattr(G, name) for name in ("mapping", "synthesis", "w_avg", "num_ws"))
 
 
+class Capability(StrEnum):
+    """What a model can do beyond drawing images from latents, declared on its class
+    (``GANModel.capabilities``): evaluate, render and translate read the declaration instead
+    of guessing from the model's name or attributes."""
+
+    # G is style-based: mapping(z) → ws, synthesis(ws), w_avg (truncation, the W-space
+    # renders, projection, PPL in W); see ``has_mapping``
+    W_SPACE = "w_space"
+    # G.modulation_weights(): its style layers' weights (render's SeFa directions)
+    STYLE_WEIGHTS = "style_weights"
+    # image-to-image between the dataset's domains: ``translate(images, styles)``,
+    # ``mapping(z, domains)`` and ``style_encoder(images, domains)`` on the model (the
+    # translate stage, render's translation grids, evaluate's translation metrics)
+    TRANSLATION = "translation"
+
+
+# What a model declaring a capability must have once built: (on which object, members).
+CAPABILITY_MEMBERS: dict[Capability, tuple[str, tuple[str, ...]]] = {
+    Capability.W_SPACE: ("G", ("mapping", "synthesis", "w_avg", "num_ws")),
+    Capability.STYLE_WEIGHTS: ("G", ("modulation_weights",)),
+    Capability.TRANSLATION: ("model", ("translate", "mapping", "style_encoder")),
+}
+
+
+class MissingCapability(ValueError):
+    """A stage asked a model for something its class does not declare."""
+
+
+def capabilities_of(source) -> frozenset[Capability]:
+    """What ``source`` can do: a model's (or a ``TrainedGenerator``'s) declaration; for a
+    bare generator built in code (no model around it: tests, benches), what its members
+    show, as no class declares them."""
+    if not isinstance(source, nn.Module) or isinstance(source, GANModel):
+        return source.capabilities
+    shown = set()
+    if has_mapping(source):
+        shown.add(Capability.W_SPACE)
+        if callable(getattr(source, "modulation_weights", None)):
+            shown.add(Capability.STYLE_WEIGHTS)
+    return frozenset(shown)
+
+
 class GANModel(nn.Module):
     """A generator ``G``, a discriminator ``D`` (and any other networks) and their losses.
 
@@ -182,6 +226,36 @@ class GANModel(nn.Module):
     # which of ``optimizers()`` the D step and the G step drive (None: every other one)
     d_optimizers: tuple[str, ...] = ("D",)
     g_optimizers: tuple[str, ...] | None = None
+    capabilities: frozenset[Capability] = frozenset()  # beyond z → image (``Capability``)
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: Capability, what: str) -> None:
+        """Stop, naming the model and what it lacks, unless it declares ``capability``."""
+        if capability not in self.capabilities:
+            raise MissingCapability(
+                f"{self.name} cannot {what}: it does not declare {capability.value} "
+                f"(GANModel.capabilities)"
+            )
+
+    def check_capabilities(self) -> None:
+        """Fail loudly when a declared capability's members are missing (the engine calls
+        this on every model it builds), not later inside evaluate or render."""
+        for capability in self.capabilities:
+            owner, members = CAPABILITY_MEMBERS[capability]
+            target = self if owner == "model" else getattr(self, owner)
+            missing = [name for name in members if not hasattr(target, name)]
+            if missing:
+                raise TypeError(
+                    f"{type(self).__name__} declares {capability.value} but its {owner} has "
+                    f"no {', '.join(missing)}"
+                )
+
+    def sampling_note(self) -> str | None:
+        """A caveat about samples drawn now (a progressive model not grown to full size),
+        which evaluate reports as a warning; None: none."""
+        return None
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimizers by name; the checkpoint keeps each under its name. A model with
@@ -224,8 +298,7 @@ class GANModel(nn.Module):
     def load_ema(self, checkpoint: dict) -> None:
         """Load a checkpoint's averaged weights into this model's own modules (sampling)."""
         for name, module in self.ema_modules().items():
-            state = checkpoint["G_ema"] if name == "G" else checkpoint["ema"][name]
-            module.load_state_dict(state)
+            module.load_state_dict(ema_state(checkpoint, name))
 
     def sample(
         self,

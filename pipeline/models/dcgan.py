@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.models.base import Batch, DLoss, GANModel, StepContext
-from pipeline.training.params import DCGANParams
+from pipeline.models.registry import DCGANParams
 
 INIT_STD = 0.02  # the DCGAN paper's N(0, 0.02)
 
@@ -317,7 +317,16 @@ class DCGAN(GANModel):
     name = "dcgan"
     default_augment = "none"  # the DCGAN paper and PokeGAN had none
 
-    def __init__(self, image_size: int, cfg: DCGANParams, rgb_sizes: list[int] | None = None):
+    def __init__(
+        self,
+        image_size: int,
+        cfg: DCGANParams,
+        batch_size: int = 0,
+        *,
+        for_sampling: bool = False,
+        num_classes: int = 0,  # unconditional: a labelled dataset's labels are not used
+        rgb_sizes: list[int] | None = None,
+    ):
         super().__init__()
         if image_size & (image_size - 1) or image_size <= cfg.latent_size:
             raise ValueError(

@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.lpips import load_lpips, lpips_recon_loss
 from pipeline.models.base import Batch, DLoss, GANModel, NoiseInjection, StepContext
-from pipeline.training.params import LightweightParams
+from pipeline.models.registry import LightweightParams
 
 # Feature-map width per resolution, as a multiple of ``channels`` (the paper's table).
 WIDTH = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
@@ -238,7 +238,15 @@ class LightweightDiscriminator(nn.Module):
 class LightweightGAN(GANModel):
     name = "lightweight"
 
-    def __init__(self, image_size: int, cfg: LightweightParams, for_sampling: bool = False):
+    def __init__(
+        self,
+        image_size: int,
+        cfg: LightweightParams,
+        batch_size: int = 0,
+        *,
+        for_sampling: bool = False,
+        num_classes: int = 0,  # unconditional: a labelled dataset's labels are not used
+    ):
         super().__init__()
         if image_size < 32:
             raise ValueError(f"lightweight needs image_size >= 32, got {image_size}")

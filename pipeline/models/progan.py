@@ -21,13 +21,21 @@ import torch.nn.functional as F
 
 from pipeline.models.base import Batch, StepContext
 from pipeline.models.dcgan import DCGAN
-from pipeline.training.params import ProGANParams
+from pipeline.models.registry import ProGANParams
 
 
 class ProGAN(DCGAN):
     name = "progan"
 
-    def __init__(self, image_size: int, cfg: ProGANParams):
+    def __init__(
+        self,
+        image_size: int,
+        cfg: ProGANParams,
+        batch_size: int = 0,
+        *,
+        for_sampling: bool = False,
+        num_classes: int = 0,  # unconditional: a labelled dataset's labels are not used
+    ):
         self.stages = cfg.growth(image_size)
         sizes = [stage.size for stage in self.stages]
         if sizes[-1] != image_size:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.base import Batch, DLoss, GANModel, StepContext
-from pipeline.training.params import StarGAN2Params
+from pipeline.models.base import Batch, Capability, DLoss, GANModel, StepContext
+from pipeline.models.registry import StarGAN2Params
 
 CROP_SCALE = (0.8, 1.0)  # the official RandomResizedCrop's area and aspect-ratio ranges
 CROP_RATIO = (0.9, 1.1)
@@ -269,11 +269,18 @@ def random_resized_crop(images: torch.Tensor, ctx: StepContext, prob: float) -> 
 class StarGAN2(GANModel):
     name = "stargan2"
     default_augment = "none"
+    capabilities = frozenset({Capability.TRANSLATION})
     d_optimizers = ("D",)
     g_optimizers = ("G", "mapping", "style")
 
     def __init__(
-        self, image_size: int, cfg: StarGAN2Params, for_sampling: bool = False, num_classes: int = 0
+        self,
+        image_size: int,
+        cfg: StarGAN2Params,
+        batch_size: int = 0,
+        *,
+        for_sampling: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
         if not num_classes:

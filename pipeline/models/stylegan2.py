@@ -25,8 +25,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.base import Batch, DLoss, GANModel, NoiseInjection, StepContext
-from pipeline.training.params import StyleGAN2Params
+from pipeline.models.base import (
+    Batch,
+    Capability,
+    DLoss,
+    GANModel,
+    NoiseInjection,
+    StepContext,
+)
+from pipeline.models.registry import StyleGAN2Params
 
 SQRT2 = math.sqrt(2)
 LRELU_SLOPE = 0.2
@@ -565,12 +572,14 @@ class StyleGAN2Discriminator(nn.Module):
 class StyleGAN2(GANModel):
     name = "stylegan2"
     default_augment = "ada"
+    capabilities = frozenset({Capability.W_SPACE, Capability.STYLE_WEIGHTS})
 
     def __init__(
         self,
         image_size: int,
         cfg: StyleGAN2Params,
         batch_size: int,
+        *,
         for_sampling: bool = False,
         num_classes: int = 0,
     ):

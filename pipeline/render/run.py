@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline import io as pio
-from pipeline.models.base import has_mapping
+from pipeline.models.base import Capability, capabilities_of
 from pipeline.progress import Advance, as_advance
 from pipeline.render import directions as dirs
 from pipeline.render import grids, interpolation, mixing, projection, translation
@@ -46,17 +46,19 @@ RENDERS = {
 TRANSLATIONS = ("translation", "translation_reference")
 
 
-def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
-    """Renders this generator cannot draw, each with the reason."""
-    if translation.translates(G):  # StarGAN v2 draws from real images, not from z
+def unsupported(source, model: str) -> dict[str, str]:
+    """Renders this generator (a ``TrainedGenerator``, or a bare G) cannot draw, each with
+    the reason, from the capabilities its model declares."""
+    can = capabilities_of(source)
+    if Capability.TRANSLATION in can:  # draws from real images, not from z
         why = f"{model} translates real images (its translation grids; the translate stage)"
         return {name: why for name in RENDERS if name != "reals"}
     reasons = {}
-    if not has_mapping(G):
+    if Capability.W_SPACE not in can:
         for name, needs in RENDERS.items():
             if needs == STYLED:
                 reasons[name] = f"{model} has no mapping network (W space)"
-    elif not hasattr(G, "modulation_weights"):
+    elif Capability.STYLE_WEIGHTS not in can:
         reasons["sefa"] = f"{model} does not expose its style layers' weights"
     return reasons
 
@@ -64,10 +66,10 @@ def unsupported(G: torch.nn.Module, model: str) -> dict[str, str]:
 NOT_ASKED = "not in render.parts"
 
 
-def left_out(p: RenderParams, G: torch.nn.Module, model: str) -> dict[str, str]:
-    """The renders that will not be drawn, each with why: the model cannot, or
-    ``render.parts`` does not list it."""
-    skipped = unsupported(G, model)
+def left_out(p: RenderParams, source, model: str) -> dict[str, str]:
+    """The renders that will not be drawn, each with why: the model (``source``: a
+    ``TrainedGenerator`` or a bare G) cannot, or ``render.parts`` does not list it."""
+    skipped = unsupported(source, model)
     for name in (*RENDERS, "class_interpolation", *TRANSLATIONS):
         if name not in skipped and not p.wants(name):
             skipped[name] = NOT_ASKED
@@ -128,7 +130,7 @@ def render(
     advance = as_advance(advance)
     p = p.for_device(device.type)
     synth_options = dict(device=device, batch=p.batch_size, noise_mode=p.noise_mode)
-    skipped = left_out(p, G, trained.model)
+    skipped = left_out(p, trained, trained.model)
     draw = lambda name: name not in skipped  # noqa: E731
     rows, cols = p.grid
     done: dict[str, dict[str, Any]] = {}
@@ -138,7 +140,7 @@ def render(
         done[name] = record
         advance(status=name)
 
-    if translation.translates(G):
+    if trained.can(Capability.TRANSLATION):
         return render_translations(trained, p, out, device, finish, skipped, done)
     synth = Synth(G, **synth_options, sample=trained.sample)
 
@@ -186,7 +188,7 @@ def render(
     if draw("interpolation_z"):
         interpolation_video("z", interpolation.z_frames(synth, p.seeds, p.frames))
 
-    if not has_mapping(G):
+    if not trained.can(Capability.W_SPACE):
         return summary(trained, p, done, skipped)
 
     if synth.num_classes and draw("class_interpolation"):

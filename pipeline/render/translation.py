@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.models.base import Capability, capabilities_of
 from pipeline.render.grids import real_images
 from pipeline.training.checkpoint import TrainedGenerator
 from pipeline.training.data import ImageDataset
@@ -15,9 +16,10 @@ from pipeline.training.sampling import seeded_latents
 STYLES_PER_DOMAIN = 2  # latent grid: the first two render.seeds
 
 
-def translates(G: torch.nn.Module) -> bool:
-    """A StarGAN v2 generator (image + style → image, with kept source images)."""
-    return hasattr(G, "sample_sources")
+def translates(source) -> bool:
+    """An image-to-image model (a ``TrainedGenerator``, a model or a bare G) that declares
+    ``Capability.TRANSLATION``: it draws from real images, not from latents."""
+    return Capability.TRANSLATION in capabilities_of(source)
 
 
 @torch.no_grad()

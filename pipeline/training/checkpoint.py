@@ -13,13 +13,15 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipeline import io as pio
 from pipeline.errors import StageError, first_line
-from pipeline.training.params import TrainParams, default_growth
+from pipeline.models.base import Capability, capabilities_of
+from pipeline.models.registry import MODELS
+from pipeline.training.params import TrainParams
 
 if TYPE_CHECKING:
     from pipeline.models.base import GANModel
@@ -55,13 +57,13 @@ RUN_KEYS = {
 }
 # One section per model (train.model's choices) and per augmentation (train.augment's
 # resolved kind → its section): only the chosen ones shape a run.
-MODEL_SECTIONS = get_args(TrainParams.model_fields["model"].annotation)
+MODEL_SECTIONS = tuple(MODELS)
 AUGMENT_SECTIONS = {"diffaugment": "aug", "ada": "ada"}
-# Keys added after runs existed, with the value that means what those runs did: at that
-# value they are left out of the hash, so upgrading does not set every old run aside.
+# The engine's keys added after runs existed, with the value that means what those runs
+# did: at that value they are left out of the hash, so upgrading does not set every old run
+# aside (a model's own such keys: its params class's ``later_keys``).
 LATER_KEYS: dict[tuple[str, ...], Any] = {
     ("balance_classes",): False,
-    ("stylegan2", "conditional"): "auto",
 }
 
 
@@ -74,18 +76,21 @@ def defining_params(params: dict, augment_kind: str) -> dict:
     defining = {k: v for k, v in params.items() if k not in RUN_KEYS and k not in sections}
     defining["augment"] = augment_kind  # resolved: auto and its explicit value are one run
     model = params.get("model")
+    later = dict(LATER_KEYS)
     if model in MODEL_SECTIONS:
-        defining[model] = params.get(model)
-    progan = defining.get("progan")
-    if model == "progan" and isinstance(progan, dict) and progan.get("stages") is None:
-        # resolved, as augment is: null and the list it stands for are one run
-        size, latent = params.get("image_size"), progan.get("latent_size")
-        if isinstance(size, int) and isinstance(latent, int):
-            defining["progan"] = {**progan, "stages": default_growth(size, latent)}
-    section = AUGMENT_SECTIONS.get(augment_kind)
-    if section:
-        defining[section] = params.get(section)
-    for path, value in LATER_KEYS.items():
+        spec = MODELS[model]
+        section = params.get(model)
+        # resolved, as augment is: a null and the value it stands for are one run
+        defining[model] = (
+            spec.params.resolved(section, params.get("image_size"))
+            if isinstance(section, dict)
+            else section
+        )
+        later.update({(model, key): value for key, value in spec.params.later_keys.items()})
+    augment_section = AUGMENT_SECTIONS.get(augment_kind)
+    if augment_section:
+        defining[augment_section] = params.get(augment_section)
+    for path, value in later.items():
         *parents, key = path
         holder = defining
         for parent in parents:
@@ -236,6 +241,14 @@ class TrainedGenerator:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """The model's declared capabilities (a bare generator: what its members show)."""
+        return capabilities_of(self.G if self.net is None else self.net)
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
     def sample(
         self,

@@ -7,6 +7,36 @@ from torch import nn
 
 from pipeline.training.params import EmaParams
 
+# Where a checkpoint keeps the averaged networks, written out here only: G's (what every
+# sampler loads) under ``G_ema``; any other's (StarGAN v2's mapping network and style
+# encoder) in the ``ema`` dict by module name. Flattened, those are ``ema/<name>``.
+SAMPLED_KEY = "G_ema"
+OTHERS_KEY = "ema"
+
+
+def ema_entries(states: dict[str, dict]) -> dict[str, dict]:
+    """The averaged networks' state dicts by module name as checkpoint entries."""
+    others = {name: state for name, state in states.items() if name != "G"}
+    return {SAMPLED_KEY: states["G"], **({OTHERS_KEY: others} if others else {})}
+
+
+def ema_state(checkpoint: dict, name: str) -> dict:
+    """Module ``name``'s averaged weights in a checkpoint (KeyError if it has none)."""
+    return checkpoint[SAMPLED_KEY] if name == "G" else checkpoint[OTHERS_KEY][name]
+
+
+def flat_ema_name(name: str) -> str:
+    """Module ``name``'s averaged network as one key: ``G_ema`` or ``ema/<name>``."""
+    return SAMPLED_KEY if name == "G" else f"{OTHERS_KEY}/{name}"
+
+
+def nest_flat(networks: dict[str, dict]) -> dict[str, dict]:
+    """Flat keys (``G``, ``G_ema``, ``ema/<name>``…) back into checkpoint entries."""
+    prefix = f"{OTHERS_KEY}/"
+    others = {n.removeprefix(prefix): s for n, s in networks.items() if n.startswith(prefix)}
+    nested = {n: s for n, s in networks.items() if not n.startswith(prefix)}
+    return {**nested, **({OTHERS_KEY: others} if others else {})}
+
 
 def ema_beta(cfg: EmaParams, batch_size: int, nimg: int) -> float:
     """Per-step decay: ``cfg.decay``, or from a half-life in kimg (NVlabs' form), whose

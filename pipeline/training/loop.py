@@ -53,7 +53,7 @@ from pipeline.training.distributed import (
     cross_process_batchnorm,
     init_processes,
 )
-from pipeline.training.ema import ema_beta, update_ema
+from pipeline.training.ema import OTHERS_KEY, ema_beta, ema_entries, ema_state, update_ema
 from pipeline.training.logger import TrainLogger
 from pipeline.training.params import TrainParams
 from pipeline.training.precision import resolve_precision
@@ -284,7 +284,7 @@ class Trainer:
         prints it and writes it to ``data/train/run.json``, which the report reads."""
         p, state = self.p, self.state
         classes = list(self.dataset_classes)
-        conditional = bool(self.model.num_classes) or (p.model == "stargan2" and bool(classes))
+        conditional = bool(self.model.num_classes)  # on its classes (or domains)
         return {
             "model": p.model,
             "parameters": {
@@ -427,9 +427,7 @@ class Trainer:
             for name, module in self.model.trained_modules().items():
                 module.load_state_dict(checkpoint[name])
             for name, module in self.ema.items():
-                module.load_state_dict(
-                    checkpoint["G_ema"] if name == "G" else checkpoint["ema"][name]
-                )
+                module.load_state_dict(ema_state(checkpoint, name))
         except (KeyError, RuntimeError) as exc:
             first = first_line(exc)
             raise StageError(f"{key}: {source} does not fit this model ({first})") from None
@@ -468,16 +466,13 @@ class Trainer:
         }
 
     def _ema_states(self) -> dict[str, dict]:
-        """The averaged networks under their checkpoint keys: G's as ``G_ema`` (what every
-        sampler reads), any other's in ``ema`` by name."""
-        states = {name: module.state_dict() for name, module in self.ema.items()}
-        others = {name: state for name, state in states.items() if name != "G"}
-        return {"G_ema": states["G"], **({"ema": others} if others else {})}
+        """The averaged networks as checkpoint entries (``ema.ema_entries``)."""
+        return ema_entries({name: module.state_dict() for name, module in self.ema.items()})
 
     @staticmethod
     def _finite(states: dict[str, dict]) -> bool:
         return all(
-            all(all_finite(s) for s in state.values()) if name == "ema" else all_finite(state)
+            all(all_finite(s) for s in state.values()) if name == OTHERS_KEY else all_finite(state)
             for name, state in states.items()
         )
 

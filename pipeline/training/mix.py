@@ -30,12 +30,13 @@ from pipeline.training.checkpoint import (
     checksum,
     load_checkpoint,
 )
+from pipeline.training.ema import OTHERS_KEY, SAMPLED_KEY, flat_ema_name, nest_flat
 
 # What only resuming needs (RESUME_PREFIXES, RESUME_KEYS): a mix is for sampling (render,
 # evaluate) or for starting a new run from (train.resume_from), never for continuing one, so
 # they are dropped.
 FILE_KEYS = {"format", CHECKSUM_KEY}  # written again by save_checkpoint
-SAMPLED = "G_ema"  # what every sampler loads (checkpoint.load_generator)
+SAMPLED = SAMPLED_KEY  # what every sampler loads (checkpoint.load_generator)
 # Spectral normalisation's power-iteration state (torch.nn.utils.parametrizations:
 # ``<module>.parametrizations.weight.0._u`` / ``._v``): estimates of the top singular vectors
 # of the newest weights, not weights. Averaged, they would shrink below unit length and
@@ -56,13 +57,13 @@ def is_state_dict(value: Any) -> bool:
 
 def networks(checkpoint: dict) -> dict[str, dict[str, torch.Tensor]]:
     """Every network's state dict by name: the trained modules (``G``, ``D``, a model's
-    others), ``G_ema``, and each of ``ema`` as ``ema/<name>``."""
+    others), ``G_ema``, and each of ``ema`` as ``ema/<name>`` (``ema.flat_ema_name``)."""
     found = {}
     for key, value in checkpoint.items():
         if key in RESUME_KEYS or key.startswith(RESUME_PREFIXES):
             continue
-        if key == "ema" and isinstance(value, dict):
-            found.update({f"ema/{n}": s for n, s in value.items() if is_state_dict(s)})
+        if key == OTHERS_KEY and isinstance(value, dict):
+            found.update({flat_ema_name(n): s for n, s in value.items() if is_state_dict(s)})
         elif is_state_dict(value):
             found[key] = value
     return found
@@ -199,7 +200,7 @@ def mix_checkpoints(sources: Sequence[tuple[str, dict]]) -> tuple[dict, list[str
         if key not in FILE_KEYS
         and key not in RESUME_KEYS
         and not key.startswith(RESUME_PREFIXES)
-        and key != "ema"
+        and key != OTHERS_KEY
         and key not in found[-1]
     }
     header[MIXED_FROM] = [
@@ -211,11 +212,7 @@ def mix_checkpoints(sources: Sequence[tuple[str, dict]]) -> tuple[dict, list[str
         }
         for (path, checkpoint), digest in zip(ordered, digests, strict=True)
     ]
-    ema = {n.removeprefix("ema/"): s for n, s in mixed_networks.items() if n.startswith("ema/")}
-    mixed = {**header, **{n: s for n, s in mixed_networks.items() if not n.startswith("ema/")}}
-    if ema:
-        mixed["ema"] = ema
-    return mixed, left_out
+    return {**header, **nest_flat(mixed_networks)}, left_out
 
 
 def expand(patterns: Sequence[str]) -> list[Path]:

@@ -8,4 +8,5 @@ class StageError(Exception):
 def first_line(exc: BaseException | str, limit: int = 200) -> str:
     """The first line of an exception's message, at most ``limit`` characters: what a
     one-line error quotes from a library's multi-line message (torch's load errors)."""
-    return (str(exc).splitlines() or [""])[0][:limit]
+    empty = type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return (str(exc).splitlines() or [empty])[0][:limit]

@@ -60,9 +60,9 @@ def _sets(paths, resize, batch_size, device, workers, extractor, weights_dir, ne
     import numpy as np
 
     from pipeline.errors import StageError
-    from pipeline.metrics.evaluation import load_reference
     from pipeline.metrics.fid import GaussianStats, feature_stats
     from pipeline.metrics.inception import check_resize, inception_features, load_inception
+    from pipeline.metrics.reference import load_reference
 
     check_resize(resize)
     for path in paths:  # every input checked before minutes of features are computed

@@ -35,51 +35,27 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     """Generate evaluate.num_images images and measure evaluate.metrics against the reference."""
     with run_stage("evaluate", params, overrides) as p:
         # imported here: torch and the networks take seconds, `steamgan --help` should not
-        from pipeline.devices import pick_device, use_threads
-        from pipeline.metrics.evaluation import (
-            FEATURE_METRICS,
-            check_reference,
-            evaluate_generator,
-            load_one_face_detector,
-            load_ppl_distance,
-            load_pr_network,
-            load_reference,
-            pr_key,
-            reference_key,
-        )
-        from pipeline.metrics.inception import load_inception
+        from pipeline.devices import use_threads
+        from pipeline.metrics.evaluation import evaluate_generator
+        from pipeline.metrics.networks import load_networks, pr_key
+        from pipeline.metrics.reference import check_reference, load_reference, reference_key
+        from pipeline.metrics.registry import networks_for
 
         cfg = p.evaluate
         use_threads(cfg.threads)
         reference = load_reference(REFERENCE)
-        model, vgg, vgg_note, pr = None, None, None, {"pr_features": None}
-        if set(cfg.metrics) & set(FEATURE_METRICS):
-            model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
-            if "precision_recall" in cfg.metrics:
-                vgg, vgg_note = load_pr_network(cfg)
+        # the networks the asked metrics run, each loaded once
+        nets = load_networks(cfg, networks_for(cfg.metrics))
+        model, vgg, vgg_note = nets.get("inception"), nets.get("vgg"), nets.note("vgg")
+        pr = {"pr_features": None}
+        if model is not None:
+            if "vgg" in networks_for(cfg.metrics):
                 pr = pr_key(cfg, vgg)
             else:  # not measured: whichever network the reference used will do
                 pr = {k: reference.key.get(k) for k in ("pr_features", "pr_sha256")}
             expected = reference_key(p.reference.data, p.reference, model, cfg.resize, pr)
             check_reference(reference, expected, REFERENCE)
-        detector, face_note = (None, None)
-        if "one_face" in cfg.metrics:
-            detector, face_note = load_one_face_detector(cfg)
-        lpips, lpips_note = (None, None)
-        if {"ppl", "translation"} & set(cfg.metrics):
-            lpips, lpips_note = load_ppl_distance(cfg, pick_device(cfg.device))
-        results = evaluate_generator(
-            cfg,
-            reference,
-            model,
-            detector,
-            face_note,
-            lpips,
-            lpips_note,
-            vgg,
-            vgg_note,
-            data=p.reference.data,
-        )
+        results = evaluate_generator(cfg, reference, None, data=p.reference.data, networks=nets)
         notes = results.pop("notes", {})
         settings = {
             "checkpoint": cfg.checkpoint,

@@ -21,22 +21,19 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
     with run_stage("reference", params, overrides) as p:
         # imported here: torch and the networks take seconds, `steamgan --help` should not
         from pipeline.devices import use_threads
-        from pipeline.metrics.evaluation import (
-            compute_reference,
-            load_one_face_detector,
-            load_pr_network,
-            save_reference,
-        )
-        from pipeline.metrics.inception import load_inception
+        from pipeline.metrics.networks import load_networks
+        from pipeline.metrics.reference import compute_reference, save_reference
         from pipeline.training.data import resolve_dataset
 
         resolve_dataset(p.reference.data, "reference.data")  # before seconds of model loading
         cfg = p.evaluate
         threads = use_threads(cfg.threads, p.reference.workers)
-        model = load_inception(cfg.extractor, cfg.device, cfg.weights_dir, cfg.download_weights)
-        detector, note = load_one_face_detector(cfg)
-        vgg, vgg_note = load_pr_network(cfg)
-        reference = compute_reference(p.reference, cfg, model, detector, note, vgg, vgg_note)
+        # every network a reference serves: Inception, VGG16 (precision/recall), RetinaFace
+        nets = load_networks(cfg, ("inception", "vgg", "detector"))
+        model, vgg, vgg_note = nets.get("inception"), nets.get("vgg"), nets.note("vgg")
+        reference = compute_reference(
+            p.reference, cfg, model, nets.get("detector"), nets.note("detector"), vgg, vgg_note
+        )
         save_reference(REFERENCE, reference)
         numbers = ("num_images", "dataset_images", "one_face_rate")
         pio.write_json(SUMMARY, {name: reference.summary[name] for name in numbers})

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from pipeline.augment import BatchPart
-from pipeline.metrics.evaluation import Reference, evaluate_generator
+from pipeline.metrics.evaluation import evaluate_generator
 from pipeline.metrics.fid import feature_stats
+from pipeline.metrics.reference import Reference
 from pipeline.models import build_model
 from pipeline.models.base import Batch, StepContext
 from pipeline.models.dcgan import DCGAN, bce_targets, gradient_penalty

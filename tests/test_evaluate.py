@@ -318,7 +318,7 @@ def test_one_face_rate_uses_the_faces_stage_logic():
     cap, containment suppression): on 256×256 versions of the five single portraits in which
     RetinaFace enlarged to 640 px found a second box nested in the face, it counts one face
     in each, where the old logic counted two (an inflated or deflated rate either way)."""
-    from pipeline.metrics.evaluation import load_one_face_detector
+    from pipeline.metrics.networks import load_one_face_detector
     from pipeline.params import EvaluateParams
 
     weights = needs_shared("weights", "retinaface_mobilenet0.25.pth")

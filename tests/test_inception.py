@@ -15,7 +15,6 @@ from torch import nn
 
 from pipeline.errors import StageError
 from pipeline.metrics import frechet_distance, inception_features
-from pipeline.metrics.evaluation import Reference, save_reference
 from pipeline.metrics.fid import feature_stats
 from pipeline.metrics.inception import (
     FID_HELPER_SHA256,
@@ -25,6 +24,7 @@ from pipeline.metrics.inception import (
     load_inception,
     locate_inception,
 )
+from pipeline.metrics.reference import Reference, save_reference
 from pipeline.weights import WEIGHTS
 from tests.conftest import run_cli
 from tests.train_helpers import flowers

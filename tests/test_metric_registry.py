@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from pipeline.errors import StageError
-from pipeline.metrics import registry
-from pipeline.metrics.evaluation import Reference
+from pipeline.metrics import networks, registry
 from pipeline.metrics.fid import frechet_distance, frechet_distance_per_class
 from pipeline.metrics.labels import class_counts, generation_labels, read_dataset_labels
+from pipeline.metrics.reference import Reference
 from pipeline.metrics.registry import (
     MetricContext,
     get_metric,
@@ -81,6 +81,50 @@ def test_a_registered_metric_is_null_with_its_reason_when_it_fails(monkeypatch):
         register_metric()(spread)
     with pytest.raises(ValueError, match="unknown needs"):
         register_metric(needs=("clip",))(lambda ctx: {})
+
+
+def test_evaluate_loads_the_union_of_the_networks_the_asked_metrics_run():
+    union = registry.networks_for
+    assert union(["fid", "kid", "fid_per_class"]) == {"inception"}
+    assert union(["precision_recall"]) == {"inception", "vgg"}
+    assert union(["ppl"]) == {"lpips"}
+    assert union(["one_face"]) == {"detector"}
+    assert union(["translation", "one_face"]) == {"inception", "lpips", "detector"}
+    assert set(registry.metrics_using("inception")) >= {"fid", "translation"}
+
+
+def test_a_metric_with_its_own_network_is_one_registration(monkeypatch):
+    """A new metric declares its own network beside itself; evaluate loads it only when a
+    metric asked for runs it, and a network that will not load makes the metric null."""
+    monkeypatch.setattr(registry, "_METRICS", dict(registry._METRICS))
+    monkeypatch.setattr(networks, "_LOADERS", dict(networks._LOADERS))
+    loads = []
+
+    def load_brightness(cfg):
+        loads.append(cfg.seed)
+        if cfg.seed == 1:
+            return None, "brightness weights unavailable: put brightness.pt in weights_dir"
+        return torch.nn.AvgPool2d(4), None
+
+    networks.register_network("brightness", load_brightness)
+
+    @register_metric(networks=("brightness",))
+    def brightness(ctx: MetricContext):
+        net = ctx.network("brightness")
+        return {"brightness": float(net(torch.ones(1, 3, 4, 4)).mean())}
+
+    assert registry.networks_for(["fid", "brightness"]) == {"inception", "brightness"}
+    networks.load_networks(EvaluateParams(), registry.networks_for(["one_face"]))
+    assert loads == []  # no metric asked for runs it: never loaded
+    loaded = networks.load_networks(EvaluateParams(), registry.networks_for(["brightness"]))
+    ctx = MetricContext(EvaluateParams(), None, torch.device("cpu"), None, networks=loaded)
+    assert run_metric(get_metric("brightness"), ctx) == {"brightness": 1.0}
+    missing = networks.load_networks(EvaluateParams(seed=1), ["brightness"])
+    ctx = MetricContext(EvaluateParams(), None, torch.device("cpu"), None, networks=missing)
+    assert run_metric(get_metric("brightness"), ctx) == {"brightness": None}
+    assert ctx.notes["brightness"].startswith("brightness weights unavailable")
+    with pytest.raises(ValueError, match="not registered"):
+        register_metric(networks=("clip",))(lambda ctx: {})
 
 
 def test_fid_per_class_of_known_features():

@@ -647,8 +647,9 @@ def time_evaluate(setup: Setup, results: Path, model) -> None:
     """``evaluate``'s streamed pass (generate → features → FID and KID) over generated images
     of a freshly initialised Lightweight GAN (256 px; 32 in the dry run), against the
     carried flowers."""
-    from pipeline.metrics.evaluation import Reference, evaluate_generator
+    from pipeline.metrics.evaluation import evaluate_generator
     from pipeline.metrics.fid import feature_stats
+    from pipeline.metrics.reference import Reference
     from pipeline.params import EvaluateParams
 
     count = 4 if setup.dry_run else 10_000  # the dry run: Inception's CPU seconds per image

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -246,3 +247,9 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
     return out
+
+
+def detector_key(detector: FaceDetector | None) -> dict[str, Any] | None:
+    """What a detector's counts depend on (its settings), as JSON: a reference's one-face
+    rate is compared only with one made by the same settings."""
+    return None if detector is None else json.loads(json.dumps(detector.config, default=str))

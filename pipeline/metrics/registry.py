@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline.errors import StageError
+from pipeline.errors import StageError, first_line
 from pipeline.faces.base import FaceDetector
 from pipeline.metrics.fid import frechet_distance, frechet_distance_per_class
 from pipeline.metrics.inception import InceptionV3
 from pipeline.metrics.inception_score import inception_score as inception_score_of
 from pipeline.metrics.kid import kernel_inception_distance
+from pipeline.metrics.networks import LoadedNetworks, network_names
 from pipeline.metrics.one_face import FaceCounter
 from pipeline.metrics.ppl import perceptual_path_length
 from pipeline.metrics.precision_recall import precision_recall as precision_recall_of
@@ -45,7 +46,7 @@ from pipeline.params import METRIC_NAMES, EvaluateParams
 from pipeline.progress import progress_bar
 
 if TYPE_CHECKING:
-    from pipeline.metrics.evaluation import Reference
+    from pipeline.metrics.reference import Reference
     from pipeline.training.checkpoint import TrainedGenerator
 
 # What the one streamed pass over generated images can compute for the metrics:
@@ -54,10 +55,6 @@ if TYPE_CHECKING:
 NEEDS = ("inception", "probs", "vgg", "faces")
 
 Results = dict[str, Any]  # result key → number, None, or a dict of numbers (per class)
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [exc.__class__.__name__])[0]
 
 
 @dataclass
@@ -92,6 +89,16 @@ class MetricContext:
     notes: dict[str, str] = field(default_factory=dict)
     warnings: dict[str, str] = field(default_factory=dict)  # small samples, beyond the usual
     data: str | None = None  # the real dataset (reference.data): its held-out split
+    # every loaded network by name, with why a missing one is missing: what a metric with
+    # a network of its own reads (``network``); the built-ins also have the fields above
+    networks: LoadedNetworks = field(default_factory=LoadedNetworks)
+
+    def network(self, name: str) -> Any:
+        """A loaded network, or ValueError with why it is missing (the metric is null)."""
+        found = self.networks.get(name)
+        if found is None:
+            raise ValueError(self.networks.note(name) or f"the {name} network is not loaded")
+        return found
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class Metric:
     keys: tuple[str, ...]  # what it fills in metrics.json (all null when it fails)
     needs: frozenset[str]  # what of the generated pass it reads (NEEDS)
     check: Callable[[MetricContext], None] | None = None  # before the pass: stop early
+    networks: frozenset[str] = frozenset()  # what it runs (pipeline.metrics.networks)
 
 
 _METRICS: dict[str, Metric] = {}
@@ -110,19 +118,30 @@ def register_metric(
     keys: Iterable[str] | None = None,
     needs: Iterable[str] = (),
     check: Callable[[MetricContext], None] | None = None,
+    networks: Iterable[str] = (),
 ) -> Callable:
     """Register the decorated function under its name. ``keys``: the result keys it returns
     (default: its name); ``needs``: what of the generated pass it reads; ``check``: a test of
-    the settings run before any image is generated (raise StageError to stop)."""
+    the settings run before any image is generated (raise StageError to stop);
+    ``networks``: the networks it runs (``pipeline.metrics.networks``), which evaluate loads
+    only when a metric asked for needs them."""
 
     def register(compute: Callable[[MetricContext], Results]) -> Callable:
         name = compute.__name__
         unknown = set(needs) - set(NEEDS)
         if unknown:
             raise ValueError(f"metric {name}: unknown needs {sorted(unknown)}; use {NEEDS}")
+        unregistered = set(networks) - set(network_names())
+        if unregistered:
+            raise ValueError(
+                f"metric {name}: networks {sorted(unregistered)} are not registered "
+                "(pipeline.metrics.networks.register_network)"
+            )
         if name in _METRICS:
             raise ValueError(f"metric {name} is registered twice")
-        _METRICS[name] = Metric(name, compute, tuple(keys or (name,)), frozenset(needs), check)
+        _METRICS[name] = Metric(
+            name, compute, tuple(keys or (name,)), frozenset(needs), check, frozenset(networks)
+        )
         return compute
 
     return register
@@ -149,6 +168,16 @@ def metrics_needing(need: str) -> tuple[str, ...]:
     return tuple(name for name, metric in _METRICS.items() if need in metric.needs)
 
 
+def metrics_using(network: str) -> tuple[str, ...]:
+    """The metrics that run ``network``."""
+    return tuple(name for name, metric in _METRICS.items() if network in metric.networks)
+
+
+def networks_for(names: Iterable[str]) -> set[str]:
+    """The union of the networks the metrics ``names`` run: what evaluate loads."""
+    return set().union(*(get_metric(name).networks for name in names))
+
+
 def attempt(ctx: MetricContext, keys: tuple[str, ...], compute: Callable[[], Any]) -> Results:
     """``keys`` filled from ``compute()`` (a dict, or values in ``keys``' order); when it
     raises ValueError or StageError, each key is null and explains itself in ``ctx.notes``
@@ -157,7 +186,7 @@ def attempt(ctx: MetricContext, keys: tuple[str, ...], compute: Callable[[], Any
         values = compute()
     except (ValueError, StageError) as exc:
         for key in keys:
-            ctx.notes[key] = first_line(exc)
+            ctx.notes[key] = first_line(exc, limit=2000)
         return dict.fromkeys(keys)
     if isinstance(values, dict):
         if set(values) != set(keys):
@@ -174,13 +203,13 @@ def run_metric(metric: Metric, ctx: MetricContext) -> Results:
 # --- the metrics, in the order evaluate reports them ----------------------------------------
 
 
-@register_metric(needs=("inception",))
+@register_metric(needs=("inception",), networks=("inception",))
 def fid(ctx: MetricContext) -> Results:
     """Fréchet Inception Distance against the reference (``pipeline.metrics.fid``)."""
     return {"fid": frechet_distance(ctx.reference.features, ctx.generated.inception)}
 
 
-@register_metric(keys=("kid", "kid_std"), needs=("inception",))
+@register_metric(keys=("kid", "kid_std"), needs=("inception",), networks=("inception",))
 def kid(ctx: MetricContext) -> Results:
     """Kernel Inception Distance over seeded subsets (``pipeline.metrics.kid``)."""
     cfg = ctx.cfg
@@ -191,7 +220,9 @@ def kid(ctx: MetricContext) -> Results:
     return {"kid": mean, "kid_std": std}
 
 
-@register_metric(keys=("precision", "recall"), needs=("inception", "vgg"))
+@register_metric(
+    keys=("precision", "recall"), needs=("inception", "vgg"), networks=("inception", "vgg")
+)
 def precision_recall(ctx: MetricContext) -> Results:
     """k-NN precision and recall on VGG16 features when VGG16 loaded, else on Inception ones
     (``evaluate.pr_features``)."""
@@ -205,7 +236,11 @@ def precision_recall(ctx: MetricContext) -> Results:
     return precision_recall_of(reference.features, generated.inception, cfg.pr_k, ctx.device)
 
 
-@register_metric(keys=("inception_score", "inception_score_std"), needs=("inception", "probs"))
+@register_metric(
+    keys=("inception_score", "inception_score_std"),
+    needs=("inception", "probs"),
+    networks=("inception",),
+)
 def inception_score(ctx: MetricContext) -> Results:
     """Inception Score of the generated images (needs an Inception with its logits layer)."""
     if ctx.generated.probs is None:
@@ -216,7 +251,7 @@ def inception_score(ctx: MetricContext) -> Results:
     return inception_score_of(ctx.generated.probs, ctx.cfg.is_splits)
 
 
-@register_metric(keys=("ppl_z", "ppl_w"))
+@register_metric(keys=("ppl_z", "ppl_w"), networks=("lpips",))
 def ppl(ctx: MetricContext) -> Results:
     """Perceptual path length in Z, and in W for a generator with a mapping network. Its own
     pairs of images, made by G directly (it interpolates in G's latent spaces)."""
@@ -247,7 +282,7 @@ def ppl(ctx: MetricContext) -> Results:
 
 
 def _same_face_detector(ctx: MetricContext) -> None:
-    from pipeline.metrics.evaluation import detector_key
+    from pipeline.faces.base import detector_key
 
     real_detector = ctx.reference.summary.get("one_face_detector")
     detector = ctx.detector
@@ -263,7 +298,10 @@ def _same_face_detector(ctx: MetricContext) -> None:
 
 
 @register_metric(
-    keys=("one_face_rate", "one_face_rate_real"), needs=("faces",), check=_same_face_detector
+    keys=("one_face_rate", "one_face_rate_real"),
+    needs=("faces",),
+    check=_same_face_detector,
+    networks=("detector",),
 )
 def one_face(ctx: MetricContext) -> Results:
     """The fraction of generated images with exactly one face, beside the reference's."""
@@ -282,7 +320,9 @@ def one_face(ctx: MetricContext) -> Results:
     return results
 
 
-@register_metric(keys=("fid_per_class", "fid_per_class_mean"), needs=("inception",))
+@register_metric(
+    keys=("fid_per_class", "fid_per_class_mean"), needs=("inception",), networks=("inception",)
+)
 def fid_per_class(ctx: MetricContext) -> Results:
     """FID of each class of a class-conditional model against the reference's images of that
     class (``fid_per_class``: class name → FID), and their mean. The generated images of a
@@ -332,7 +372,7 @@ TRANSLATION_KEYS = tuple(
 )
 
 
-@register_metric(keys=TRANSLATION_KEYS)
+@register_metric(keys=TRANSLATION_KEYS, networks=("inception", "lpips"))
 def translation(ctx: MetricContext) -> Results:
     """StarGAN v2's own metrics (``pipeline.metrics.stargan``): FID per target domain of
     latent- and reference-guided translations of the dataset's held-out images (test.zip),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.training.loop import layer_group, train
+from pipeline.training.logger import layer_group
+from pipeline.training.loop import train
 from tests.train_helpers import flowers, tiny, tiny_stylegan2
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -112,6 +112,15 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
         return out * self.weight.view(shape) + self.bias.view(shape)
 
 
+def all_true(flag: bool, world: int, device: torch.device) -> bool:
+    """True only if ``flag`` holds in every process (one all-reduce; none with one)."""
+    if world == 1:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
 def cross_process_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Make batch norm see the global batch: SyncBatchNorm on CUDA, ours on the CPU."""
     if device.type == "cuda":

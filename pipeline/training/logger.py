@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from PIL import Image
+from torch import nn
 
 GRAD_FLOW = Path("plots/custom/grad_flow.tsv")  # under the DVCLive folder; see log()
 GRAD_FLOW_COLUMNS = ("step", "network", "layer", "grad")
@@ -77,3 +80,51 @@ class TrainLogger:
     def close(self) -> None:
         if self.live is not None:
             self.live.end()
+
+
+def layer_group(name: str) -> str:
+    """A parameter's layer group for gradient-flow curves: its path up to the first block
+    index (``synthesis_net.blocks.3``, ``mapper.layers.0``), else its first two parts."""
+    parts = name.split(".")[:-1] or name.split(".")
+    for i, part in enumerate(parts[:3]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:2])
+
+
+class GradientFlow:
+    """Mean |gradient| per layer group of a phase's parameters (``grad/<network>/<layer>``,
+    unscaled), as device tensors read only at log time: a dying layer shows as a line
+    falling to zero, an exploding one rising. ``phase_params(phase)``: the parameters that
+    phase's optimizers update."""
+
+    def __init__(
+        self,
+        networks: dict[str, nn.Module],
+        phase_params: Callable[[str], list[nn.Parameter]],
+    ):
+        self.networks, self.phase_params = networks, phase_params
+        self._groups: dict[str, list[tuple[str, list[nn.Parameter]]]] = {}
+
+    def groups(self, phase: str) -> list[tuple[str, list[nn.Parameter]]]:
+        """The phase's parameters by layer group, in the order the networks define them
+        (input to output)."""
+        if phase not in self._groups:
+            ours = {id(param) for param in self.phase_params(phase)}
+            groups: dict[str, list[nn.Parameter]] = {}
+            for network, module in self.networks.items():
+                for name, param in module.named_parameters():
+                    if id(param) in ours:
+                        groups.setdefault(f"grad/{network}/{layer_group(name)}", []).append(param)
+            self._groups[phase] = list(groups.items())
+        return self._groups[phase]
+
+    def __call__(self, phase: str, scaler) -> dict[str, torch.Tensor]:
+        unscale = 1 / scaler.get_scale() if scaler.is_enabled() else 1.0
+        flow = {}
+        for key, params in self.groups(phase):
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                total = torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
+                flow[key] = total * unscale / sum(g.numel() for g in grads)
+        return flow

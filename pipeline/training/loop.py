@@ -10,16 +10,12 @@ N processes compute what one process with the whole batch would.
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pipeline import io as pio
@@ -28,6 +24,7 @@ from pipeline.errors import StageError, first_line
 from pipeline.models import GANModel, build_model
 from pipeline.models.base import (
     Batch,
+    DLoss,
     NoiseSource,
     StepContext,
     set_noise_source,
@@ -36,17 +33,15 @@ from pipeline.models.base import (
 from pipeline.training.checkpoint import (
     all_finite,
     can_continue,
-    changed_keys,
-    defining_params,
     kind_of,
     load_checkpoint,
     params_hash,
-    safe_hash,
     save_checkpoint,
 )
 from pipeline.training.data import ImageDataset, StreamSampler, make_loader, skipped_line
 from pipeline.training.distributed import (
     all_reduce_mean,
+    all_true,
     average_gradients,
     barrier,
     broadcast_module,
@@ -54,13 +49,12 @@ from pipeline.training.distributed import (
     init_processes,
 )
 from pipeline.training.ema import OTHERS_KEY, ema_beta, ema_entries, ema_state, update_ema
-from pipeline.training.logger import TrainLogger
+from pipeline.training.logger import GradientFlow, TrainLogger
 from pipeline.training.params import TrainParams
 from pipeline.training.precision import resolve_precision
+from pipeline.training.runs import CHECKPOINT_NAME, KEEP_NAME, RunArchive
 from pipeline.training.sampling import fixed_latents, generate, image_grid
 
-CHECKPOINT_NAME = "latest.pt"
-KEEP_NAME = "current"  # hard links of the run's files, out of DVC's reach
 DATASET_CHECK_NAME = "dataset-check.json"  # which images decode, per dataset content
 GRID_SEED_OFFSET = 10_000  # fixed latents for sample grids: seed + this
 NOISE_SEED_OFFSET = 20_000
@@ -76,64 +70,6 @@ class TrainState:
     ada_p: float = 0.0  # adaptive augmentation strength
     ada_sign_sum: float = 0.0  # sum of sign(D(real)) since p was last adjusted
     ada_count: int = 0  # and how many outputs that sum covers
-
-
-def _file_digest(path: Path) -> str:
-    """A folder name for a checkpoint whose own params hash is not a safe one."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return f"file-{digest.hexdigest()[:16]}"
-
-
-def _new_folder(parent: Path, name: str) -> Path:
-    """Create and return ``parent/name``, or ``name.1``, ``name.2``… if taken: a folder
-    no one else uses, so what is moved into it replaces nothing."""
-    parent.mkdir(parents=True, exist_ok=True)
-    for number in range(10_000):
-        folder = parent / (name if number == 0 else f"{name}.{number}")
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        return folder
-    raise StageError(f"{parent}: no free folder name for {name}; clear out old runs there")
-
-
-def _move(source: Path, target: Path) -> None:
-    """Move a file or folder to a path that does not exist yet, then check it arrived."""
-    if target.exists() or target.is_symlink():
-        raise StageError(f"{target} exists; not replacing it (move it away and run again)")
-    size = source.stat().st_size if source.is_file() else None
-    os.rename(source, target)
-    arrived = target.exists() and not source.exists()
-    if not arrived or (size is not None and target.stat().st_size != size):
-        raise StageError(f"moving {source} to {target} failed; both are left as they are")
-
-
-def _link(source: Path, target: Path) -> None:
-    """A hard link (no copy of the bytes), or a copy where the file system has none."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def _drop_links_to(link: Path, original: Path) -> None:
-    """Remove ``link`` only if it is another name of ``original`` (nothing is lost)."""
-    if link.exists() and original.exists() and os.path.samefile(link, original):
-        link.unlink()
-
-
-def layer_group(name: str) -> str:
-    """A parameter's layer group for gradient-flow curves: its path up to the first block
-    index (``synthesis_net.blocks.3``, ``mapper.layers.0``), else its first two parts."""
-    parts = name.split(".")[:-1] or name.split(".")
-    for i, part in enumerate(parts[:3]):
-        if part.isdigit():
-            return ".".join(parts[: i + 1])
-    return ".".join(parts[:2])
 
 
 def as_floats(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
@@ -214,7 +150,7 @@ class Trainer:
         if unknown:
             raise StageError(f"train.model {params.model}: no optimizer named {unknown[0]}")
         self.phase_optimizers = {"D": d_names, "G": g_names}
-        self._groups: dict[str, list] = {}  # each phase's parameters by layer group
+        self.gradient_flow = GradientFlow(self.model.trained_modules(), self._phase_params)
         self.base_lrs = {
             name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()
         }
@@ -229,14 +165,19 @@ class Trainer:
             self.procs.world,
         )  # fmt: skip
         self.hash = params_hash(params, self.dataset.fingerprint(), self.augment_kind)
+        self.archive = RunArchive(
+            self.checkpoint_path, self.snapshot_dir, self.keep_dir, self.hash, params,
+            self.augment_kind,
+        )  # fmt: skip
         self.state = TrainState(ada_p=self.augmenter.p)
         self.resumed = self._restore()
+        self._fid = None  # the cheap FID (train.eval_every): built when first due
         broadcast_module(self.model, self.procs.world)
         if self.device.type == "cuda" and params.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if params.compile:
-            self.model.G.compile()
-            self.model.D.compile()
+        if params.compile:  # every trained network (StarGAN v2's mapping and style encoder too)
+            for module in self.model.trained_modules().values():
+                module.compile()
 
     # the two classic optimizers and scalers by their old names
     opt_G = property(lambda self: self.optimizers["G"])
@@ -252,9 +193,8 @@ class Trainer:
         Another run's checkpoint is set aside only once ``resume_from`` (if any) has loaded:
         a bad ``resume_from`` stops the stage with everything where it was."""
         path, resume_from = self.checkpoint_path, self.p.resume_from
-        self.notices: list[str] = []
         if self.procs.is_main:
-            self._recover_displaced()
+            self.archive.recover_displaced()
         barrier(self.procs.world)
         other = None
         if path.exists():
@@ -275,7 +215,7 @@ class Trainer:
             self._load_weights(load_checkpoint(resume_from), resume_from)
         if other is not None:
             if self.procs.is_main:
-                self._set_aside(other, path, self.snapshot_dir)
+                self.archive.set_aside(other, path, self.snapshot_dir)
             barrier(self.procs.world)
         return False
 
@@ -309,117 +249,7 @@ class Trainer:
     @property
     def notice(self) -> str:
         """What happened to checkpoints found at the start (set aside, put back), one line."""
-        return "; ".join(self.notices)
-
-    def _recover_displaced(self) -> None:
-        """Put back or set aside the run DVC's checkout took away.
-
-        ``dvc exp run`` checks every output out by force before it runs: an output with no
-        hash in dvc.lock (a run of ``steamgan train`` that DVC never recorded) is deleted,
-        any other is replaced by the recorded version; ``persist`` does not prevent it. So
-        every save is also hard-linked into ``current/`` (no DVC output): if the checkpoint
-        there is no longer the one in ``checkpoints/``, it is this run's (put back, after
-        setting aside what DVC checked out) or another's (set aside, like any other)."""
-        kept = self.keep_dir / CHECKPOINT_NAME
-        if not kept.exists():
-            return
-        path = self.checkpoint_path
-        if path.exists() and os.path.samefile(kept, path):
-            return
-        checkpoint = load_checkpoint(kept)
-        present = load_checkpoint(path) if path.exists() else None
-        if not can_continue(checkpoint):
-            return  # not a run's checkpoint: nothing to put back (_restore says what it is)
-        if present is not None and not can_continue(present):
-            self._put_back_over_weights(present, kept)
-            return
-        same_run = present is not None and present.get("params_hash") == checkpoint.get(
-            "params_hash"
-        )
-        if same_run and present["state"]["step"] >= checkpoint["state"]["step"]:
-            # the same run, as far or further (DVC re-linked it, or a kill came between a
-            # save and its link): current/ is behind, and is refreshed
-            self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
-            kept.unlink()
-            self._keep()
-            return
-        if checkpoint.get("params_hash") != self.hash:
-            self._set_aside(checkpoint, kept, self.keep_dir / "snapshots")
-            return
-        if present is not None:
-            self._set_aside(present, path, self.snapshot_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _link(kept, path)
-        self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
-        self.notices.append(f"{path} put back from {kept} (DVC's checkout had replaced it)")
-
-    def _put_back_over_weights(self, present: dict, kept: Path) -> None:
-        """``checkpoints/latest.pt`` is weights only (``steamgan mix --out`` wrote over it)
-        while ``current/`` still holds the run's checkpoint: move that file alone aside to
-        ``superseded/`` (the snapshots stay: they are the run's) and put the run's back."""
-        path = self.checkpoint_path
-        archive = _new_folder(path.parent.parent / "superseded", _file_digest(path))
-        _move(path, archive / CHECKPOINT_NAME)
-        _link(kept, path)
-        self._link_snapshots(self.keep_dir / "snapshots", self.snapshot_dir)
-        self.notices.append(
-            f"{path} was {kind_of(present)}, not a training checkpoint; moved to "
-            f"{archive / CHECKPOINT_NAME}, and the run's checkpoint put back from {kept}"
-        )
-
-    def _link_snapshots(self, source: Path, target: Path) -> None:
-        """Hard-link every snapshot in ``source`` into ``target`` that is not there yet."""
-        if not source.is_dir():
-            return
-        target.mkdir(parents=True, exist_ok=True)
-        for snapshot in sorted(source.glob("step-*.pt")):
-            if not (target / snapshot.name).exists():
-                _link(snapshot, target / snapshot.name)
-
-    def _keep(self) -> None:
-        """Hard-link the checkpoint and snapshots into ``current/``, where DVC's checkout
-        cannot take them (see ``_recover_displaced``); costs no disk space."""
-        if not self.procs.is_main or not self.checkpoint_path.exists():
-            return
-        kept = self.keep_dir / CHECKPOINT_NAME
-        if not (kept.exists() and os.path.samefile(kept, self.checkpoint_path)):
-            self.keep_dir.mkdir(parents=True, exist_ok=True)
-            with pio.atomic_path(kept) as tmp:
-                tmp.unlink()
-                _link(self.checkpoint_path, tmp)
-        self._link_snapshots(self.snapshot_dir, self.keep_dir / "snapshots")
-
-    def _set_aside(self, checkpoint: dict, path: Path, snapshots: Path) -> None:
-        """Another run's checkpoint (other params or data, as after ``dvc exp run -S
-        train.…``, which checks the last one out): move it and its snapshots to
-        ``superseded/<its params hash>/`` and start a new run. Nothing is lost, and that
-        folder is no DVC output, so it does not grow the cache. Main process only.
-
-        The folder's name comes from the checkpoint only if it is a well-formed hash (else
-        from the file's own digest), and it is always a new folder (``<hash>.1``, … if
-        the name is taken), so nothing there is ever replaced or deleted. Links in
-        ``current/`` to what was moved are dropped (the files live on in the archive)."""
-        old = checkpoint.get("params", {})
-        old_kind = (checkpoint.get("augment") or {}).get("kind", self.augment_kind)
-        new = self.p.model_dump(mode="json")
-        changed = changed_keys(
-            defining_params(old, old_kind) if isinstance(old, dict) else {},
-            defining_params(new, self.augment_kind),
-        )
-        what = ", ".join(changed)[:300] if changed else "the dataset"
-        name = safe_hash(checkpoint.get("params_hash")) or _file_digest(path)
-        archive = _new_folder(self.checkpoint_path.parent.parent / "superseded", name)
-        _move(path, archive / CHECKPOINT_NAME)
-        if snapshots.exists():
-            _move(snapshots, archive / "snapshots")
-        _drop_links_to(self.keep_dir / CHECKPOINT_NAME, archive / CHECKPOINT_NAME)
-        for snapshot in sorted((self.keep_dir / "snapshots").glob("step-*.pt")):
-            _drop_links_to(snapshot, archive / "snapshots" / snapshot.name)
-        self.notices.append(
-            f"{path} was trained with other params or data (changed: {what}); "
-            f"moved to {archive}, starting a new run (train.resume_from="
-            f"{archive / CHECKPOINT_NAME} starts from its weights)"
-        )
+        return "; ".join(self.archive.notices)
 
     def _load_weights(self, checkpoint: dict, source: str, key: str = "train.resume_from") -> None:
         """Load the networks; ``key`` names where ``source`` came from in the message."""
@@ -511,7 +341,8 @@ class Trainer:
                         },
                     },
                 )
-                self._keep()
+                if self.procs.is_main:
+                    self.archive.keep()
         barrier(self.procs.world)
         return saved
 
@@ -546,14 +377,6 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True).long()
         return Batch(real, labels)
 
-    def _everywhere(self, flag: bool) -> bool:
-        """True only if ``flag`` holds in every process."""
-        if self.procs.world == 1:
-            return flag
-        tensor = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-        return bool(tensor.item())
-
     def _phase_params(self, phase: str) -> list[nn.Parameter]:
         """The parameters the ``phase`` step's optimizers update."""
         return [
@@ -563,47 +386,21 @@ class Trainer:
             for param in group["params"]
         ]
 
-    def _layer_groups(self, phase: str) -> list[tuple[str, list[nn.Parameter]]]:
-        """The phase's parameters by layer group (``grad/<network>/<layer>``), in the order
-        the networks define them (input to output)."""
-        cache = self._groups
-        if phase not in cache:
-            ours = {id(param) for param in self._phase_params(phase)}
-            groups: dict[str, list[nn.Parameter]] = {}
-            for network, module in self.model.trained_modules().items():
-                for name, param in module.named_parameters():
-                    if id(param) in ours:
-                        key = f"grad/{network}/{layer_group(name)}"
-                        groups.setdefault(key, []).append(param)
-            cache[phase] = list(groups.items())
-        return cache[phase]
-
-    def _gradient_flow(self, phase: str) -> dict[str, torch.Tensor]:
-        """Mean |gradient| per layer group (unscaled), as device tensors: read at log time
-        only. A dying layer shows as a line falling to zero, an exploding one rising."""
-        scaler = self.scalers[phase]
-        unscale = 1 / scaler.get_scale() if scaler.is_enabled() else 1.0
-        flow = {}
-        for key, params in self._layer_groups(phase):
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                total = torch.stack([g.detach().float().abs().sum() for g in grads]).sum()
-                flow[key] = total * unscale / sum(g.numel() for g in grads)
-        return flow
-
     def _apply(self, phase: str, losses: list[torch.Tensor], logs: dict | None = None) -> bool:
         """Average gradients, then step the phase's optimizers unless a loss or gradient is
         not finite. ``logs``: add the phase's gradient flow to them (a logging step)."""
         params, scaler = self._phase_params(phase), self.scalers[phase]
         optimizers = [self.optimizers[name] for name in self.phase_optimizers[phase]]
         average_gradients(params, self.procs.world)
-        ok = self._everywhere(bool(torch.isfinite(torch.stack(losses)).all()))
+        ok = all_true(
+            bool(torch.isfinite(torch.stack(losses)).all()), self.procs.world, self.device
+        )
         if ok and not scaler.is_enabled():
             grads = [p.grad for p in params if p.grad is not None]
             # one sync for all gradients (a GradScaler checks them itself)
             ok = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if logs is not None:
-            logs.update(self._gradient_flow(phase))
+            logs.update(self.gradient_flow(phase, self.scalers[phase]))
         if ok:
             scale = scaler.get_scale() if scaler.is_enabled() else None
             for opt in optimizers:
@@ -616,40 +413,38 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         return ok
 
-    def _d_phase(self, batches, augment, logs) -> tuple[bool, list[Batch]]:
-        p, model = self.p, self.model
-        losses, reals = [], []
-        for _ in range(p.accumulate):
-            ctx = self._context(augment)
-            real = self._real(next(batches), ctx)
-            reals.append(real)
-            with self.precision.autocast(self.device):
-                outcome = model.d_loss(real, ctx)
-                loss = outcome.loss
-            self.scalers["D"].scale(loss / p.accumulate).backward()
-            losses.append(loss.detach().float())
-            logs.update(ctx.logs)
-            self.augmenter.observe(outcome.real_logits)
-        return self._apply("D", losses, logs if self._logging_step() else None), reals
-
     def _logging_step(self) -> bool:
         """Whether the step being taken is one the run logs (``train.log_every``)."""
         step = self.state.step + 1
         return step % self.p.log_every == 0 or step >= self.p.steps
 
     def _phase(
-        self, phase: str, loss_fn, reals: list[Batch], augment, logs, flow: bool = False
+        self,
+        phase: str,
+        loss_fn: Callable,
+        reals: list[Batch],
+        augment,
+        logs: dict,
+        flow: bool = False,
+        batches: Iterator | None = None,
     ) -> bool:
         """One optimizer step of ``phase`` over the accumulated micro-batches (``flow``:
-        log its gradient flow)."""
-        losses, rounds = [], len(reals)
-        for real in reals:
+        log its gradient flow). With ``batches`` (the D step, first in a step) each round
+        reads its micro-batch into ``reals`` first, for the phases after it to reuse; a
+        ``DLoss``'s real logits feed the adaptive augmentation."""
+        losses, rounds = [], self.p.accumulate if batches is not None else len(reals)
+        for i in range(rounds):
             ctx = self._context(augment)
+            if batches is not None:
+                reals.append(self._real(next(batches), ctx))
             with self.precision.autocast(self.device):
-                loss = loss_fn(real, ctx)
+                outcome = loss_fn(reals[i], ctx)
+            loss = outcome.loss if isinstance(outcome, DLoss) else outcome
             self.scalers[phase].scale(loss / rounds).backward()
             losses.append(loss.detach().float())
             logs.update(ctx.logs)
+            if isinstance(outcome, DLoss):
+                self.augmenter.observe(outcome.real_logits)
         return self._apply(phase, losses, logs if flow else None)
 
     def train_step(self, batches: Iterator) -> tuple[bool, dict]:
@@ -659,7 +454,10 @@ class Trainer:
         augment = self.augmenter.for_step(step, self.generator, self.part)
         logs: dict[str, float] = {}
 
-        d_ok, reals = self._d_phase(batches, augment, logs)
+        reals: list[Batch] = []
+        d_ok = self._phase(
+            "D", model.d_loss, reals, augment, logs, self._logging_step(), batches=batches
+        )
         if model.d_reg_interval and step % model.d_reg_interval == 0:
             d_ok &= self._phase("D", model.d_reg_loss, reals, augment, logs)
 
@@ -808,7 +606,7 @@ class Trainer:
             return {}
         from pipeline.metrics.training import TrainingFID  # Inception: only when asked for
 
-        if getattr(self, "_fid", None) is None:
+        if self._fid is None:
             self._fid = TrainingFID(self.dataset, self.p.eval_images, self.device)
         return self._fid(self.G_ema, self.model.latent_dim, self.p.seed, self.sampler)
 

@@ -714,3 +714,48 @@ def test_one_bad_row_gets_a_placeholder_and_a_note(tmp_path):
     assert len(dom.having("data-count")) == 3  # the funnel and the rest are all there
     data = html.split('<script id="trace-data" type="application/json">')[1].split("</script>")[0]
     assert len(json.loads(data)) == 50
+
+
+def test_renders_come_from_render_json_with_its_reasons(tmp_path):
+    """The report shows every picture render.json lists (progress strips, class
+    interpolation, translation grids included) and one row per reason it gave for what it
+    did not draw; a listed path outside images/ is never followed."""
+    root = tmp_path / "project"
+    synthetic_run(root, 20)
+    write_shipped_params(root / "params.yaml")
+    images = root / "data/render/images"
+    images.mkdir(parents=True)
+    names = ("fakes.png", "class-interpolation.png", "translation.png", "progress.png",
+             "interpolation-z.gif", "projection.gif")  # fmt: skip
+    for name in names:
+        Image.new("RGB", (8, 8), (10, 200, 30)).save(images / name)
+    files = {
+        "fakes": ["images/fakes.png"],
+        "class_interpolation": ["images/class-interpolation.png"],
+        "translation": ["images/translation.png", "../../params.yaml"],
+        "progress": ["images/progress.png"],
+        "interpolation_z": ["images/interpolation-z.gif", "videos/interpolation-z.mp4"],
+        "projection": ["images/projection.gif"],
+    }
+    pio.write_json(
+        root / "data/render/render.json",
+        {
+            "model": "tiny",
+            "rendered": {name: {"files": listed} for name, listed in files.items()},
+            "unsupported": {
+                "truncation": "tiny has no mapping network (W space)",
+                "mixing": "tiny has no mapping network (W space)",
+                "reals": "not in render.parts",
+            },
+        },
+    )
+    page = build_report(report_params(root), root=root)
+    html = page.read_text()
+    shown = sorted(p.name for p in (page.parent / "render").iterdir())
+    # every PNG, and the first GIF only (the videos are MP4s)
+    assert shown == ["class-interpolation.png", "fakes.png", "interpolation-z.gif",
+                     "progress.png", "translation.png"]  # fmt: skip
+    assert "class_interpolation: class-interpolation.png" in html
+    assert "truncation, mixing" in html and "tiny has no mapping network (W space)" in html
+    assert "not in render.parts" in html and "has no W space" not in html
+    assert "params.yaml" not in shown

@@ -9,7 +9,7 @@ import json
 import math
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
@@ -27,7 +27,8 @@ from pipeline.report.trace import TRACE_COLUMNS, trace_table
 INDEX = "index.html"
 FUNNEL_SVG = "funnel.svg"
 TRACE_CSV = "trace.csv"
-# Render pictures the evaluation section shows, in this order, when the stage drew them.
+# Without render.json (an older or interrupted render), the pictures shown if present, in
+# this order; with it, every picture it lists (``render_pictures``).
 RENDER_PICTURES = (
     "fakes.png",
     "reals.png",
@@ -178,9 +179,15 @@ def training_section(run: RunOutputs, params: Params, report_dir: Path) -> Secti
         latest = train.samples[-1]
         step = int(latest.stem) if latest.stem.isdigit() else latest.stem
         shown.append((latest, f"latest sample grid (step {step})"))
-    progress = run.root / "data" / "render" / "images" / "progress.png"
-    if progress.exists() or progress.is_symlink():
-        shown.append((progress, "progress strip: one column per snapshot"))
+    render = run.file("render", "render")
+    if isinstance(render, dict):
+        strips = [path for name, path in render_pictures(render, run.root / "data" / "render")
+                  if name == "progress"]  # fmt: skip
+    else:
+        strips = [run.root / "data" / "render" / "images" / "progress.png"]
+    for progress in strips:
+        if _present(progress):
+            shown.append((progress, "progress strip: one column per snapshot"))
     section.pictures = _pictures(run, report_dir, "training", shown)
     return section
 
@@ -211,20 +218,48 @@ def evaluation_section(
     if render is None and not images.is_dir():
         return evaluation, Section(missing=not_run("render", "data/render/render.json"))
     renders = Section()
-    shown = [(images / name, name) for name in RENDER_PICTURES if _present(images / name)]
-    shown += [(p, p.name) for p in sorted(images.glob("mixing-psi*.png"))]
-    gif = next((images / g for g in RENDER_GIFS if _present(images / g)), None)
-    if gif is not None:
-        shown.append((gif, gif.name))
+    if isinstance(render, dict):  # what render drew, from its own list
+        listed = render_pictures(render, images.parent)
+        shown = [(path, f"{name}: {path.name}") for name, path in listed]
+        unsupported = render.get("unsupported")
+        renders.rows += skipped_rows(unsupported if isinstance(unsupported, dict) else {})
+    else:
+        shown = [(images / name, name) for name in RENDER_PICTURES if _present(images / name)]
+        shown += [(p, p.name) for p in sorted(images.glob("mixing-psi*.png"))]
+        gif = next((images / g for g in RENDER_GIFS if _present(images / g)), None)
+        if gif is not None:
+            shown.append((gif, gif.name))
     renders.pictures = _pictures(run, report_dir, "render", shown)
-    unsupported = (render or {}).get("unsupported") or {}
-    if unsupported:
-        renders.rows.append(
-            ("not drawn", ", ".join(unsupported), f"{render.get('model')} has no W space")
-        )
     for key, value in flatten_keys(run.file("render", "metrics") or {}).items():
         renders.rows.append((key, _number(value), ""))
     return evaluation, renders
+
+
+def render_pictures(render: dict, folder: Path) -> list[tuple[str, Path]]:
+    """(render name, picture) for every picture ``render.json`` lists, in the order they
+    were drawn: PNGs, and the first GIF (the videos are MP4s beside them, not shown here).
+    Only plain names under ``images/`` are taken from the file: nothing it says can point
+    the report elsewhere."""
+    pictures, gif_shown = [], False
+    for name, record in (render.get("rendered") or {}).items():
+        files = record.get("files") if isinstance(record, dict) else None
+        for entry in files if isinstance(files, list) else []:
+            parts = PurePosixPath(str(entry)).parts
+            if len(parts) != 2 or parts[0] != "images" or parts[1] in ("..", "."):
+                continue
+            suffix = PurePosixPath(parts[1]).suffix.lower()
+            if suffix == ".png" or (suffix == ".gif" and not gif_shown):
+                gif_shown |= suffix == ".gif"
+                pictures.append((str(name), folder / parts[0] / parts[1]))
+    return pictures
+
+
+def skipped_rows(unsupported: dict) -> list[tuple[str, str, str]]:
+    """One "not drawn" row per reason render gave (the names it covers, the reason)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in unsupported.items():
+        by_reason.setdefault(str(why), []).append(str(name))
+    return [("not drawn", ", ".join(names), why) for why, names in by_reason.items()]
 
 
 def _present(path: Path) -> bool:

@@ -318,9 +318,9 @@ class GANModel(nn.Module):
                           truncation_cutoff=truncation_cutoff)  # fmt: skip
         if truncation_psi == 1.0 and truncation_cutoff is None:
             return self.G(z)
-        if not has_mapping(self.G):
-            raise ValueError(
-                f"{type(self.G).__name__} has no mapping network: truncation needs StyleGAN2 "
+        if not self.can(Capability.W_SPACE):
+            raise MissingCapability(
+                f"{self.name} has no mapping network: truncation needs a model with a W space "
                 "(use truncation 1)"
             )
         return self.G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)

@@ -50,8 +50,8 @@ def generator_call(
         return G(z)
     if not has_mapping(G):
         raise ValueError(
-            f"{type(G).__name__} has no mapping network: truncation needs StyleGAN2 "
-            "(use truncation 1)"
+            f"{type(G).__name__} has no mapping network: truncation needs a model with a W "
+            "space (use truncation 1)"
         )
     return G(z, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
 

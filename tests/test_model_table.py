@@ -1,7 +1,8 @@
-"""The table of models is the one place a model is named: a throwaway model added as one
+"""One place per extension point. The table of models is the one place a model is named: a throwaway model added as one
 file, its params class and row in the table and its params.yaml section trains, samples,
 evaluates its capabilities and renders, with nothing else in the package touched; and a
-model that declares a capability it lacks fails when built, not inside a later stage."""
+model that declares a capability it lacks fails when built, not inside a later stage; a
+metric with a network of its own is one file of pipeline/metrics/ and its name."""
 
 import json
 import os
@@ -166,3 +167,69 @@ def test_capabilities_are_declared_and_checked_when_built():
         plain.require(Capability.TRANSLATION, "translate images")
     with pytest.raises(MissingCapability, match="no mapping network"):
         plain.sample(torch.randn(2, 8), truncation_psi=0.5)
+
+
+# A throwaway metric with a network of its own, as one file of pipeline/metrics/.
+SHARPNESS_METRIC = """
+import torch
+
+from pipeline.metrics.networks import register_network
+from pipeline.metrics.registry import MetricContext, register_metric
+
+
+def load_sharpnet(cfg):
+    if cfg.seed == 1:
+        return None, "sharpnet weights unavailable: put sharpnet.pt in evaluate.weights_dir"
+    return torch.nn.Conv2d(1, 1, 3, bias=False), None
+
+
+register_network("sharpnet", load_sharpnet)
+
+
+@register_metric(networks=("sharpnet",))
+def sharpness(ctx: MetricContext):
+    net = ctx.network("sharpnet")
+    torch.nn.init.constant_(net.weight, 1.0)
+    return {"sharpness": float(net(torch.ones(1, 1, 3, 3)).item())}
+"""
+
+METRIC_SCRIPT = """
+import json
+import torch
+from pipeline.metrics import networks, registry
+from pipeline.params import EvaluateParams
+
+cfg = EvaluateParams(metrics=("fid", "sharpness"))
+asked = registry.networks_for(cfg.metrics)
+results = {}
+for seed in (0, 1):
+    loaded = networks.load_networks(cfg.model_copy(update={"seed": seed}), ["sharpnet"])
+    ctx = registry.MetricContext(cfg, None, torch.device("cpu"), None, networks=loaded)
+    results[seed] = [registry.run_metric(registry.get_metric("sharpness"), ctx), ctx.notes]
+print(json.dumps({"metrics": registry.list_metrics(), "asked": sorted(asked), "results": results}))
+"""
+
+
+def test_a_new_metric_with_its_own_network_is_one_file_and_its_name(tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        REPO / "pipeline", copy / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (copy / "pipeline/metrics/sharpness.py").write_text(SHARPNESS_METRIC)
+    params = copy / "pipeline/params.py"
+    text = params.read_text()
+    assert '    "translation",\n]  # fmt: skip' in text
+    params.write_text(text.replace('    "translation",\n]', '    "translation", "sharpness",\n]'))
+
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    done = subprocess.run(
+        [sys.executable, "-c", METRIC_SCRIPT], cwd=copy, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["metrics"][-1] == "sharpness"
+    assert result["asked"] == ["inception", "sharpnet"]  # the union evaluate loads
+    assert result["results"]["0"] == [{"sharpness": 9.0}, {}]
+    assert result["results"]["1"][0] == {"sharpness": None}
+    assert result["results"]["1"][1]["sharpness"].startswith("sharpnet weights unavailable")

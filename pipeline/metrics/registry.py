@@ -9,19 +9,25 @@ the order registered here. A metric that cannot be computed raises ``ValueError`
 ``notes.json``. One that computes some keys and not others returns None for those and writes
 why under ``ctx.notes``.
 
-Adding a metric is one function here (its math in a module of its own)::
+Adding a metric is one file, ``pipeline/metrics/<name>.py``, with its function (and the
+loader of a network of its own, if it runs one)::
 
-    @register_metric(keys=("sharpness",), needs=("inception",))
+    register_network("sharpnet", load_sharpnet)  # (cfg) -> (network, None) | (None, why)
+
+    @register_metric(keys=("sharpness",), networks=("sharpnet",))
     def sharpness(ctx: MetricContext) -> dict[str, float | None]:
-        return {"sharpness": sharpness_of(ctx.generated.inception)}
+        return {"sharpness": sharpness_of(ctx.network("sharpnet"))}
 
-and its name in ``pipeline.params.MetricName`` (the ``evaluate.metrics`` names, which
-params.yaml validation reads without importing this module; this module refuses to load while
-the two lists differ).
+and its name last in ``pipeline.params.MetricName`` (the ``evaluate.metrics`` names, which
+params.yaml validation reads without importing this module): this module imports the file
+by that name, and refuses to load while the names and the registered metrics differ. Evaluate
+loads the union of the networks the asked metrics declare (``networks_for``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -394,6 +400,15 @@ def translation(ctx: MetricContext) -> Results:
     return metrics
 
 
+def _import_metric_files() -> None:
+    """A metric in a file of its own, ``pipeline/metrics/<name>.py``, registers itself (and
+    any network of its own) when imported: it is imported here by its name in
+    ``pipeline.params.MetricName``, so that file and that name are all a new metric takes."""
+    for name in METRIC_NAMES:
+        if name not in _METRICS and importlib.util.find_spec(f"pipeline.metrics.{name}"):
+            importlib.import_module(f"pipeline.metrics.{name}")
+
+
 def _check_names() -> None:
     """The registered metrics are params.yaml's names, in the same order."""
     if tuple(_METRICS) != METRIC_NAMES:
@@ -403,4 +418,5 @@ def _check_names() -> None:
         )
 
 
+_import_metric_files()
 _check_names()

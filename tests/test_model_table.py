@@ -1,8 +1,8 @@
-"""One place per extension point. The table of models is the one place a model is named: a throwaway model added as one
-file, its params class and row in the table and its params.yaml section trains, samples,
-evaluates its capabilities and renders, with nothing else in the package touched; and a
-model that declares a capability it lacks fails when built, not inside a later stage; a
-metric with a network of its own is one file of pipeline/metrics/ and its name."""
+"""One place per extension point. A throwaway model added as one file, its params class
+and row in the table (pipeline/models/registry.py) and its params.yaml section trains,
+samples and renders with nothing else in the package touched; a model that declares a
+capability it lacks fails when built, not inside a later stage; a metric with a network of
+its own is one file of pipeline/metrics/ and its name in MetricName."""
 
 import json
 import os

@@ -46,22 +46,22 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         reference = load_reference(REFERENCE)
         # the networks the asked metrics run, each loaded once
         nets = load_networks(cfg, networks_for(cfg.metrics))
-        model, vgg, vgg_note = nets.get("inception"), nets.get("vgg"), nets.note("vgg")
+        inception, vgg, vgg_note = nets.get("inception"), nets.get("vgg"), nets.note("vgg")
         pr = {"pr_features": None}
-        if model is not None:
+        if inception is not None:
             if "vgg" in networks_for(cfg.metrics):
                 pr = pr_key(cfg, vgg)
             else:  # not measured: whichever network the reference used will do
                 pr = {k: reference.key.get(k) for k in ("pr_features", "pr_sha256")}
-            expected = reference_key(p.reference.data, p.reference, model, cfg.resize, pr)
+            expected = reference_key(p.reference.data, p.reference, inception, cfg.resize, pr)
             check_reference(reference, expected, REFERENCE)
         results = evaluate_generator(cfg, reference, None, data=p.reference.data, networks=nets)
         notes = results.pop("notes", {})
         settings = {
             "checkpoint": cfg.checkpoint,
             "resize": cfg.resize,
-            "extractor": model.source.name if model else None,
-            "extractor_sha256": model.source.sha256 if model else None,
+            "extractor": inception.source.name if inception else None,
+            "extractor_sha256": inception.source.sha256 if inception else None,
             "pr_features": pr["pr_features"] if "precision_recall" in cfg.metrics else None,
             "reference": str(REFERENCE),
         }

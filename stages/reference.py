@@ -30,9 +30,9 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         threads = use_threads(cfg.threads, p.reference.workers)
         # every network a reference serves: Inception, VGG16 (precision/recall), RetinaFace
         nets = load_networks(cfg, ("inception", "vgg", "detector"))
-        model, vgg, vgg_note = nets.get("inception"), nets.get("vgg"), nets.note("vgg")
+        inception, vgg, vgg_note = nets.get("inception"), nets.get("vgg"), nets.note("vgg")
         reference = compute_reference(
-            p.reference, cfg, model, nets.get("detector"), nets.note("detector"), vgg, vgg_note
+            p.reference, cfg, inception, nets.get("detector"), nets.note("detector"), vgg, vgg_note
         )
         save_reference(REFERENCE, reference)
         numbers = ("num_images", "dataset_images", "one_face_rate")
@@ -49,7 +49,7 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         classes = f", {len(reference.classes)} classes" if reference.labels is not None else ""
         say(
             f"reference: {reference.summary['num_images']:,} images of {p.reference.data}{classes} "
-            f"({model.source.name}, resize {cfg.resize}; precision/recall on "
+            f"({inception.source.name}, resize {cfg.resize}; precision/recall on "
             f"{reference.key['pr_features'] or 'nothing'}); {faces}; {threads} CPU thread(s) "
             f"→ {REFERENCE}"
         )

@@ -243,7 +243,7 @@ def test_progan_samples_at_its_stage_upscaled_to_image_size(data, tmp_path):
     cfg = EvaluateParams(checkpoint=str(tmp_path / "checkpoints/latest.pt"), metrics=["one_face"])
     features = np.zeros((8, 2048), np.float32)
     reference = Reference(features, feature_stats(features), key={})
-    results = evaluate_generator(cfg, reference, model=None)
+    results = evaluate_generator(cfg, reference, inception=None)
     assert "a progan checkpoint at its 16 px stage" in results["warnings"]["stage"]
 
 

@@ -192,7 +192,7 @@ def test_resume_is_bit_identical_and_the_checkpoint_samples(tmp_path):
 
 def test_lpips_diversity_is_zero_for_one_style_and_positive_for_several(real_batch):
     from pipeline.lpips import LPIPS
-    from pipeline.metrics.stargan import lpips_diversity
+    from pipeline.metrics.translation import lpips_diversity
 
     lpips = LPIPS()  # random weights (the real ones are not available offline), made positive
     for lin in lpips.lins:

@@ -244,9 +244,9 @@ def test_stage_translates_the_dataset_and_skips_other_models(run, tmp_path, monk
     assert result.exit_code == 0 and "lightweight does not translate images" in result.output
 
 
-def test_stargan_metrics_fid_per_domain_and_null_lpips_with_reason(tmp_path):
+def test_translation_metrics_fid_per_domain_and_null_lpips_with_reason(tmp_path):
     from pipeline.metrics.inception import load_inception
-    from pipeline.metrics.stargan import stargan_metrics
+    from pipeline.metrics.translation import translation_metrics
 
     data = two_domains(tmp_path / "data", per_domain=3, held_out=2)
     trained = train(tiny_stargan2(data, steps=1), tmp_path / "train", live_dir=None)
@@ -278,7 +278,7 @@ def test_stargan_metrics_fid_per_domain_and_null_lpips_with_reason(tmp_path):
     assert "StarGAN v2's; this is lightweight" in other.notes["fid_latent"]
 
     (data / "test.zip").unlink()
-    metrics, notes = stargan_metrics(generator, data, inception)
+    metrics, notes = translation_metrics(generator, data, inception)
     assert all(v is None for v in metrics.values()) and "test.zip not found" in notes["fid_latent"]
 
 

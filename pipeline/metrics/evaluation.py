@@ -85,7 +85,7 @@ def generate_features(ctx: MetricContext, needs: set[str]) -> GeneratedFeatures:
 def evaluate_generator(
     cfg: EvaluateParams,
     reference: Reference,
-    model: InceptionV3 | None,
+    inception: InceptionV3 | None = None,
     detector: FaceDetector | None = None,
     detector_note: str | None = None,
     lpips=None,
@@ -98,7 +98,7 @@ def evaluate_generator(
     """Every metric of ``cfg.metrics`` for ``cfg.checkpoint``'s G_ema, as a dict of numbers
     (null where a metric could not be computed, with the reason under ``notes``; small
     samples under ``warnings``). ``networks``: what ``load_networks`` loaded for the metrics
-    (the stage's way); or the built-in ones one by one (``model`` is the Inception network;
+    (the stage's way); or the built-in ones one by one (``inception`` and the others;
     precision/recall uses ``vgg``'s features when given, and the reference's VGG16 ones)."""
     from pipeline.models.base import Capability
     from pipeline.training.checkpoint import load_generator
@@ -113,7 +113,7 @@ def evaluate_generator(
             "set evaluate.truncation=1"
         )
     if networks is None:
-        given = {"inception": model, "vgg": vgg, "detector": detector, "lpips": lpips}
+        given = {"inception": inception, "vgg": vgg, "detector": detector, "lpips": lpips}
         notes = {"vgg": vgg_note, "detector": detector_note, "lpips": lpips_note}
         networks = LoadedNetworks(
             {k: v for k, v in given.items() if v is not None}, {k: v for k, v in notes.items() if v}

@@ -58,7 +58,7 @@ def dataset_fingerprint(path: str | Path) -> str:
 def reference_key(
     data: str | Path,
     ref: ReferenceParams,
-    model: InceptionV3,
+    inception: InceptionV3,
     resize: str,
     pr: dict[str, Any],
     labels: DatasetLabels | None = None,
@@ -72,7 +72,7 @@ def reference_key(
         "labels": labels.digest() if labels is not None else None,
         "max_images": ref.max_images,
         "seed": ref.seed if ref.max_images else None,
-        **extractor_key(model, resize),
+        **extractor_key(inception, resize),
         **pr,
     }
 
@@ -80,7 +80,7 @@ def reference_key(
 def compute_reference(
     ref: ReferenceParams,
     cfg: EvaluateParams,
-    model: InceptionV3,
+    inception: InceptionV3,
     detector: FaceDetector | None,
     detector_note: str | None = None,
     vgg: VGG16FC2 | None = None,
@@ -104,7 +104,7 @@ def compute_reference(
     count, batches = iter_dataset(
         ref.data, cfg.resize, cfg.batch_size, ref.workers, indices, originals=originals
     )
-    sink = FeatureSink(model, cfg.resize, count)
+    sink = FeatureSink(inception, cfg.resize, count)
     vgg_sink = VGG16Sink(vgg, count) if vgg is not None else None
     faces = FaceCounter(detector) if detector is not None else None
     with progress_bar(count, f"reference {cfg.resize}") as advance:
@@ -120,7 +120,7 @@ def compute_reference(
     summary: dict[str, Any] = {
         "num_images": int(count),
         "dataset_images": int(total),
-        "extractor": model.source.name,
+        "extractor": inception.source.name,
         "resize": cfg.resize,
         "one_face_rate": faces.rate if faces is not None else None,
         "one_face_detector": detector_key(detector),
@@ -134,7 +134,7 @@ def compute_reference(
     if labels is not None:  # images per class, in reference.json
         counts = np.bincount(labels, minlength=len(classes)).tolist()
         summary["classes"] = dict(zip(classes, counts, strict=True))
-    key = reference_key(ref.data, ref, model, cfg.resize, pr, dataset_labels)
+    key = reference_key(ref.data, ref, inception, cfg.resize, pr, dataset_labels)
     pr_features = vgg_sink.result()[0] if vgg_sink is not None else None
     return Reference(features, feature_stats(features), key, summary, pr_features, labels, classes)
 

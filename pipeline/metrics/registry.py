@@ -380,10 +380,10 @@ TRANSLATION_KEYS = tuple(
 
 @register_metric(keys=TRANSLATION_KEYS, networks=("inception", "lpips"))
 def translation(ctx: MetricContext) -> Results:
-    """StarGAN v2's own metrics (``pipeline.metrics.stargan``): FID per target domain of
+    """StarGAN v2's own metrics (``pipeline.metrics.translation``): FID per target domain of
     latent- and reference-guided translations of the dataset's held-out images (test.zip),
     their mean, and LPIPS diversity between styles of one source."""
-    from pipeline.metrics.stargan import stargan_metrics
+    from pipeline.metrics.translation import translation_metrics
 
     if not ctx.trained.can(Capability.TRANSLATION):
         raise MissingCapability(
@@ -392,7 +392,7 @@ def translation(ctx: MetricContext) -> Results:
         )
     if ctx.inception is None or ctx.data is None:
         raise ValueError("translation needs the Inception network and reference.data")
-    metrics, notes = stargan_metrics(
+    metrics, notes = translation_metrics(
         ctx.trained, ctx.data, ctx.inception, ctx.lpips, ctx.lpips_note or "",
         seed=ctx.cfg.seed, device=ctx.device,
     )  # fmt: skip

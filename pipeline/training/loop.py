@@ -87,7 +87,7 @@ class Trainer:
         live_dir: str | Path | None = None,
         model_factory: Callable[[TrainParams], GANModel] = build_model,
     ):
-        self.p = params
+        self.params = params
         self.procs = init_processes(params.device)
         self.device = self.procs.device
         if self.device.type == "cuda":
@@ -192,7 +192,7 @@ class Trainer:
 
         Another run's checkpoint is set aside only once ``resume_from`` (if any) has loaded:
         a bad ``resume_from`` stops the stage with everything where it was."""
-        path, resume_from = self.checkpoint_path, self.p.resume_from
+        path, resume_from = self.checkpoint_path, self.params.resume_from
         if self.procs.is_main:
             self.archive.recover_displaced()
         barrier(self.procs.world)
@@ -222,25 +222,25 @@ class Trainer:
     def run_info(self) -> dict:
         """What this run is, resolved (``auto`` settings as they came out): the train stage
         prints it and writes it to ``data/train/run.json``, which the report reads."""
-        p, state = self.p, self.state
+        params, state = self.params, self.state
         classes = list(self.dataset_classes)
         conditional = bool(self.model.num_classes)  # on its classes (or domains)
         return {
-            "model": p.model,
+            "model": params.model,
             "parameters": {
                 "G": sum(t.numel() for t in self.model.G.parameters()),
                 "D": sum(t.numel() for t in self.model.D.parameters()),
             },
-            "image_size": p.image_size,
+            "image_size": params.image_size,
             "dataset": {"path": str(self.dataset.path), "images": len(self.dataset)},
             "classes": classes if conditional else [],
             "device": str(self.device),
             "processes": self.procs.world,
             "precision": self.precision.name,
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-            "workers": p.workers,
-            "batch_size": p.batch_size,
-            "steps": p.steps,
+            "workers": params.workers,
+            "batch_size": params.batch_size,
+            "steps": params.steps,
             "augment": self.augment_kind,
             "resumed_at_step": state.step if self.resumed else None,
             "params_hash": self.hash,
@@ -285,10 +285,10 @@ class Trainer:
         self.state.ada_p = augment["p"]
         self.state.ada_sign_sum, self.state.ada_count = augment["sign_sum"], augment["count"]
         return {
-            "model": self.p.model,
-            "image_size": self.p.image_size,
+            "model": self.params.model,
+            "image_size": self.params.image_size,
             "latent_dim": self.model.latent_dim,
-            "params": self.p.model_dump(mode="json"),
+            "params": self.params.model_dump(mode="json"),
             "params_hash": self.hash,
             "state": asdict(self.state),
             "kimg": self.state.nimg / 1000,
@@ -368,10 +368,10 @@ class Trainer:
         """The loader's uint8 images (and labels) as a ``Batch`` on the device."""
         images, labels = loaded if isinstance(loaded, list | tuple) else (loaded, None)
         real = images.to(self.device, non_blocking=True).float() / 127.5 - 1
-        if self.p.mirror:
+        if self.params.mirror:
             flip = ctx.draw(1, 1, 1).to(self.device) < 0.5
             real = torch.where(flip, real.flip(3), real)
-        if self.device.type == "cuda" and self.p.channels_last:
+        if self.device.type == "cuda" and self.params.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         if labels is not None:
             labels = labels.to(self.device, non_blocking=True).long()
@@ -396,7 +396,7 @@ class Trainer:
             bool(torch.isfinite(torch.stack(losses)).all()), self.procs.world, self.device
         )
         if ok and not scaler.is_enabled():
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [param.grad for param in params if param.grad is not None]
             # one sync for all gradients (a GradScaler checks them itself)
             ok = not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if logs is not None:
@@ -416,7 +416,7 @@ class Trainer:
     def _logging_step(self) -> bool:
         """Whether the step being taken is one the run logs (``train.log_every``)."""
         step = self.state.step + 1
-        return step % self.p.log_every == 0 or step >= self.p.steps
+        return step % self.params.log_every == 0 or step >= self.params.steps
 
     def _phase(
         self,
@@ -432,7 +432,7 @@ class Trainer:
         log its gradient flow). With ``batches`` (the D step, first in a step) each round
         reads its micro-batch into ``reals`` first, for the phases after it to reuse; a
         ``DLoss``'s real logits feed the adaptive augmentation."""
-        losses, rounds = [], self.p.accumulate if batches is not None else len(reals)
+        losses, rounds = [], self.params.accumulate if batches is not None else len(reals)
         for i in range(rounds):
             ctx = self._context(augment)
             if batches is not None:
@@ -473,9 +473,9 @@ class Trainer:
         set_noise_source(model.G, None)
 
         self.state.step += 1
-        self.state.nimg += self.p.batch_size
+        self.state.nimg += self.params.batch_size
         if g_ok:
-            beta = ema_beta(self.p.ema, self.p.batch_size, self.state.nimg)
+            beta = ema_beta(self.params.ema, self.params.batch_size, self.state.nimg)
             modules = model.ema_modules()
             for name, ema in self.ema.items():
                 update_ema(ema, modules[name], beta)
@@ -488,22 +488,22 @@ class Trainer:
 
     def _batches(self) -> Iterator:
         balance = {}
-        if self.p.balance_classes:
+        if self.params.balance_classes:
             balance = {"labels": self.dataset.labels.tolist(), "balance": True}
         sampler = StreamSampler(
             len(self.dataset),
             self.micro_global,
-            self.p.seed,
+            self.params.seed,
             self.procs.rank,
             self.procs.world,
-            start=self.state.step * self.p.accumulate,
+            start=self.state.step * self.params.accumulate,
             **balance,
         )
-        return make_loader(self.dataset, sampler, self.p.workers, self.device.type == "cuda")
+        return make_loader(self.dataset, sampler, self.params.workers, self.device.type == "cuda")
 
     def _recover(self) -> None:
         """Too many bad steps in a row: back to the last checkpoint with a lower lr."""
-        lr_scale = self.state.lr_scale * self.p.nan_lr_factor
+        lr_scale = self.state.lr_scale * self.params.nan_lr_factor
         recoveries = self.state.recoveries + 1
         self._load(load_checkpoint(self.checkpoint_path))
         self.state.lr_scale, self.state.recoveries, self.state.bad_steps = lr_scale, recoveries, 0
@@ -517,16 +517,16 @@ class Trainer:
     def sample_grid(self):
         """G_ema's images for fixed latents: ``train.grid`` rows × columns, or one row per
         class for a conditional model (the same latents in every row)."""
-        rows, cols = self.p.grid
+        rows, cols = self.params.grid
         labels = None
         if self.model.num_classes:
             rows = self.model.num_classes
             labels = torch.arange(rows).repeat_interleave(cols)
-        z = fixed_latents(rows * cols, self.model.latent_dim, self.p.seed + GRID_SEED_OFFSET)
+        z = fixed_latents(rows * cols, self.model.latent_dim, self.params.seed + GRID_SEED_OFFSET)
         if labels is not None:
             z = z[:cols].repeat(rows, 1)
         images = generate(
-            self.G_ema, z, self.p.seed + NOISE_SEED_OFFSET, self.device,
+            self.G_ema, z, self.params.seed + NOISE_SEED_OFFSET, self.device,
             labels=labels, sample=self.sampler.sample,
         )  # fmt: skip
         return image_grid(images, rows, cols)
@@ -534,7 +534,7 @@ class Trainer:
     def run(self, stop_at: int | None = None, progress: Callable | None = None) -> dict:
         """Train to ``params.steps`` (or stop after the checkpoint at ``stop_at``, for tests
         of resuming); return the last logged values."""
-        p = self.p
+        params = self.params
         if self.procs.is_main:  # a DVC output even with snapshot_every: null
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         if not self.checkpoint_path.exists():
@@ -550,17 +550,17 @@ class Trainer:
         if progress:
             progress(self.state.step, last)
         try:
-            while self.state.step < p.steps:
+            while self.state.step < params.steps:
                 ok, logs = self.train_step(batches)
-                images_since += p.batch_size
+                images_since += params.batch_size
                 self.state.bad_steps = 0 if ok else self.state.bad_steps + 1
-                if self.state.bad_steps >= p.nan_tolerance:
+                if self.state.bad_steps >= params.nan_tolerance:
                     self._recover()
                     batches = self._batches()
                     continue
-                step, done = self.state.step, self.state.step >= p.steps
+                step, done = self.state.step, self.state.step >= params.steps
                 stopping = stop_at is not None and step >= stop_at
-                if step % p.log_every == 0 or done or stopping:
+                if step % params.log_every == 0 or done or stopping:
                     now = time.perf_counter()
                     logs = all_reduce_mean(as_floats(logs), self.procs.world, self.device)
                     logs.update(self._run_metrics(images_since / max(now - clock, 1e-9)))
@@ -568,13 +568,13 @@ class Trainer:
                     last = logs
                     if logger:
                         logger.log(step, logs)
-                if logger and (step % p.sample_every == 0 or done):
+                if logger and (step % params.sample_every == 0 or done):
                     logger.image(step, self.sample_grid())
-                if p.snapshot_every and (step % p.snapshot_every == 0 or done):
+                if params.snapshot_every and (step % params.snapshot_every == 0 or done):
                     self.save_snapshot()
                 if logger and (fid := self.cheap_fid()):
                     logger.log(step, fid)
-                if step % p.checkpoint_every == 0 or done or stopping:
+                if step % params.checkpoint_every == 0 or done or stopping:
                     saved = self.save()
                     if not saved and (done or stopping):  # never end on a stale checkpoint
                         raise StageError(self._unsaved_line())
@@ -601,14 +601,14 @@ class Trainer:
     def cheap_fid(self) -> dict[str, float]:
         """FID of G_ema when this step crossed a multiple of ``train.eval_every`` kimg (0:
         never), on ``train.eval_images`` images (``pipeline.metrics.training``)."""
-        every = round(self.p.eval_every * 1000)
-        if not every or self.state.nimg % every >= self.p.batch_size:
+        every = round(self.params.eval_every * 1000)
+        if not every or self.state.nimg % every >= self.params.batch_size:
             return {}
         from pipeline.metrics.training import TrainingFID  # Inception: only when asked for
 
         if self._fid is None:
-            self._fid = TrainingFID(self.dataset, self.p.eval_images, self.device)
-        return self._fid(self.G_ema, self.model.latent_dim, self.p.seed, self.sampler)
+            self._fid = TrainingFID(self.dataset, self.params.eval_images, self.device)
+        return self._fid(self.G_ema, self.model.latent_dim, self.params.seed, self.sampler)
 
     def _run_metrics(self, images_per_s: float) -> dict[str, float]:
         metrics = {

@@ -80,7 +80,7 @@ def lpips_diversity(lpips, images: torch.Tensor, styles: int, device="cpu") -> f
     return float(torch.cat(distances).mean())
 
 
-def stargan_metrics(
+def translation_metrics(
     trained, dataset: str | Path, inception: InceptionV3, lpips=None, lpips_reason: str = "",
     styles: int = 10, seed: int = 0, device="cpu",
 ) -> tuple[dict[str, float | dict | None], dict[str, str]]:  # fmt: skip

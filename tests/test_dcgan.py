@@ -77,6 +77,33 @@ def test_d_kernel_is_its_own_or_mirrors_g(g_kernel, d_kernel, expected):
     assert logits.shape == (2,)
 
 
+def test_pokegan_init_activation_and_g_dropout(data):
+    """init kaiming: He normal over the fan-out on convolutions (std sqrt(2/(1+0.2²)/fan_out)),
+    torch's default on linear layers, norms at exactly 1; G's LeakyReLU; G's dropout draws
+    from the engine's generator (two contexts of one seed: the same fakes) and only while
+    training (eval mode: none)."""
+    cfg = DCGANParams(**TINY, init="kaiming", g_activation="leaky_relu", g_dropout=0.5)
+    torch.manual_seed(0)
+    model = DCGAN(32, cfg)
+    conv = model.D.blocks["32"].layers[0]
+    fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+    expected = (2 / (1 + 0.2**2) / fan_out) ** 0.5
+    assert abs(conv.weight.std().item() / expected - 1) < 0.1
+    norm = model.G.blocks["8"].layers[1]
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    assert isinstance(model.G.blocks["8"].layers[2], torch.nn.LeakyReLU)
+    real = Batch(real_batch(data, 32)[:4])
+    fakes = []
+    for _ in range(2):
+        ctx = context(7, 4)
+        model.g_loss(real, ctx)
+        fakes.append(model.G(ctx.latents(16, "cpu")))
+    assert torch.equal(fakes[0], fakes[1])
+    model.eval()
+    z = torch.randn(2, 16)
+    assert torch.equal(model.G(z), model.G(z))
+
+
 @pytest.mark.parametrize("upsample", ["transposed", "nearest"])
 def test_dcgan_256_shapes_and_paper_initialisation(upsample):
     cfg = DCGANParams(latent_dim=8, channels=2, channel_max=8, upsample=upsample)

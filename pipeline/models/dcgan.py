@@ -33,13 +33,22 @@ def widths(image_size: int, cfg: DCGANParams) -> dict[int, int]:
     return {r: min(cfg.channel_max, cfg.channels * (image_size // r)) for r in sizes}
 
 
-def weighted(layer: nn.Module, cfg: DCGANParams) -> nn.Module:
-    """A conv/linear layer initialised from N(0, 0.02) (torch's global RNG, which the engine
-    seeds), spectrally normalised when ``norm: spectral``."""
-    nn.init.normal_(layer.weight, 0.0, INIT_STD)
-    if layer.bias is not None:
+def weighted(layer: nn.Module, cfg: DCGANParams, feeds: str = "leaky_relu") -> nn.Module:
+    """A conv/linear layer initialised as ``init`` says (torch's global RNG, which the
+    engine seeds): N(0, 0.02), or He normal over the fan-out for the nonlinearity it
+    ``feeds`` (convolutions; a linear layer keeps torch's default), spectrally normalised
+    when ``norm: spectral``."""
+    if cfg.init == "normal":
+        nn.init.normal_(layer.weight, 0.0, INIT_STD)
+    elif not isinstance(layer, nn.Linear):
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity=feeds)
+    if layer.bias is not None and (cfg.init == "normal" or not isinstance(layer, nn.Linear)):
         nn.init.zeros_(layer.bias)
     return spectral_norm(layer) if cfg.norm == "spectral" else layer
+
+
+def g_activation(cfg: DCGANParams) -> nn.Module:
+    return nn.ReLU() if cfg.g_activation == "relu" else nn.LeakyReLU(0.2)
 
 
 def feature_norm(channels: int, cfg: DCGANParams) -> nn.Module:
@@ -52,7 +61,10 @@ def feature_norm(channels: int, cfg: DCGANParams) -> nn.Module:
         layer = nn.GroupNorm(1, channels)  # over channels and pixels: layer norm for maps
     else:
         return nn.Identity()
-    nn.init.normal_(layer.weight, 1.0, INIT_STD)
+    if cfg.init == "normal":
+        nn.init.normal_(layer.weight, 1.0, INIT_STD)
+    else:
+        nn.init.ones_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
 
@@ -110,7 +122,9 @@ class UpBlock(nn.Module):
         else:
             conv = nn.Conv2d(cin, cout, k, 1, k // 2, bias=has_bias(cfg))
             layers = [nn.Upsample(scale_factor=2, mode="nearest"), weighted(conv, cfg)]
-        self.layers = nn.Sequential(*layers, feature_norm(cout, cfg), nn.ReLU())
+        self.layers = nn.Sequential(
+            *layers, feature_norm(cout, cfg), g_activation(cfg), DrawnDropout(cfg.g_dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -151,14 +165,16 @@ class DCGANGenerator(nn.Module):
             weighted(nn.Linear(cfg.latent_dim, first * cfg.latent_size**2, has_bias(cfg)), cfg),
             nn.Unflatten(1, (first, cfg.latent_size, cfg.latent_size)),
             feature_norm(first, cfg),
-            nn.ReLU(),
+            g_activation(cfg),
         )
         self.blocks = nn.ModuleDict(
             {str(r): UpBlock(width[r // 2], width[r], cfg) for r in width if r > cfg.latent_size}
         )
         self.to_rgb = nn.ModuleDict(
             {
-                str(r): weighted(nn.Conv2d(width[r], 3, cfg.g_kernel, 1, cfg.g_kernel // 2), cfg)
+                str(r): weighted(
+                    nn.Conv2d(width[r], 3, cfg.g_kernel, 1, cfg.g_kernel // 2), cfg, "tanh"
+                )
                 for r in rgb_sizes or [image_size]
             }
         )
@@ -357,7 +373,7 @@ class DCGAN(GANModel):
     def d_loss(self, batch: Batch, ctx: StepContext) -> DLoss:
         cfg = self.cfg
         size, alpha = self.stage_at(ctx, "D")
-        set_dropout_source(self.D, ctx)
+        set_dropout_source(self, ctx)  # D's dropout, and G's (g_dropout)
         with torch.no_grad():
             fake = self.G(ctx.latents(self.latent_dim, batch.images.device), size, alpha)
         real = ctx.augment(self.reals(batch, size, alpha))
@@ -386,7 +402,7 @@ class DCGAN(GANModel):
 
     def g_loss(self, batch: Batch, ctx: StepContext) -> torch.Tensor:
         size, alpha = self.stage_at(ctx, "G")
-        set_dropout_source(self.D, ctx)
+        set_dropout_source(self, ctx)  # D's dropout, and G's (g_dropout)
         fake = self.G(ctx.latents(self.latent_dim, batch.images.device), size, alpha)
         fake_logits = self.D(ctx.augment(fake), alpha).float()
         real_logits = None

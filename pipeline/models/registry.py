@@ -104,6 +104,10 @@ class DCGANParams(ModelParams):
     """DCGAN (Radford et al. 2015) with PokeGAN's training tricks; defaults are PokeGAN's
     main.py (which trained with batch 32: train.batch_size)."""
 
+    later_keys: ClassVar[dict[str, Any]] = {
+        "d_kernel": None, "init": "normal", "g_activation": "relu", "g_dropout": 0.0,
+    }  # fmt: skip
+
     latent_dim: PositiveInt = 96
     latent_size: Annotated[int, Field(ge=2, le=64)] = 4  # G projects z to this map size
     channels: PositiveInt = 64  # width at full resolution (ngf/ndf), doubling per halving
@@ -111,6 +115,11 @@ class DCGANParams(ModelParams):
     upsample: Literal["transposed", "nearest"] = "transposed"  # nearest: upsample + conv
     g_kernel: Literal[3, 5] = 5  # G's kernel
     d_kernel: Literal[3, 5] | None = None  # D's kernel; null: g_kernel's (PokeGAN's D: 3)
+    # weights: normal (the DCGAN paper's N(0, 0.02)) or kaiming (PokeGAN's: He normal,
+    # fan-out, convolutions only; linear layers keep torch's default)
+    init: Literal["normal", "kaiming"] = "normal"
+    g_activation: Literal["relu", "leaky_relu"] = "relu"  # G's (PokeGAN: LeakyReLU 0.2)
+    g_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # in G's blocks (PokeGAN: dropout's)
     norm: DCGANNorm = "batch"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in D
     loss: DCGANLoss = "standard"

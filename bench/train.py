@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import get_args
 
 import torch
 from PIL import Image
@@ -28,12 +27,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.models import MODELS, models_with  # noqa: E402
+from pipeline.models.base import Capability  # noqa: E402
 from pipeline.training.loop import Trainer  # noqa: E402
 from pipeline.training.params import TrainParams  # noqa: E402
 
 FLOWERS = REPO.parent / "shared" / "data" / "flowers256"
-MODELS = get_args(TrainParams.model_fields["model"].annotation)
-LABELLED = {"stargan2"}  # models that need a labelled dataset
+# models that need a labelled dataset: the image-to-image ones (domains)
+LABELLED = set(models_with(Capability.TRANSLATION))
 
 
 def prepare_data(size: int, work: Path, count: int, domains: int = 0) -> Path:

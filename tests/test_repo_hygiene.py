@@ -34,15 +34,38 @@ def has_code(init: Path) -> bool:
     return any(isinstance(node, kinds) for node in tree.body)
 
 
+def is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: its imports are for type checkers and never run."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def running_nodes(tree: ast.AST):
+    """Every node of ``tree`` outside ``if TYPE_CHECKING:`` blocks (their ``else`` runs)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if is_type_checking(node):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+
+
 def imported_modules(path: Path, root: Path = REPO) -> set[str]:
     """Every module ``path`` imports, at the top or inside a function (lazy imports run too),
-    with ``from package import module`` resolved to the module when it is one."""
+    with ``from package import module`` resolved to the module when it is one. Imports under
+    ``if TYPE_CHECKING:`` never run and are left out."""
     tree = ast.parse(path.read_text())
     package = ".".join(path.relative_to(root).with_suffix("").parts)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
     found = set()
-    for node in ast.walk(tree):
+    for node in running_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -110,15 +133,21 @@ def test_every_stage_lists_the_code_it_imports():
 
 def test_import_closure_follows_lazy_and_package_imports(tmp_path):
     """The checker itself: a fake stage whose function imports a module lazily, through a
-    package whose ``__init__`` imports another, with one dep missing."""
+    package whose ``__init__`` imports another, with one dep missing; an import only type
+    checkers see is left out, its ``else`` kept."""
     for rel, text in {
         "stages/__init__.py": '"""docstring only"""\n',
         "stages/one.py": "import os\n\ndef main():\n    from pipeline.sub import leaf\n",
         "pipeline/__init__.py": '__version__ = "1"\n',
         "pipeline/sub/__init__.py": "from pipeline import helper\n",
         "pipeline/sub/leaf.py": "from . import other\n",
-        "pipeline/sub/other.py": "",
+        "pipeline/sub/other.py": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from pipeline import unused\n"
+            "else:\n    from pipeline import fallback\n"
+        ),
         "pipeline/helper.py": "",
+        "pipeline/fallback.py": "",
         "pipeline/unused.py": "",
     }.items():
         path = tmp_path / rel
@@ -131,9 +160,12 @@ def test_import_closure_follows_lazy_and_package_imports(tmp_path):
         "pipeline/sub/leaf.py",
         "pipeline/sub/other.py",
         "pipeline/helper.py",
+        "pipeline/fallback.py",
     }
     stage = {"cmd": "python -m stages.one --x", "deps": ["stages/one.py", "pipeline/sub"]}
-    assert missing_deps({"stages": {"one": stage}}, tmp_path) == {"one": ["pipeline/helper.py"]}
+    assert missing_deps({"stages": {"one": stage}}, tmp_path) == {
+        "one": ["pipeline/fallback.py", "pipeline/helper.py"]
+    }
 
 
 def test_output_guard_sees_new_changed_and_removed_files(tmp_path):

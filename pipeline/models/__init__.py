@@ -1,5 +1,6 @@
 """GAN models the training engine can train, by name (``train.model``): the table is
-``pipeline.models.registry``. This package imports no torch until a model is built."""
+``pipeline.models.registry``. This package imports no torch until a model is built (the
+base class is ``pipeline.models.base.GANModel``)."""
 
 from __future__ import annotations
 
@@ -39,17 +40,8 @@ def models_able(capability) -> str:
     return " or ".join(f"train.model={name}" for name in models_with(capability))
 
 
-def __getattr__(name: str):
-    if name == "GANModel":  # torch: only when asked for
-        from pipeline.models.base import GANModel
-
-        return GANModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "MODELS",
-    "GANModel",
     "ModelSpec",
     "build_model",
     "model_spec",

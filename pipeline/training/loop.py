@@ -21,10 +21,11 @@ from torch import nn
 from pipeline import io as pio
 from pipeline.augment import Augmenter, BatchPart
 from pipeline.errors import StageError, first_line
-from pipeline.models import GANModel, build_model
+from pipeline.models import build_model
 from pipeline.models.base import (
     Batch,
     DLoss,
+    GANModel,
     NoiseSource,
     StepContext,
     set_noise_source,

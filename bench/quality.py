@@ -7,6 +7,7 @@ FID of each one's generator at fixed wall-clock checkpoints, with our FID code:
     python bench/quality.py --profile gpu                  # 256 px, shipped widths
     python bench/quality.py --minutes 0.5 --samples 50     # a smoke run of the whole path
     python bench/quality.py --pair dcgan --at-steps 500,1500,3000       # vs PokeGAN
+    python bench/quality.py --pair progan --at-steps 1000,2000,3000     # vs PokeGAN's progan.py
     python bench/quality.py --pair stylegan2 --at-steps 300,600,1200    # vs NVlabs
 
 Pairs, each peer outside the project environment and never committed (.peers/ is
@@ -14,6 +15,7 @@ git-ignored): ``lightweight``, our ``model: lightweight`` vs lucidrains' lightwe
 from PyPI (``pip install --no-deps --target .peers/site lightweight-gan==1.2.1
 adabelief-pytorch einops fire retry termcolor py``); ``dcgan``, our dcgan vs frgfm/PokeGAN's
 trainer (``python bench/peers.py pokegan`` copies its code from the fetch tool's mirror);
+``progan``, our progressive DCGAN vs PokeGAN's progan.py stages on the same trainer;
 ``stylegan2``, ours vs NVlabs stylegan2-ada-pytorch's training step (``python
 bench/gpu/prepare.py`` copies it the same way). ``--at-steps`` races to step counts instead
 of wall time: quality at equal kimg.
@@ -87,6 +89,7 @@ SETUP_TIMEOUT_S = 900  # a trainer that is not ready by then (imports, models) i
 # windowed attention over 8 heads x 64 at 32x32, is ~95% of its CPU step (12.2 s a step
 # at batch 8, 0.52 s with that branch stubbed out, ours 0.30 s). gpu: the shipped widths
 # at 256 px, a few minutes a side, where that branch is a small share.
+CPU_GROWTH = [{"size": 16, "kimg": 32.0, "lr": 5e-4}, {"size": 32, "kimg": 64.0, "lr": 2e-4}]
 PROFILES: dict[str, dict] = {
     "cpu": {
         "size": 32,
@@ -105,6 +108,14 @@ PROFILES: dict[str, dict] = {
         # PokeGAN's settings (batch 32) at 32 px: G 401,555 (ours, channels 16) vs 391,712
         # parameters; D 272,513 vs 95,521 (ours mirrors G's kernel 5, its D has kernel 3)
         "dcgan": {"ours": {"channels": 16}, "peer": {"conv_dim": 32}, "batch": 32},
+        # the same widths, grown as PokeGAN's schedule does (16 px at lr 5e-4, then 32 px at
+        # 2e-4), with the 16 px stage cut to 1,000 steps of 32 so that a race to 3,000
+        # steps spends two thirds of it at the full size
+        "progan": {
+            "ours": {"channels": 16, "stages": CPU_GROWTH},
+            "peer": {"conv_dim": 32, "stages": CPU_GROWTH},
+            "batch": 32,
+        },
         # NVlabs' auto config at small widths (channel_base 1024: 256 channels at 4 px, 32 at
         # 32 px), z = w = 64; fp32 both
         "stylegan2": {
@@ -124,6 +135,7 @@ PROFILES: dict[str, dict] = {
             "peer": {"fmap_max": 512, "attn_res_layers": [32]},
         },
         "dcgan": {"ours": {"channels": 64}, "peer": {"conv_dim": 64}},
+        "progan": {"ours": {"channels": 64}, "peer": {"conv_dim": 64}},  # stages: default
         "stylegan2": {"ours": {"config": "auto", "map_layers": None}, "peer": {}, "batch": 32},
     },
 }
@@ -131,6 +143,7 @@ PROFILES: dict[str, dict] = {
 PEERS = {
     "lightweight": "lightweight-gan",
     "dcgan": "PokeGAN",
+    "progan": "PokeGAN",
     "stylegan2": "stylegan2-ada-pytorch",
 }
 
@@ -366,9 +379,14 @@ class PokeGanPeer:
 
         torch.manual_seed(cfg["seed"])
         self.cfg = cfg
+        self.size = cfg["size"]
         self.G, self.D = pokegan_networks(cfg)
-        self.trainer = GANTrainer(self.D, self.G, cfg["size"], cfg["latent"], train_loader=[])
-        lr = cfg["peer"].get("lr", 1e-3)
+        self.trainer = GANTrainer(self.D, self.G, self.size, cfg["latent"], train_loader=[])
+        self.optimizers(cfg["peer"].get("lr", 1e-3))
+        self._steps = 0
+
+    def optimizers(self, lr: float) -> None:
+        """Adam over the trainable parameters, as its ``fit_n_epochs`` builds it."""
         self.d_opt, self.g_opt = (
             torch.optim.Adam(
                 [p for p in net.parameters() if p.requires_grad],
@@ -379,7 +397,6 @@ class PokeGanPeer:
             )
             for net in (self.D, self.G)
         )
-        self._steps = 0
 
     def start(self, batches) -> None:
         self.batches = (b.float() / 127.5 - 1 for b in batches)
@@ -403,34 +420,109 @@ class PokeGanPeer:
 
     def save(self, path: Path) -> None:
         state = {k: v.detach().cpu() for k, v in self.G.state_dict().items()}
-        torch.save({"cfg": CFG, "G": state}, path)
+        torch.save({"cfg": CFG, "size": self.size, "G": state}, path)
 
     @staticmethod
     def generators(path: Path, device: torch.device) -> dict:
+        """Its G in eval mode; a progressive run's earlier stage upscaled (nearest) to the
+        race size, as ours is."""
         saved = torch.load(path, map_location="cpu", weights_only=False)
-        G, _ = pokegan_networks(saved["cfg"])
+        cfg = saved["cfg"]
+        size = saved.get("size", cfg["size"])
+        G, _ = pokegan_networks(cfg, size)
         G.load_state_dict(saved["G"])
         G.to(device).eval()
 
         @torch.no_grad()
         def sample(z: torch.Tensor) -> np.ndarray:
             chunks = [G(z[i : i + 50].to(device)).float().cpu() for i in range(0, len(z), 50)]
-            images = ((torch.cat(chunks).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            images = torch.cat(chunks).clamp(-1, 1)
+            if size < cfg["size"]:
+                images = torch.nn.functional.interpolate(images, cfg["size"], mode="nearest")
+            images = ((images + 1) * 127.5).round().to(torch.uint8)
             return images.permute(0, 2, 3, 1).numpy()
 
         return {"G": sample}
 
 
-def pokegan_networks(cfg: dict):
-    """PokeGAN's G and D as its main.py builds them for ``cfg``'s size and latent."""
+class PokeGanProgressivePeer(PokeGanPeer):
+    """frgfm/PokeGAN's progan.py: per stage (sizes doubling up to the race size), new G
+    and D built for the stage's size, the previous stage's blocks loaded into them and
+    frozen (its new block is the one nearest the 4×4 latent map, in G and in D), new Adam
+    optimizers over what trains, then ``GANTrainer`` steps on the reals shrunk to the stage
+    size (box filter, as ours). Stages by images shown, as ours: ``peer.stages`` (the
+    profile gives both trainers one schedule) or, left out, our default growth; each
+    stage's ``lr`` (progan.py takes one ``--lr`` for all; the schedule's rates are its
+    README's)."""
+
+    label = "PokeGAN"
+
+    def __init__(self, cfg: dict, work: Path):
+        from pipeline.models.registry import default_growth
+
+        self.stages = cfg["peer"].get("stages") or default_growth(cfg["size"], 4)
+        ends, total = [], 0
+        for stage in self.stages:
+            total += round(stage["kimg"] * 1000)
+            ends.append(total)
+        self.ends = ends
+        self.stage = 0
+        super().__init__(cfg, work)
+        self.grow_to(0)
+
+    def grow_to(self, index: int) -> None:
+        from torchgan.gan import GANTrainer
+
+        stage = self.stages[index]
+        G, D = pokegan_networks(self.cfg, stage["size"])
+        if index:  # progan.py: the old blocks shift one place away from the latent map
+            for i, block in enumerate(self.D[0]):
+                D[0][i].load_state_dict(block.state_dict())
+            for p in D[0][:-1].parameters():
+                p.requires_grad_(False)
+            for i, block in enumerate(self.G[-1]):
+                G[-1][i + 1].load_state_dict(block.state_dict())
+            for p in G[-1][1:].parameters():
+                p.requires_grad_(False)
+        self.G, self.D, self.size, self.stage = G, D, stage["size"], index
+        self.trainer = GANTrainer(D, G, self.size, self.cfg["latent"], train_loader=[])
+        self.optimizers(stage.get("lr") or self.cfg["peer"].get("lr", 1e-3))
+
+    def start(self, batches) -> None:
+        def shrunk():
+            for batch in batches:
+                images = batch.float() / 127.5 - 1
+                if self.size < images.shape[-1]:
+                    images = torch.nn.functional.avg_pool2d(images, images.shape[-1] // self.size)
+                yield images
+
+        self.batches = shrunk()
+
+    def step(self) -> None:
+        index = next((i for i, end in enumerate(self.ends) if self.nimg < end), len(self.ends) - 1)
+        if index != self.stage:
+            self.grow_to(index)
+        super().step()
+
+    def parameters(self) -> dict[str, int]:
+        """At the race size (the last stage's networks)."""
+        G, D = pokegan_networks(self.cfg, self.cfg["size"])
+        return {"G": sum(p.numel() for p in G.parameters()),
+                "D": sum(p.numel() for p in D.parameters())}  # fmt: skip
+
+
+def pokegan_networks(cfg: dict, size: int | None = None):
+    """PokeGAN's G and D as its main.py (and progan.py, per stage) builds them for ``size``
+    (default the race's) and ``cfg``'s latent."""
     from torchgan.models import Discriminator, Generator
 
+    size = size or cfg["size"]
     width = cfg["peer"].get("conv_dim", 32)
-    depth = int(np.log2(cfg["size"] / 4))  # its --latent-size 4
+    depth = int(np.log2(size / 4))  # its --latent-size 4
     widths = [width * 2**i for i in range(depth)]
     d_chans, g_chans = [3, *widths], [*widths[::-1], 3]
-    G = Generator(cfg["latent"], cfg["size"], g_chans, 5, dropout=0.3)
-    D = Discriminator(cfg["size"], d_chans, 3, dropout=0.3)
+    G = Generator(cfg["latent"], size, g_chans, 5, dropout=0.3)
+    D = Discriminator(size, d_chans, 3, dropout=0.3)
     return G, D
 
 
@@ -501,7 +593,7 @@ def peer_missing(pair: str) -> str | None:
             "lightweight-gan is not importable (install it into .peers/site: see this "
             "script's docstring)"
         )
-    if pair == "dcgan" and not (POKEGAN / "torchgan").is_dir():
+    if pair in ("dcgan", "progan") and not (POKEGAN / "torchgan").is_dir():
         return (
             f"{POKEGAN} is absent (python bench/peers.py pokegan copies it from the fetch "
             "tool's mirror of github:frgfm/PokeGAN)"
@@ -517,6 +609,7 @@ def peer_missing(pair: str) -> str | None:
 PEER_RACERS = {
     "lightweight": LightweightGanPeer,
     "dcgan": PokeGanPeer,
+    "progan": PokeGanProgressivePeer,
     "stylegan2": NVlabsPeer,
 }
 
@@ -532,7 +625,7 @@ CFG: dict = {}  # the race's settings, in a trainer's process
 def peer_context(cfg: dict):
     """The peer's imports and, off a GPU, its CPU shim: lightweight-gan from .peers/site,
     PokeGAN from .peers/PokeGAN."""
-    if cfg["pair"] == "dcgan":
+    if cfg["pair"] in ("dcgan", "progan"):
         return pokegan_on_cpu()
     if cfg["pair"] == "stylegan2":
         if str(NVLABS) not in sys.path:

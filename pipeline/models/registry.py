@@ -115,11 +115,13 @@ class DCGANParams(ModelParams):
     upsample: Literal["transposed", "nearest"] = "transposed"  # nearest: upsample + conv
     g_kernel: Literal[3, 5] = 5  # G's kernel
     d_kernel: Literal[3, 5] | None = None  # D's kernel; null: g_kernel's (PokeGAN's D: 3)
-    # weights: normal (the DCGAN paper's N(0, 0.02)) or kaiming (PokeGAN's: He normal,
-    # fan-out, convolutions only; linear layers keep torch's default)
-    init: Literal["normal", "kaiming"] = "normal"
-    g_activation: Literal["relu", "leaky_relu"] = "relu"  # G's (PokeGAN: LeakyReLU 0.2)
-    g_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # in G's blocks (PokeGAN: dropout's)
+    # PokeGAN's choices by default (they won the race against its trainer, docs/quality.md);
+    # the paper's: init normal, g_activation relu, g_dropout 0 (later_keys: what runs from
+    # before these keys did). weights: kaiming (PokeGAN's He normal, fan-out, convolutions
+    # only; linear layers keep torch's default) or normal (the paper's N(0, 0.02))
+    init: Literal["normal", "kaiming"] = "kaiming"
+    g_activation: Literal["relu", "leaky_relu"] = "leaky_relu"  # G's (PokeGAN: LeakyReLU 0.2)
+    g_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in G's blocks (PokeGAN: dropout's)
     norm: DCGANNorm = "batch"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in D
     loss: DCGANLoss = "standard"

@@ -103,6 +103,19 @@ def defining_params(params: dict, augment_kind: str) -> dict:
     return defining
 
 
+def run_params(dump: dict) -> dict:
+    """A checkpoint's ``train`` params dump with the keys added since it was written set to
+    what its run did (``LATER_KEYS`` and the model's ``later_keys``), not to today's
+    defaults: a default that changes (``dcgan.g_activation``) must not rebuild an old
+    generator differently from how it was trained."""
+    dump = {**dump, **{k[0]: v for k, v in LATER_KEYS.items() if k[0] not in dump}}
+    spec = MODELS.get(dump.get("model"))
+    section = dump.get(spec.name) if spec else None
+    if isinstance(section, dict):
+        dump[spec.name] = {**spec.params.later_keys, **section}
+    return dump
+
+
 def _drop_nested(tree: dict, parents: list[str], key: str) -> None:
     for parent in parents:
         tree[parent] = dict(tree[parent])
@@ -275,7 +288,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trai
     path = Path(path)
     checkpoint = load_checkpoint(path)
     try:
-        params = TrainParams.model_validate(checkpoint["params"])
+        params = TrainParams.model_validate(run_params(checkpoint["params"]))
         params = params.model_copy(update={"resume_from": None})
         classes = list(checkpoint.get("classes") or [])
         net = build_model(params, for_sampling=True, num_classes=len(classes))

@@ -113,7 +113,7 @@ PROFILES: dict[str, dict] = {
         # steps spends two thirds of it at the full size
         "progan": {
             "ours": {"channels": 16, "stages": CPU_GROWTH},
-            "peer": {"conv_dim": 32, "stages": CPU_GROWTH},
+            "peer": {"conv_dim": 32},
             "batch": 32,
         },
         # NVlabs' auto config at small widths (channel_base 1024: 256 channels at 4 px, 32 at
@@ -450,10 +450,10 @@ class PokeGanProgressivePeer(PokeGanPeer):
     and D built for the stage's size, the previous stage's blocks loaded into them and
     frozen (its new block is the one nearest the 4×4 latent map, in G and in D), new Adam
     optimizers over what trains, then ``GANTrainer`` steps on the reals shrunk to the stage
-    size (box filter, as ours). Stages by images shown, as ours: ``peer.stages`` (the
-    profile gives both trainers one schedule) or, left out, our default growth; each
-    stage's ``lr`` (progan.py takes one ``--lr`` for all; the schedule's rates are its
-    README's)."""
+    size (box filter, as ours). Stages by images shown, as ours, on ours' schedule
+    (``peer.stages``: the profile's ``progan.stages`` or ``-S progan.stages=…``; null: our
+    default growth), each at its ``lr`` (progan.py takes one ``--lr`` for all; the
+    schedule's rates are its README's)."""
 
     label = "PokeGAN"
 
@@ -1056,6 +1056,9 @@ def main() -> None:
         "data_array": str(array),
         "real_count": len(np.load(array, mmap_mode="r")),
     }
+    if args.pair == "progan":  # the peer grows on ours' schedule (-S progan.stages=… sets both)
+        stages = cfg["ours_overrides"].get("progan.stages", cfg["ours"].get("stages"))
+        cfg["peer"] = {**cfg["peer"], "stages": stages}
     if args.profile == "cpu" and not args.samples:
         print(
             "samples: 1,000 per FID on the CPU (Inception ~7.5 images/s here; the issue "

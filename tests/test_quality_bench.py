@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO, needs_shared
 
@@ -94,6 +95,31 @@ def test_dcgan_races_pokegan_step_for_step(tmp_path):
         ]
         assert mine[0]["fid"] != mine[1]["fid"]
         assert (tmp_path / "run" / f"{trainer}-{network}-samples.png").is_file()
+
+
+@pytest.mark.slow  # ~20 s: the harness again, both trainers of the progressive pair
+@pytest.mark.skipif(
+    not (REPO / ".peers" / "PokeGAN" / "torchgan").is_dir(),
+    reason="PokeGAN's code is absent (python bench/peers.py pokegan, from the fetch tool's "
+    "mirror of github:frgfm/PokeGAN)",
+)
+def test_progan_races_pokegan_progan_through_a_stage_switch(tmp_path):
+    """Our progressive DCGAN and PokeGAN's progan.py stages on one schedule (``-S
+    progan.stages`` sets the peer's too): 3 steps of 32 at 16 px, then 32 px; both save
+    their generator at each stage's size and sample it at the race's."""
+    stages = '[{"size": 16, "kimg": 0.096}, {"size": 32, "kimg": 1}]'
+    rows = race(
+        tmp_path, "ours,peer", 0, "--pair", "progan", "--at-steps", "3,5",
+        "-S", f"progan.stages={stages}",
+    )  # fmt: skip
+    for trainer, network in (("ours", "G_ema"), ("PokeGAN", "G")):
+        mine = [row for row in rows if row["trainer"] == trainer]
+        assert [(r["checkpoint"], r["steps"]) for r in mine] == [("0", "0"), ("1", "3"), ("2", "5")]
+        assert (tmp_path / "run" / f"{trainer}-{network}-samples.png").is_file()
+    for index, size in ((1, 16), (2, 32)):
+        ours = torch.load(tmp_path / f"run/ours/checkpoint-{index}.pt", weights_only=True)
+        peer = torch.load(tmp_path / f"run/peer/checkpoint-{index}.pt", weights_only=False)
+        assert ours["G_ema"]["stage_size"].item() == peer["size"] == size
 
 
 @pytest.mark.slow  # ~20 s: the harness again, both trainers of the StyleGAN2 pair

@@ -148,12 +148,12 @@ def set_noise_mode(module: nn.Module, mode: NoiseMode) -> None:
 
 
 def has_mapping(G: nn.Module) -> bool:
-    """True for style-based generators (StyleGAN2).
+    """True for style-based generators (a mapping network to W, then synthesis).
 
     Such a G has ``mapping(z, truncation_psi=1, truncation_cutoff=None) -> ws`` (N×num_ws×
     w_dim), ``synthesis(ws) -> images``, a tracked ``w_avg`` buffer and ``num_ws``/``w_dim``,
     and ``G(z, truncation_psi, truncation_cutoff)`` is ``synthesis(mapping(...))``. Other
-    generators (Lightweight GAN) are plain ``G(z) -> images``: no truncation, no W space.
+    generators are plain ``G(z) -> images``: no truncation, no W space.
     """
     return all(hasattr(G, name) for name in ("mapping", "synthesis", "w_avg", "num_ws"))
 

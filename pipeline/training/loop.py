@@ -92,7 +92,7 @@ class Trainer:
         self.procs = init_processes(params.device)
         self.device = self.procs.device
         if self.device.type == "cuda":
-            # Image sizes are fixed within a run (a growing DCGAN changes them a few times):
+            # Image sizes are fixed within a run (a growing model changes them a few times):
             # let cuDNN time its algorithms once per shape instead of taking its heuristic's
             # pick, as NVlabs' training loop does. CUDA training is not bit-exact anyway.
             torch.backends.cudnn.benchmark = True

@@ -84,7 +84,7 @@ def average(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def mix_state(name: str, states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One network's state dicts (oldest first) averaged: floating tensors (weights, biases,
-    BatchNorm running means and variances, StyleGAN2's W average) by their mean; integer
+    BatchNorm running means and variances, a mapping network's W average) by their mean; integer
     and boolean buffers (BatchNorm's ``num_batches_tracked``) and spectral normalisation's
     power-iteration vectors from the newest."""
     newest = states[-1]

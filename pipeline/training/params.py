@@ -103,7 +103,7 @@ class EngineParams(Section):
     mirror: bool = False  # random x-flips of real images, on the fly
     balance_classes: bool = False  # draw every class equally often (a labelled dataset)
     ema: EmaParams = EmaParams()
-    # D's augmentation: auto picks the model's (lightweight: diffaugment, stylegan2: ada)
+    # D's augmentation: auto picks the model's own (its class's default_augment)
     augment: Literal["auto", "diffaugment", "ada", "none"] = "auto"
     aug: AugParams = AugParams()
     ada: AdaParams = AdaParams()

@@ -186,7 +186,9 @@ class ProGANParams(DCGANParams):
     # null: PokeGAN's schedule up to train.image_size (default_growth); or a list of
     # {size, kimg, lr} whose sizes double and end at train.image_size
     stages: list[ProStage] | None = None
-    freeze_previous: bool = True  # train only the newest block (PokeGAN)
+    # train only the newest block (PokeGAN freezes its old blocks; ours grow at the fine end,
+    # where freezing lost the race: docs/quality.md)
+    freeze_previous: bool = False
     fade_kimg: Annotated[float, Field(ge=0)] = 0.0  # fade new blocks in (ProGAN); 0: switch
 
     def check(self, image_size: int) -> None:

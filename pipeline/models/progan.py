@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pipeline.models.base import Batch, StepContext
 from pipeline.models.dcgan import DCGAN
-from pipeline.models.registry import ProGANParams
+from pipeline.models.registry import ProGANParams, stage_at, stage_ends
 
 
 class ProGAN(DCGAN):
@@ -45,17 +45,12 @@ class ProGAN(DCGAN):
         super().__init__(image_size, cfg, rgb_sizes=sizes)
         self.sizes = sizes
         # where each stage ends, in images (the last one lasts to the end of training)
-        ends, total = [], 0
-        for stage in self.stages:
-            total += round(stage.kimg * 1000)
-            ends.append(total)
-        self.ends = ends
+        self.ends = stage_ends(stage.kimg for stage in self.stages)
         self.G.stage_size.fill_(sizes[0])
         self.G.stage_alpha.fill_(1.0)
 
     def stage_index(self, kimg: float) -> int:
-        nimg = round(kimg * 1000)
-        return next((i for i, end in enumerate(self.ends) if nimg < end), len(self.ends) - 1)
+        return stage_at(self.ends, round(kimg * 1000))
 
     def stage_alpha(self, kimg: float) -> float:
         """How far the current stage's new block has faded in: 0 → 1 over ``fade_kimg``

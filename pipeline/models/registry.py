@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -178,6 +179,16 @@ def default_growth(image_size: int, latent_size: int) -> list[dict]:
         stages.append({"size": size, "kimg": 200.0 * 2 ** len(stages), "lr": lr})
         size *= 2
     return stages
+
+
+def stage_ends(kimgs: Iterable[float]) -> list[int]:
+    """Where each stage of a growth schedule ends, in images shown (its kimg summed)."""
+    return list(itertools.accumulate(round(kimg * 1000) for kimg in kimgs))
+
+
+def stage_at(ends: list[int], nimg: int) -> int:
+    """The stage that runs once ``nimg`` images were shown (the last runs on to the end)."""
+    return next((i for i, end in enumerate(ends) if nimg < end), len(ends) - 1)
 
 
 class ProGANParams(DCGANParams):

@@ -76,7 +76,6 @@ def defining_params(params: dict, augment_kind: str) -> dict:
     defining = {k: v for k, v in params.items() if k not in RUN_KEYS and k not in sections}
     defining["augment"] = augment_kind  # resolved: auto and its explicit value are one run
     model = params.get("model")
-    later = dict(LATER_KEYS)
     if model in MODEL_SECTIONS:
         spec = MODELS[model]
         section = params.get(model)
@@ -86,11 +85,10 @@ def defining_params(params: dict, augment_kind: str) -> dict:
             if isinstance(section, dict)
             else section
         )
-        later.update({(model, key): value for key, value in spec.params.later_keys.items()})
     augment_section = AUGMENT_SECTIONS.get(augment_kind)
     if augment_section:
         defining[augment_section] = params.get(augment_section)
-    for path, value in later.items():
+    for path, value in later_keys(model).items():
         *parents, key = path
         holder = defining
         for parent in parents:
@@ -103,16 +101,30 @@ def defining_params(params: dict, augment_kind: str) -> dict:
     return defining
 
 
+def later_keys(model: Any) -> dict[tuple[str, ...], Any]:
+    """Every key added after runs existed, as a path into a ``train`` params dump, with
+    the value that means what those runs did: the engine's and ``model``'s own."""
+    later = dict(LATER_KEYS)
+    if model in MODEL_SECTIONS:
+        later.update({(model, k): v for k, v in MODELS[model].params.later_keys.items()})
+    return later
+
+
 def run_params(dump: dict) -> dict:
     """A checkpoint's ``train`` params dump with the keys added since it was written set to
-    what its run did (``LATER_KEYS`` and the model's ``later_keys``), not to today's
-    defaults: a default that changes (``dcgan.g_activation``) must not rebuild an old
-    generator differently from how it was trained."""
-    dump = {**dump, **{k[0]: v for k, v in LATER_KEYS.items() if k[0] not in dump}}
-    spec = MODELS.get(dump.get("model"))
-    section = dump.get(spec.name) if spec else None
-    if isinstance(section, dict):
-        dump[spec.name] = {**spec.params.later_keys, **section}
+    what its run did (``later_keys``), not to today's defaults: a default that changes
+    (``dcgan.g_activation``) must not rebuild an old generator differently from how it was
+    trained. The dump itself is left as it was."""
+    dump = dict(dump)
+    for path, value in later_keys(dump.get("model")).items():
+        *parents, key = path
+        holder = dump
+        for parent in parents:
+            if not isinstance(holder.get(parent), dict):
+                break
+            holder[parent] = holder = dict(holder[parent])
+        else:
+            holder.setdefault(key, value)
     return dump
 
 

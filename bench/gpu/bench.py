@@ -647,15 +647,15 @@ def run_inception(setup: Setup, results: Path) -> None:
 
 # --- the quality race -----------------------------------------------------------------------
 
-QUALITY_MINUTES = float(os.environ.get("QUALITY_MINUTES", "1.5"))  # each trainer, alone
+QUALITY_MINUTES = float(os.environ.get("QUALITY_MINUTES", "2"))  # both trainers at once
 
 
 def run_quality(setup: Setup, results: Path) -> None:
-    """bench/quality.py's gpu profile (issue 23): our Lightweight GAN, then lightweight-gan,
-    each alone on the GPU for QUALITY_MINUTES at 256 px, batch 64; FID of 2,000 samples at
-    0 and 3 evenly spaced wall-clock points against the carried flowers. The dry run: the
-    cpu profile on 32 flowers for 3 seconds each, 16 samples. Its folder (fid.csv,
-    samples.jpg, fid.png) is ``results/quality``; run.sh returns those three."""
+    """bench/quality.py's gpu profile (issue 23): our Lightweight GAN and lightweight-gan on
+    the GPU at once for QUALITY_MINUTES at 256 px, batch 64; FID of 2,000 samples at 0 and
+    4 evenly spaced wall-clock points against the carried flowers. The dry run: the cpu
+    profile on 32 flowers for 3 seconds, one trainer after the other, 16 samples. Its
+    folder (fid.csv, samples.jpg, fid.png) is ``results/quality``; run.sh returns those."""
     if shared_absent(results, "quality", "data", "flowers256"):
         return
     out = results / "quality"
@@ -668,7 +668,7 @@ def run_quality(setup: Setup, results: Path) -> None:
         args = ["--profile", "cpu", "--minutes", "0.05", "--checkpoints", "1", "--samples", "16"]
         args += ["--sequential"]
     else:
-        args = ["--profile", "gpu", "--minutes", str(QUALITY_MINUTES), "--checkpoints", "3"]
+        args = ["--profile", "gpu", "--minutes", str(QUALITY_MINUTES), "--checkpoints", "4"]
     command = [sys.executable, str(REPO / "bench" / "quality.py"), *args, "--data", str(data)]
     command += ["--out", str(out), "--cache", str(results / "quality-cache")]
     bench = f"quality {'32' if setup.dry_run else '256'}px lightweight, FID"

@@ -9,6 +9,7 @@ FID of each one's generator at fixed wall-clock checkpoints, with our FID code:
     python bench/quality.py --pair dcgan --at-steps 500,1500,3000       # vs PokeGAN
     python bench/quality.py --pair progan --at-steps 1000,2000,3000     # vs PokeGAN's progan.py
     python bench/quality.py --pair stylegan2 --at-steps 300,600,1200    # vs NVlabs
+    python bench/quality.py --pair dcgan --fid-only --samples 2000 --fid-checkpoints 3
 
 Pairs, each peer outside the project environment and never committed (.peers/ is
 git-ignored): ``lightweight``, our ``model: lightweight`` vs lucidrains' lightweight-gan
@@ -718,7 +719,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
     torch.set_num_threads(threads)
     device = torch.device("cuda" if cfg["device"] == "cuda" else "cpu")
     work = run / role
-    records = json.loads((work / "checkpoints.json").read_text())
+    records = [r for r in json.loads((work / "checkpoints.json").read_text()) if wanted(cfg, r)]
     model = race_inception(device)
     z = fixed_latents(cfg["samples"], cfg["latent"], LATENT_SEED)
     index_path = work / "features.json"
@@ -730,10 +731,17 @@ def features_process(run: Path, role: str, threads: int) -> None:
             generators = racer.generators(work / record["file"], device)
             for name, sample in generators.items():
                 key = f"{record['checkpoint']}-{name}"
-                if key in done:
+                if done.get(key, {}).get("samples") == cfg["samples"]:
                     continue
                 digest = weights_digest(work / record["file"], name)
-                same = next((v for v in done.values() if v["digest"] == digest), None)
+                same = next(
+                    (
+                        v
+                        for v in done.values()
+                        if v["digest"] == digest and v.get("samples") == cfg["samples"]
+                    ),
+                    None,
+                )
                 if same is None:
                     start = time.perf_counter()
                     sink = FeatureSink(model, "clean", cfg["samples"])
@@ -749,7 +757,7 @@ def features_process(run: Path, role: str, threads: int) -> None:
                     )
                 else:
                     file = same["file"]
-                done[key] = {"file": file, "digest": digest}
+                done[key] = {"file": file, "digest": digest, "samples": cfg["samples"]}
                 write_json(index_path, done)
                 grid = run / f"{racer.label}-{name}-samples.png"
                 if record is records[-1] and not grid.is_file():
@@ -771,6 +779,12 @@ def race_inception(device: torch.device):
             "(makes .gpu/inception-fp16.xz)"
         )
     return model
+
+
+def wanted(cfg: dict, record: dict) -> bool:
+    """Whether --fid-checkpoints (all when not given) asks for this checkpoint's FID."""
+    chosen = cfg.get("fid_checkpoints")
+    return not chosen or record["checkpoint"] in chosen
 
 
 def weights_digest(path: Path, name: str) -> str:
@@ -890,7 +904,8 @@ def tail(run: Path, role: str) -> str:
 def fid_rows(run: Path, roles: list[str], real: np.ndarray, seed: int) -> list[dict]:
     from pipeline.metrics.fid import frechet_distance
 
-    pair = json.loads((run / "race.json").read_text())["pair"]
+    cfg = json.loads((run / "race.json").read_text())
+    pair = cfg["pair"]
     rows = []
     half = np.random.default_rng(seed).permutation(len(real))
     floor = frechet_distance(real[half[: len(real) // 2]], real[half[len(real) // 2 :]])
@@ -915,6 +930,8 @@ def fid_rows(run: Path, roles: list[str], real: np.ndarray, seed: int) -> list[d
         for key, entry in index.items():
             checkpoint, network = key.split("-", 1)
             record = records[int(checkpoint)]
+            if entry.get("samples") != cfg["samples"] or not wanted(cfg, record):
+                continue  # another run's sample count, or a checkpoint left out
             fid = frechet_distance(real, np.load(work / entry["file"]))
             rows.append(
                 {
@@ -1060,6 +1077,11 @@ def main() -> None:
     )
     parser.add_argument("--fid-only", action="store_true", help="reuse --out's checkpoints")
     parser.add_argument(
+        "--fid-checkpoints",
+        help="FID of these checkpoints only (e.g. 0,4; default all): with --fid-only, the "
+        "last checkpoints at another --samples",
+    )
+    parser.add_argument(
         "--at-steps",
         help="checkpoints at these step counts (e.g. 16,32,64) instead of wall-clock points: "
         "ours at another run's steps, for FID at equal kimg",
@@ -1096,6 +1118,9 @@ def main() -> None:
         "checkpoints": args.checkpoints,
         "at_steps": [int(n) for n in args.at_steps.split(",")] if args.at_steps else [],
         "samples": args.samples or profile["samples"],
+        "fid_checkpoints": (
+            [int(n) for n in args.fid_checkpoints.split(",")] if args.fid_checkpoints else None
+        ),
         "device": profile["device"],
         "sequential": profile["sequential"] if args.sequential is None else args.sequential,
         "threads": args.threads,

@@ -69,6 +69,28 @@ def test_our_trainer_races_and_gets_a_fid_per_checkpoint(tmp_path):
     assert (tmp_path / "run" / "ours-G_ema-samples.png").is_file()
 
 
+def test_fid_only_at_another_sample_count_recomputes_the_chosen_checkpoints(tmp_path):
+    """--fid-only --samples N --fid-checkpoints K: features of another sample count are never
+    reused, and only checkpoint K is measured."""
+    import numpy as np
+
+    race(tmp_path, "ours", 0.05)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(QUALITY), "--trainers", "ours", "--fid-only", "--samples", "6",
+        "--fid-checkpoints", "1", "--data", str(tmp_path / "flowers"), "--out", str(out),
+        "--cache", str(tmp_path / "cache"), "--fid-threads", "1",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(out / "fid.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row["trainer"] == "ours"]
+    assert [row["checkpoint"] for row in rows] == ["1"]
+    index = json.loads((out / "ours" / "features.json").read_text())
+    assert index["1-G_ema"]["samples"] == 6 and index["0-G_ema"]["samples"] == 4
+    assert np.load(out / "ours" / index["1-G_ema"]["file"]).shape == (6, 2048)
+
+
 @pytest.mark.slow  # ~15 s: a second run of the harness, for the peer's wiring
 @pytest.mark.skipif(
     not peer_importable("lightweight_gan"),

@@ -42,6 +42,8 @@ def pack_inception_fp16(module: torch.nn.Module) -> bytes:
     all the high ones), which xz packs 7% smaller: the high bytes (sign, exponent) repeat.
     No library here does this (safetensors and torch.save keep the interleaved layout)."""
     state = module.state_dict()
+    if not all(t.is_floating_point() for t in state.values()):
+        raise ValueError("only floating-point tensors can be packed as float16")
     header = {
         "source_sha256": FID_HELPER_SHA256,
         "tensors": [[name, list(t.shape)] for name, t in state.items()],
@@ -73,7 +75,7 @@ def unpack_inception_fp16(module: torch.nn.Module, packed: bytes) -> None:
 def carried_inception(device: str | torch.device) -> InceptionV3 | None:
     """The FID Inception rebuilt from the GPU check's carry (the graph and the float16
     weights), or None when either file is absent. Its FID differs from the float32
-    network's by a few hundredths (docs/quality.md measures it)."""
+    network's by a few hundredths (docs/benchmarks.md, GPU check, measures it)."""
     if not (INCEPTION_GRAPH.is_file() and INCEPTION_FP16.is_file()):
         return None
     module = torch.jit.load(io.BytesIO(lzma.decompress(INCEPTION_GRAPH.read_bytes())), "cpu")

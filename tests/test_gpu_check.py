@@ -23,12 +23,22 @@ from tests.cuda_helpers import (
 )
 
 
+class SmallNet(nn.Module):
+    """Weights and float buffers, as the Inception graph has (its batch norms keep their
+    statistics as float tensors; no integer counters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.register_buffer("var", torch.rand(8) + 0.5)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) / self.var.sqrt().view(1, -1, 1, 1))
+
+
 def small_net() -> torch.jit.ScriptModule:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    with torch.no_grad():
-        net[1].running_var.uniform_(0.5, 2.0)
-    return torch.jit.script(net.eval())
+    return torch.jit.script(SmallNet().eval())
 
 
 def test_packed_weights_come_back_as_their_float16_rounding():
@@ -43,6 +53,11 @@ def test_packed_weights_come_back_as_their_float16_rounding():
         assert torch.equal(target.state_dict()[name], tensor.half().float()), name
     x = torch.randn(2, 3, 9, 9)
     assert torch.allclose(target(x), source(x), atol=1e-2)
+
+
+def test_integer_tensors_are_not_packed():
+    with pytest.raises(ValueError, match="only floating-point"):
+        pack_inception_fp16(nn.BatchNorm2d(4))  # num_batches_tracked is an integer
 
 
 def test_packed_weights_refuse_another_graph():

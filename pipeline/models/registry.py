@@ -125,6 +125,8 @@ class DCGANParams(ModelParams):
     g_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in G's blocks (PokeGAN: dropout's)
     norm: DCGANNorm = "batch"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3  # in D
+    # ProGAN's minibatch standard deviation before D's logit: the group size; 0: off
+    minibatch_std: Annotated[int, Field(ge=0)] = 0
     loss: DCGANLoss = "standard"
     gp_weight: Annotated[float, Field(ge=0)] = 10.0  # wgan_gp's lambda
     consistency: Annotated[float, Field(ge=0)] = 0.0  # CT-GAN's weight (wgan_gp); 0: off

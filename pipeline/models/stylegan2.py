@@ -30,6 +30,7 @@ from pipeline.models.base import (
     Capability,
     DLoss,
     GANModel,
+    MinibatchStd,
     NoiseInjection,
     StepContext,
 )
@@ -485,24 +486,6 @@ class DiscriminatorBlock(nn.Module):
             y = self.skip(x) * math.sqrt(0.5)
             x = self.conv1(self.conv0(x)) * math.sqrt(0.5)
             return x + y
-
-
-class MinibatchStd(nn.Module):
-    """Append the standard deviation over groups of samples: D sees a batch's variety."""
-
-    def __init__(self, group_size: int):
-        super().__init__()
-        self.group_size = group_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        group = min(self.group_size, n)
-        while n % group:
-            group -= 1
-        y = x.float().reshape(group, -1, c, h, w)
-        y = (y.var(0, unbiased=False) + 1e-8).sqrt().mean((1, 2, 3))  # per group column
-        y = y.reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
-        return torch.cat([x, y.to(x.dtype)], 1)
 
 
 class DiscriminatorEpilogue(nn.Module):

@@ -63,6 +63,26 @@ def use_training_threads(setting: int | str = "auto") -> int:
     return use_threads(setting, workers=0, load_aware=False)
 
 
+def busy_machine_warning(threads: int) -> str | None:
+    """One line for the train stage when other jobs keep busy cores its ``auto`` threads
+    need. Training's thread count ignores the load (``use_training_threads``), and on a
+    2-core machine with one core busy elsewhere 2 threads trained at 2.1 images/s where 1
+    made 50.2 (docs/quality.md, CPU defaults): the user should hear it before the run."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    busy = busy_cores()
+    idle = max(1, int(cores - busy + 0.5))
+    if threads <= 1 or idle >= threads:
+        return None
+    return (
+        f"warning: other jobs keep {busy:.1f} of {cores} cores busy and training runs "
+        f"{threads} threads, which can make it many times slower (docs/quality.md, CPU "
+        f"defaults); while they run, use -S train.threads={idle}"
+    )
+
+
 def busy_cores(interval_s: float = 0.25) -> float:
     """How many cores other processes keep busy now: the CPU time /proc/stat counts over a
     short interval (Linux), else the 1-minute load average. The load average lags by a

@@ -22,7 +22,7 @@ app = stage_app(__doc__, "train")
 def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
     """Train train.model; resumes from data/train/checkpoints after an interruption."""
     with run_stage("train", params, overrides) as p:
-        from pipeline.devices import use_training_threads
+        from pipeline.devices import busy_machine_warning, use_training_threads
         from pipeline.training.loop import (  # torch: only when training
             Trainer,
             run_summary,
@@ -30,11 +30,15 @@ def main(params: ParamsOption = Path("params.yaml"), overrides: SetOption = None
         )
 
         cfg = p.train
-        use_training_threads(cfg.threads)
+        threads = use_training_threads(cfg.threads)
         trainer = Trainer(cfg, OUT_DIR, LIVE_DIR)
         if not trainer.procs.is_main:
             trainer.run()
             return
+        if cfg.threads == "auto" and trainer.device.type == "cpu":
+            warning = busy_machine_warning(threads)
+            if warning:
+                say(f"train: {warning}")
         for notice in (trainer.dataset_notice, trainer.notice):
             if notice:
                 say(f"train: {notice}")

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,38 @@ def test_the_train_stage_says_what_the_run_is_and_writes_run_json(data, tmp_path
     assert result.exit_code == 0, result.output
     assert "4 steps, resuming at step 2" in result.output
     assert pio.read_json("data/train/run.json")["resumed_at_step"] == 2
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: auto is one thread, no warning")
+def test_train_stage_beside_a_busy_job_says_which_thread_count_fits(data, tmp_path):
+    """The stage with ``threads: auto`` on a CPU, started while another process spins on a
+    core: its threads would fight that job for the core (24x slower on 2 cores, docs/
+    quality.md), so it says so in one line naming the count that fits, and trains."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    params = tiny(data, steps=2, sample_every=100, threads="auto")
+    work = tmp_path / "stage"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump(mode="json")}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STEAMGAN_PROGRESS_EVERY": "0"}
+    env.pop("OMP_NUM_THREADS", None)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # spinning, not starting up
+        done = subprocess.run(
+            [sys.executable, "-m", "stages.train"], cwd=work, env=env, capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "cores busy" in line]
+    assert len(warning) == 1 and warning[0].startswith("train: warning: other jobs keep")
+    assert "-S train.threads=" in warning[0]

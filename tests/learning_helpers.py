@@ -262,9 +262,11 @@ def learn_shapes(model: str, folder: Path) -> Learning:
 
 
 # What a trained model must reach. Trained runs (seeds 0-2): distance ratio 0.13-0.33, 4-5
-# modes, 57-90 % recognised, none off the background; broken ones (bench/learning_breaks.py):
-# ratio 1.0 or more (reversed loss, no EMA) or 9-46 % off the background (augmented samples).
+# modes, 57-90 % recognised, 0-3 % off the background (progan's seed 0: 0 on the development
+# machine, 3.1 % on another CPU, whose float kernels reduce in another order); broken ones
+# (bench/learning_breaks.py): ratio 1.0 or more (reversed loss, no EMA) or 9-46 % off the
+# background (augmented samples). The background bound sits between the two.
 MAX_DISTANCE_RATIO = 0.5
 MIN_MODES = len(PALETTE) - 1  # all colours but at most one
 MIN_RECOGNISED = 0.3
-MAX_OFF_BACKGROUND = 0.03  # 4 of 160 samples
+MAX_OFF_BACKGROUND = 0.05  # 8 of 160 samples

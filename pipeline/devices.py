@@ -8,6 +8,7 @@ import time
 import torch
 
 from pipeline.errors import StageError
+from pipeline.parallel import available_cores
 
 
 def pick_device(setting: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
@@ -44,15 +45,16 @@ def cpu_threads(setting: int | str = "auto", workers: int = 0, load_aware: bool 
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         return int(omp)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     share = max(1, cores // (workers + 1))
     if load_aware:
-        idle = cores - int(busy_cores() + 0.5)
-        share = min(share, max(1, idle))
+        share = min(share, idle_cores(cores, busy_cores()))
     return share
+
+
+def idle_cores(cores: int, busy: float) -> int:
+    """The cores left when other jobs keep ``busy`` of them busy, at least 1."""
+    return max(1, cores - int(busy + 0.5))
 
 
 def use_training_threads(setting: int | str = "auto") -> int:
@@ -68,12 +70,9 @@ def busy_machine_warning(threads: int) -> str | None:
     need. Training's thread count ignores the load (``use_training_threads``), and on a
     2-core machine with one core busy elsewhere 2 threads trained at 2.1 images/s where 1
     made 50.2 (docs/quality.md, CPU defaults): the user should hear it before the run."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     busy = busy_cores()
-    idle = max(1, int(cores - busy + 0.5))
+    idle = idle_cores(cores, busy)
     if threads <= 1 or idle >= threads:
         return None
     return (

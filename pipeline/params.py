@@ -133,6 +133,10 @@ class ValidateParams(Section):
     vignette: bool = True
     vignette_tolerance: Annotated[int, Field(ge=0, le=255)] = 16
     vignette_min_border: NonNegativeInt = 2
+    # Two bands frame a picture only where it meets this fraction of one band's inner edge
+    # (a straight edge, as pasted art has); 0: any two uniform opposite bands, so a subject
+    # on a plain background (and a logo on a plain colour) counts as framed too.
+    vignette_min_edge: Annotated[float, Field(ge=0, le=1)] = 0.6
     dedup_max_distance: Annotated[int, Field(ge=0, le=64)] | None = 10
     # A pHash match is a duplicate only if the dHash is within this too (null: pHash alone).
     dedup_confirm_distance: Annotated[int, Field(ge=0, le=64)] | None = 8

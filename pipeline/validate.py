@@ -59,12 +59,19 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Frame:
-    """Width in pixels of the uniform band on each side of an image (0: none)."""
+    """Width in pixels of the uniform band on each side of an image (0: none), and how much
+    of a band's inner edge the picture meets (``edge_contact``; None: not measured)."""
 
     left: int
     top: int
     right: int
     bottom: int
+    edge: float | None = None
+
+    @property
+    def widths(self) -> tuple[int, int, int, int]:
+        """The bands' widths: left, top, right, bottom."""
+        return self.left, self.top, self.right, self.bottom
 
     def framed(self, min_border: int) -> bool:
         """A picture inside a real frame: bands wider than ``min_border`` on two opposite
@@ -73,17 +80,23 @@ class Frame:
         return min(self.top, self.bottom) > min_border or min(self.left, self.right) > min_border
 
     def __str__(self) -> str:
-        sides = (self.left, self.top, self.right, self.bottom)
-        return "bands left {}, top {}, right {}, bottom {} px".format(*sides)
+        text = "bands left {}, top {}, right {}, bottom {} px".format(*self.widths)
+        return text if self.edge is None else f"{text}, picture meets {self.edge:.0%} of an edge"
 
     @classmethod
     def from_detail(cls, detail: str) -> Frame | None:
         """The frame a ``vignette`` rejection's detail describes (its ``str``), else None."""
         m = FRAME_DETAIL.search(detail)
-        return cls(*(int(v) for v in m.groups())) if m else None
+        if not m:
+            return None
+        edge = int(m.group(5)) / 100 if m.group(5) else None
+        return cls(*(int(v) for v in m.groups()[:4]), edge=edge)
 
 
-FRAME_DETAIL = re.compile(r"bands left (\d+), top (\d+), right (\d+), bottom (\d+) px")
+FRAME_DETAIL = re.compile(
+    r"bands left (\d+), top (\d+), right (\d+), bottom (\d+) px"
+    r"(?:, picture meets (\d+)% of an edge)?"
+)
 
 
 def band_width(im: Image.Image, side: str, tolerance: int) -> int:
@@ -126,22 +139,67 @@ def band_width(im: Image.Image, side: str, tolerance: int) -> int:
     return good
 
 
-def find_frame(im: Image.Image, tolerance: int, min_border: int) -> Frame | None:
-    """The frame around the picture (see ``Frame.framed``), or None. A side's opposite is
-    measured only when the side itself has a band, so full-bleed art costs a few lines."""
+# Lines past a band's measured end where the picture may begin and still meet it: a JPEG's
+# 8 px blocks (16 with subsampled colour) ring before the picture's real edge, ending the
+# uniform band early.
+EDGE_REACH = 16
+SIDES = ("left", "top", "right", "bottom")
 
-    def banded(side: str) -> bool:
-        return band_width(im, side, tolerance) > min_border
 
-    if (banded("top") and banded("bottom")) or (banded("left") and banded("right")):
-        return measure_frame(im, tolerance)
+def edge_contact(im: Image.Image, side: str, width: int, tolerance: int) -> float:
+    """How much of a band's inner edge the picture meets: the fraction of positions along
+    the band where a pixel within ``EDGE_REACH`` lines past it differs from the band's
+    colour by more than ``tolerance``. A picture pasted between bands meets them along a
+    straight edge (the shared letterboxed and pillarboxed flowers 0.95-1.0); a subject on a
+    plain studio background touches the band at a few points of its outline (a portrait on
+    white 0.14, flowers on black 0.26-0.47; docs/curation.md)."""
+    depth = min(width + EDGE_REACH + 1, im.height if side in ("top", "bottom") else im.width)
+    box = {
+        "top": (0, 0, im.width, depth),
+        "bottom": (0, im.height - depth, im.width, im.height),
+        "left": (0, 0, depth, im.height),
+        "right": (im.width - depth, 0, im.width, im.height),
+    }[side]
+    strip = np.asarray(im.crop(box), dtype=np.int16)
+    if side in ("left", "right"):
+        strip = strip.transpose(1, 0, 2)  # lines away from the edge first, as for top
+    if side in ("bottom", "right"):
+        strip = strip[::-1]
+    colour = np.median(strip[: max(width, 1)].reshape(-1, 3), axis=0)
+    differs = np.abs(strip - colour).max(axis=2) > tolerance
+    return float(differs.any(axis=0).mean())
+
+
+def find_frame(
+    im: Image.Image, tolerance: int, min_border: int, min_edge: float = 0.0
+) -> Frame | None:
+    """The frame around the picture (see ``Frame.framed``), or None. Two opposite bands
+    make a frame only where the picture meets at least ``min_edge`` of one band's inner edge
+    (``edge_contact``): a picture pasted between bands does, a subject on a plain studio
+    background (a portrait on white, a flower on black) does not, and is kept. A side's
+    opposite is measured only when the side itself has a band, so full-bleed art costs a
+    few lines."""
+    widths: dict[str, int] = {}
+
+    def width(side: str) -> int:
+        if side not in widths:
+            widths[side] = band_width(im, side, tolerance)
+        return widths[side]
+
+    for pair in (("top", "bottom"), ("left", "right")):
+        if not all(width(side) > min_border for side in pair):
+            continue
+        if min_edge <= 0:
+            return measure_frame(im, tolerance)
+        contact = max(edge_contact(im, side, width(side), tolerance) for side in pair)
+        if contact >= min_edge:
+            return replace(measure_frame(im, tolerance), edge=round(contact, 2))
     return None
 
 
 def measure_frame(im: Image.Image, tolerance: int) -> Frame:
     """The uniform band on each side of an RGB image."""
-    sides = ("left", "top", "right", "bottom")
-    return Frame(*(band_width(im, side, tolerance) for side in sides))
+    return Frame(*(band_width(im, side, tolerance) for side in SIDES))
 
 
 def image_hashes(im: Image.Image) -> tuple[int, int]:
@@ -191,7 +249,9 @@ def inspect_image(task: ValidateTask) -> Verdict:
         verdict.reason, verdict.detail = Reason.blank, f"channel std {std:.2f}"
         return verdict
     if params.vignette:
-        frame = find_frame(im, params.vignette_tolerance, params.vignette_min_border)
+        frame = find_frame(
+            im, params.vignette_tolerance, params.vignette_min_border, params.vignette_min_edge
+        )
         if frame is not None:
             verdict.reason, verdict.detail = Reason.vignette, str(frame)
             return verdict

@@ -133,7 +133,7 @@ def test_contact_sheets_hold_the_right_images(curated, curated_page):
             )
         else:
             assert shown == sorted(rows["appid"])[:examples]
-    assert len(sheets["validate-vignette"]) == examples  # 34 vignettes: the first 24 shown
+    assert len(sheets["validate-vignette"]) == examples  # 23 capsules + the fake's framed one
     faces = pd.read_parquet(curated / "data/faces/rejected.parquet")
     shown = [int(t["data-appid"]) for t in sheets["faces-face_count"]]
     assert shown == sorted(faces["appid"])[:examples]
@@ -181,7 +181,9 @@ def test_thumbnails_show_what_decided(curated, curated_page):
         key=lambda s: s[1],
     )
     assert frame_side[1] > 2
-    assert f"frame on {frame_side[0]}" in page.read_text().split(f'data-appid="{appid}"')[1][:2000]
+    caption = page.read_text().split(f'data-appid="{appid}"')[1][:2000]
+    assert "frame on " in caption and f"{frame_side[0]} {frame_side[1]} px" in caption
+    assert f"picture meets {frame.edge:.0%} of an edge" in caption
     # inside the content box the thumbnail is the picture, in the frame it is tinted red
     inner = thumb[int((top + bottom) / 2 * scale), int((left + right) / 2 * scale)]
     assert np.abs(inner - src[(top + bottom) // 2, (left + right) // 2]).max() < 60

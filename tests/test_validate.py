@@ -1,6 +1,8 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance
@@ -9,14 +11,17 @@ from bench.curation import capsule_files, library_banner
 from pipeline.params import ValidateParams
 from pipeline.validate import (
     Duplicate,
+    Frame,
     ValidateTask,
+    edge_contact,
+    find_frame,
     find_near_duplicates,
     image_hashes,
     inspect_image,
     measure_frame,
     split_verdicts,
 )
-from tests.conftest import run_cli
+from tests.conftest import needs_shared, run_cli
 from tests.images import capsule, png_bomb, save
 
 
@@ -128,7 +133,7 @@ def art_capsules(count: int) -> list[Image.Image]:
     found = []
     for index in range(398):
         im = capsule(index)
-        if max(vars(measure_frame(im, 16)).values()) == 0:
+        if max(measure_frame(im, 16).widths) == 0:
             found.append(im)
         if len(found) == count:
             return found
@@ -158,7 +163,9 @@ def test_vignette_catches_every_letterbox_pillarbox_and_frame(capsules, tmp_path
     frame = measure_frame(Image.open(tmp_path / "letterbox0.jpg").convert("RGB"), 16)
     # JPEG blocks (8 px, 16 for subsampled colour) ring next to the picture's edge
     assert 168 - 8 <= frame.top <= 168 and 169 - 8 <= frame.bottom <= 169
-    assert frame.left == frame.right == 0 and letterbox.detail == str(frame)
+    assert frame.left == frame.right == 0
+    assert letterbox.detail == f"{frame}, picture meets 100% of an edge"
+    assert Frame.from_detail(letterbox.detail) == replace(frame, edge=1.0)
 
 
 def test_vignette_keeps_art_with_one_plain_side_or_non_uniform_bands(capsules, tmp_path):
@@ -184,6 +191,66 @@ def test_vignette_rejects_far_fewer_real_capsules(capsules, tmp_path):
     files = sorted(capsules.glob("*.jpg"))
     framed = [f for f in files if measure_frame(Image.open(f).convert("RGB"), 16).framed(2)]
     assert len(files) == 398 and len(framed) <= 36
+    # and the straight-edge condition keeps 11 of those, logos on plain colours as well
+    edged = [f for f in framed if find_frame(Image.open(f).convert("RGB"), 16, 2, 0.6)]
+    assert 20 <= len(edged) <= 25
+
+
+# Real photographs from ../shared: subjects on plain studio backgrounds, whose background
+# makes two opposite uniform bands (a portrait on white; flowers on black or on a pale
+# ground), and pictures inside a real frame (a 1080p frame pillarboxed in black; Oxford
+# flowers scanned with thin borders).
+PLAIN_BACKGROUNDS = (
+    "faces/deepface__img15.jpg",
+    "faces/skimage__retina.jpg",
+    "flowers256/c11_image_0805.jpg",
+    "flowers256/c13_image_1006.jpg",
+    "flowers256/c17_image_1303.jpg",
+)
+REAL_FRAMES = (
+    "faces/facerec__obama-1080p.jpg",
+    "flowers256/c2_image_0114.jpg",
+    "flowers256/c8_image_0568.jpg",
+    "flowers256/c8_image_0595.jpg",
+)
+
+
+def test_vignette_keeps_subjects_on_plain_backgrounds_and_rejects_real_frames(tmp_path):
+    """Two uniform opposite bands frame a picture only where it meets one of them along a
+    straight edge. The old rule (``vignette_min_edge: 0``) rejected every one of these."""
+    data = needs_shared("data")
+    for name in PLAIN_BACKGROUNDS:
+        assert inspect(data / name, tmp_path, expected=None).reason is None, name
+        old = inspect(data / name, tmp_path, expected=None, vignette_min_edge=0)
+        assert old.reason == "vignette" and "meets" not in old.detail, name
+    for name in REAL_FRAMES:
+        verdict = inspect(data / name, tmp_path, expected=None)
+        assert verdict.reason == "vignette", name
+        frame = Frame.from_detail(verdict.detail)
+        assert frame is not None and frame.edge >= 0.9 and str(frame) == verdict.detail, name
+
+
+def test_edge_contact_of_a_pasted_picture_and_of_a_subject_on_a_plain_ground():
+    """A picture pasted between bands meets all of each band's inner edge, JPEG ringing or
+    not; a disc on the same ground touches the band at one point of its outline."""
+    rng = np.random.default_rng(0)
+    pasted = np.full((120, 200, 3), 250, np.uint8)
+    pasted[20:100] = rng.integers(0, 200, (80, 200, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:120, :200]
+    disc = np.full((120, 200, 3), 250, np.uint8)
+    disc[(yy - 60) ** 2 + (xx - 100) ** 2 < 45**2] = (200, 30, 30)
+    for array in (pasted, disc):
+        im = Image.fromarray(array)
+        frame = measure_frame(im, 16)
+        contact = [edge_contact(im, side, getattr(frame, side), 16) for side in ("top", "bottom")]
+        if array is pasted:
+            assert (frame.top, frame.bottom) == (20, 20) and contact == [1.0, 1.0]
+        else:
+            assert min(frame.top, frame.bottom) >= 15 and max(contact) < 0.5, contact
+    for array, framed in ((pasted, True), (disc, False)):
+        im = Image.fromarray(array)
+        assert (find_frame(im, 16, 2, 0.6) is not None) is framed
+        assert find_frame(im, 16, 2) is not None  # the old rule: any two bands
 
 
 def test_near_duplicates_keep_lowest_appid_and_compare_with_kept_only():

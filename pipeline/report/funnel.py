@@ -20,6 +20,7 @@ SHAPING_PARAMS: dict[str, tuple[str, ...]] = {
         "vignette",
         "vignette_tolerance",
         "vignette_min_border",
+        "vignette_min_edge",
         "dedup_max_distance",
         "max_pixels",
     ),

@@ -249,6 +249,8 @@ def validate_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> lis
                     sides |= {"right": frame.right, "bottom": frame.bottom}
                     framed = [f"{s} {w} px" for s, w in sides.items() if w > min_border]
                     tile.caption = "frame on " + ", ".join(framed) if framed else str(detail)
+                    if framed and frame.edge is not None:
+                        tile.caption += f"; picture meets {frame.edge:.0%} of an edge"
                     tile.images.append(writer.save(prefix, draw_vignette(im, box, writer.height)))
                 else:
                     tile.images.append(writer.thumbnail(prefix, im))

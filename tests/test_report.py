@@ -133,7 +133,7 @@ def test_contact_sheets_hold_the_right_images(curated, curated_page):
             )
         else:
             assert shown == sorted(rows["appid"])[:examples]
-    assert len(sheets["validate-vignette"]) == examples  # 23 capsules + the fake's framed one
+    assert len(sheets["validate-vignette"]) == examples  # 24 capsules + the fake's framed one
     faces = pd.read_parquet(curated / "data/faces/rejected.parquet")
     shown = [int(t["data-appid"]) for t in sheets["faces-face_count"]]
     assert shown == sorted(faces["appid"])[:examples]

@@ -191,7 +191,7 @@ def test_vignette_rejects_far_fewer_real_capsules(capsules, tmp_path):
     files = sorted(capsules.glob("*.jpg"))
     framed = [f for f in files if measure_frame(Image.open(f).convert("RGB"), 16).framed(2)]
     assert len(files) == 398 and len(framed) <= 36
-    # and the straight-edge condition keeps 11 of those, logos on plain colours as well
+    # and the straight-edge condition keeps 10 of those, logos on plain colours as well
     edged = [f for f in framed if find_frame(Image.open(f).convert("RGB"), 16, 2, 0.6)]
     assert 20 <= len(edged) <= 25
 

@@ -99,6 +99,22 @@ FRAME_DETAIL = re.compile(
 )
 
 
+def side_length(im: Image.Image, side: str) -> int:
+    """How many lines run from ``side`` to the opposite side."""
+    return im.height if side in ("top", "bottom") else im.width
+
+
+def lines_box(im: Image.Image, side: str, start: int, stop: int) -> tuple[int, int, int, int]:
+    """The crop box of lines ``start`` to ``stop`` (exclusive) counted inward from ``side``."""
+    width, height = im.size
+    return {
+        "top": (0, start, width, stop),
+        "bottom": (0, height - stop, width, height - start),
+        "left": (start, 0, stop, height),
+        "right": (width - stop, 0, width - start, height),
+    }[side]
+
+
 def band_width(im: Image.Image, side: str, tolerance: int) -> int:
     """How many lines from one side of an RGB image form one uniform colour band: over all
     of them, each channel's range (max - min) is at most ``tolerance``, so a band is uniform
@@ -109,17 +125,10 @@ def band_width(im: Image.Image, side: str, tolerance: int) -> int:
     C code (crop + getextrema, no copy of the image), galloping then bisecting on the width:
     full-bleed art, whose outer line is already not uniform, costs one line.
     """
-    width, height = im.size
-    limit = ((height if side in ("top", "bottom") else width) + 1) // 2
-    boxes = {
-        "top": lambda n: (0, 0, width, n),
-        "bottom": lambda n: (0, height - n, width, height),
-        "left": lambda n: (0, 0, n, height),
-        "right": lambda n: (width - n, 0, width, height),
-    }
+    limit = (side_length(im, side) + 1) // 2
 
     def uniform(lines: int) -> bool:
-        extrema = im.crop(boxes[side](lines)).getextrema()
+        extrema = im.crop(lines_box(im, side, 0, lines)).getextrema()
         return all(high - low <= tolerance for low, high in extrema)
 
     if not uniform(1):
@@ -153,21 +162,12 @@ def edge_contact(im: Image.Image, side: str, width: int, tolerance: int) -> floa
     straight edge (the shared letterboxed and pillarboxed flowers 0.95-1.0); a subject on a
     plain studio background touches the band at a few points of its outline (a portrait on
     white 0.13, flowers on black 0.26-0.46; docs/curation.md)."""
-    length = im.height if side in ("top", "bottom") else im.width
-    inner = min(width + EDGE_REACH + 1, length)  # the strip past the band: [width, inner)
-
-    def box(start: int, stop: int) -> tuple[int, int, int, int]:
-        return {
-            "top": (0, start, im.width, stop),
-            "bottom": (0, im.height - stop, im.width, im.height - start),
-            "left": (start, 0, stop, im.height),
-            "right": (im.width - stop, 0, im.width - start, im.height),
-        }[side]
-
+    inner = min(width + EDGE_REACH + 1, side_length(im, side))  # the strip: [width, inner)
     # the band's colour: the middle of its range, which is at most ``tolerance`` wide, so
     # no pixel of the band itself differs from it by more (Pillow's extrema: no copy)
-    colour = np.array([(low + high) / 2 for low, high in im.crop(box(0, width)).getextrema()])
-    strip = np.asarray(im.crop(box(width, inner)), dtype=np.int16)
+    band = im.crop(lines_box(im, side, 0, width)).getextrema()
+    colour = np.array([(low + high) / 2 for low, high in band])
+    strip = np.asarray(im.crop(lines_box(im, side, width, inner)), dtype=np.int16)
     if side in ("left", "right"):
         strip = strip.transpose(1, 0, 2)  # lines away from the edge first, as for top
     differs = np.abs(strip - colour).max(axis=2) > tolerance
@@ -194,10 +194,10 @@ def find_frame(
         if not all(width(side) > min_border for side in pair):
             continue
         if min_edge <= 0:
-            return measure_frame(im, tolerance)
+            return Frame(*(width(side) for side in SIDES))
         contact = max(edge_contact(im, side, width(side), tolerance) for side in pair)
         if contact >= min_edge:
-            return replace(measure_frame(im, tolerance), edge=round(contact, 2))
+            return Frame(*(width(side) for side in SIDES), edge=round(contact, 2))
     return None
 
 

@@ -17,7 +17,7 @@ from pipeline.images import ImageProblem, open_image, to_rgb
 from pipeline.params import Params
 from pipeline.report.sources import NotShown, RunOutputs, project_file, with_appid
 from pipeline.resize import resize_image
-from pipeline.validate import Duplicate, Frame, Reason
+from pipeline.validate import SIDES, Duplicate, Frame, Reason
 
 THUMBS = "thumbs"
 # The faces stage's label of the unresized image (pipeline.faces.curate.ORIGINAL, not imported
@@ -245,9 +245,8 @@ def validate_sheets(run: RunOutputs, params: Params, writer: ThumbWriter) -> lis
                 im = _preview(run, path, reason, writer.height, where)
                 if reason == Reason.vignette.value and (frame := Frame.from_detail(str(detail))):
                     box = content_box(frame, im.size)
-                    sides = {"left": frame.left, "top": frame.top}
-                    sides |= {"right": frame.right, "bottom": frame.bottom}
-                    framed = [f"{s} {w} px" for s, w in sides.items() if w > min_border]
+                    sides = zip(SIDES, frame.widths, strict=True)
+                    framed = [f"{s} {w} px" for s, w in sides if w > min_border]
                     tile.caption = "frame on " + ", ".join(framed) if framed else str(detail)
                     if framed and frame.edge is not None:
                         tile.caption += f"; picture meets {frame.edge:.0%} of an edge"
